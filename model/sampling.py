@@ -1,0 +1,255 @@
+"""Flow-matching sampling: schedules, Euler and UniPC (bh2) solvers, classifier-free guidance, frame conditioning.
+
+Conventions (Wan): x_sigma = (1 - sigma) * x0 + sigma * noise; the model predicts v = noise - x0 and receives the
+timestep floor(sigma * 1000). Shift: sigma' = s * sigma / (1 + (s - 1) * sigma).
+
+Frame conditioning is one mechanism for every task: a per-latent-frame mask (1 = known) and the known latents.
+Known frames are fed clean with timestep 0, their model output is ignored, and they are re-imposed after every step.
+Text-to-video has no known frames; image-to-video knows frame 0; extend forward knows a head; extend backward a tail;
+fill knows any subset.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .errors import SpacetimeValueError
+
+SAMPLERS = ("unipc", "euler")
+NUM_TRAIN_TIMESTEPS = 1000
+# Wan's schedulers start from the float32 value of 0.999 (1 - 1/1000), not from 1.0.
+SIGMA_MAX = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))
+
+
+def shift_sigma(sigma, shift: float):
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def sigma_schedule(steps: int, shift: float, sigma_max: float = SIGMA_MAX):
+    """The Wan UniPC grid: (sigmas float32 [steps + 1] ending in 0, model timesteps int64 [steps])."""
+    if steps < 1:
+        raise SpacetimeValueError(f"steps={steps} must be at least 1")
+    if shift <= 0:
+        raise SpacetimeValueError(f"shift={shift} must be > 0")
+    s = np.linspace(sigma_max, 0.0, steps + 1)[:-1]
+    s = shift_sigma(s, shift)
+    timesteps = torch.from_numpy(s * NUM_TRAIN_TIMESTEPS).to(torch.int64)
+    sigmas = torch.from_numpy(np.concatenate([s, [0.0]]).astype(np.float32))
+    return sigmas, timesteps
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Frame conditioning
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class FrameCondition:
+    """Known latent frames. ``latents`` [B, C, F', H', W'] (normalised; values at unknown frames are ignored);
+    ``mask`` [B, F'] or [F'] with 1 for known frames and 0 for frames to generate."""
+    latents: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self):
+        if self.mask.dim() == 1:
+            self.mask = self.mask[None].expand(self.latents.shape[0], -1)
+        if self.mask.shape != (self.latents.shape[0], self.latents.shape[2]):
+            raise SpacetimeValueError(
+                f"frame mask of shape {tuple(self.mask.shape)} does not fit latents {tuple(self.latents.shape)}; "
+                f"allowed: [{self.latents.shape[2]}] or [{self.latents.shape[0]}, {self.latents.shape[2]}]")
+        self.mask = (self.mask > 0.5).float()
+
+    def known(self, like: torch.Tensor) -> torch.Tensor:
+        """Mask broadcastable to a latent like ``like``."""
+        return self.mask.to(like.device)[:, None, :, None, None]
+
+    def impose(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.known(x)
+        return x * (1 - m) + self.latents.to(x) * m
+
+    def timesteps(self, t: torch.Tensor | float, patch_t: int = 1) -> torch.Tensor:
+        """Per-token-frame timesteps [B, F'/patch_t]: ``t`` for frames to generate, 0 for known frames."""
+        m = self.mask[:, ::patch_t]
+        return (1 - m) * torch.as_tensor(t, dtype=torch.float32)
+
+    @property
+    def any_known(self) -> bool:
+        return bool(self.mask.any())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model wrapper: CFG + frame conditioning -> velocity
+# ----------------------------------------------------------------------------------------------------------------------
+
+class GuidedDenoiser:
+    """Calls the DiT on cond and uncond text in one batch, with known frames at timestep 0.
+
+    ``text`` / ``text_null``: [B, L, text_dim] token embeddings (plus lengths), embedded once for all steps.
+    """
+
+    def __init__(self, model, text, text_lengths=None, text_null=None, text_null_lengths=None, cfg: float = 1.0,
+                 cond: Optional[FrameCondition] = None):
+        self.model, self.cfg, self.cond = model, float(cfg), cond
+        with torch.no_grad():
+            emb = model.embed_text(text, text_lengths)
+            self.use_cfg = text_null is not None and self.cfg != 1.0
+            if self.use_cfg:
+                emb_null = model.embed_text(text_null, text_null_lengths)
+                if emb_null.shape[0] != emb.shape[0]:
+                    emb_null = emb_null.expand(emb.shape[0], -1, -1)
+                emb = torch.cat([emb, emb_null], dim=0)
+            self.kv = model.text_kv(emb)
+
+    def timesteps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        B = x.shape[0]
+        if self.cond is None or not self.cond.any_known:
+            return torch.full((B,), float(t))
+        return self.cond.timesteps(float(t), self.model.cfg.patch_size[0])
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        tt = self.timesteps(x, t)
+        if self.use_cfg:
+            v = self.model(torch.cat([x, x]), torch.cat([tt, tt]), text_kv=self.kv)
+            v_c, v_u = v.chunk(2)
+            return v_u + self.cfg * (v_c - v_u)
+        return self.model(x, tt, text_kv=self.kv)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Solvers
+# ----------------------------------------------------------------------------------------------------------------------
+
+class UniPC:
+    """UniPC multistep solver, B(h) = e^h - 1 ("bh2"), order 2, predicting x0 from flow outputs, with the lower-order
+    final step. Coefficients are computed in float64 from the float32 sigma grid."""
+
+    def __init__(self, sigmas: torch.Tensor, order: int = 2):
+        self.sig = [float(s) for s in sigmas]
+        self.order = order
+        self.n = len(self.sig) - 1
+        self.x0s: list[torch.Tensor] = []           # model outputs converted to x0, newest last
+        self.last_x: Optional[torch.Tensor] = None
+        self.last_order = 1
+
+    def _lam(self, i: int) -> float:
+        s = self.sig[i]
+        return math.inf if s == 0 else math.log(1 - s) - math.log(s)
+
+    def _coeffs(self, hh: float):
+        h_phi_1 = math.expm1(hh)
+        return h_phi_1, math.expm1(hh)   # (h*phi_1, B(h)) for bh2
+
+    def _rhos_c(self, order: int, rk: float, hh: float, h_phi_1: float, B_h: float):
+        if order == 1:
+            return [0.5]
+        # b_k = h*phi_k(hh) * k! / B(h) for k = 1, 2; R = [[1, 1], [rk, 1]]
+        h_phi_k = h_phi_1 / hh - 1
+        b1 = h_phi_k / B_h
+        h_phi_k = h_phi_k / hh - 1 / 2
+        b2 = h_phi_k * 2 / B_h
+        det = 1 - rk
+        return [(b1 - b2) / det, (b2 - rk * b1) / det]
+
+    def step(self, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """x: sample at sigma_i; x0: the model's data prediction there. Returns the sample at sigma_{i+1}."""
+        if i > 0 and self.last_x is not None:
+            x = self._correct(i, x, x0)
+        self.x0s = (self.x0s + [x0])[-self.order:]
+        order = min(self.order, self.n - i, len(self.x0s))
+        self.last_order = order
+        self.last_x = x
+        return self._predict(i, x, order)
+
+    def _predict(self, i, x, order):
+        s_t, s_0 = self.sig[i + 1], self.sig[i]
+        a_t = 1 - s_t
+        m0 = self.x0s[-1]
+        lam_t, lam_0 = self._lam(i + 1), self._lam(i)
+        h = lam_t - lam_0
+        hh = -h
+        h_phi_1, B_h = (-1.0, -1.0) if math.isinf(h) else self._coeffs(hh)
+        out = (s_t / s_0) * x - (a_t * h_phi_1) * m0
+        if order == 2:
+            rk = (self._lam(i - 1) - lam_0) / h
+            d1 = (self.x0s[-2] - m0) / rk
+            out = out - (a_t * B_h * 0.5) * d1
+        return out
+
+    def _correct(self, i, x, x0_new):
+        s_t, s_0 = self.sig[i], self.sig[i - 1]
+        a_t = 1 - s_t
+        order = self.last_order
+        m0 = self.x0s[-1]
+        lam_t, lam_0 = self._lam(i), self._lam(i - 1)
+        h = lam_t - lam_0
+        hh = -h
+        h_phi_1, B_h = self._coeffs(hh)
+        rk = (self._lam(i - 2) - lam_0) / h if order == 2 else 0.0
+        rhos = self._rhos_c(order, rk, hh, h_phi_1, B_h)
+        base = (s_t / s_0) * self.last_x - (a_t * h_phi_1) * m0
+        corr = rhos[-1] * (x0_new - m0)
+        if order == 2:
+            corr = corr + rhos[0] * ((self.x0s[-2] - m0) / rk)
+        return base - (a_t * B_h) * corr
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# sample()
+# ----------------------------------------------------------------------------------------------------------------------
+
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[torch.Tensor] = None, *,
+           text_lengths=None, text_null_lengths=None, steps: int = 50, shift: float = 5.0, cfg: float = 5.0,
+           sampler: str = "unipc", cond: Optional[FrameCondition] = None, init: Optional[torch.Tensor] = None,
+           strength: float = 1.0, callback: Optional[StepCallback] = None) -> torch.Tensor:
+    """Sample normalised latents.
+
+    noise [B, C, F', H', W'] standard normal; text [B, L, D] (and ``text_null`` for CFG); ``cond`` known frames;
+    ``init`` + ``strength`` < 1 start from a noised ``init`` (SDEdit video-to-video: strength 1 ignores init,
+    strength 0 returns it). ``callback(step, total, x0_pred, x)`` runs after every step and may raise to cancel.
+    """
+    if sampler not in SAMPLERS:
+        raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
+    if not 0.0 <= strength <= 1.0:
+        raise SpacetimeValueError(f"strength={strength} must be between 0 and 1")
+    if strength < 1.0 and init is None:
+        raise SpacetimeValueError("strength < 1 needs an init latent (video-to-video)")
+    if init is not None and init.shape != noise.shape:
+        raise SpacetimeValueError(f"init latent shape {tuple(init.shape)} differs from noise {tuple(noise.shape)}")
+    sigmas, timesteps = sigma_schedule(steps, shift)
+    start = 0
+    if strength < 1.0:
+        start = min(steps, int(round(steps * (1.0 - strength))))
+    x = noise.float()
+    if start > 0:
+        s0 = float(sigmas[start])
+        x = (1 - s0) * init.float() + s0 * x
+    if start >= steps:
+        x = init.float()
+        return cond.impose(x) if cond is not None else x
+    denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond)
+    if cond is not None:
+        x = cond.impose(x)
+    solver = UniPC(sigmas[start:]) if sampler == "unipc" else None
+    total = steps - start
+    for j, i in enumerate(range(start, steps)):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        v = denoise(x, int(timesteps[i]))
+        x0 = x - s * v
+        if cond is not None:
+            x0 = cond.impose(x0)
+        if solver is not None:
+            x = solver.step(j, x, x0)
+        else:
+            x = x + (s_next - s) * v
+        if cond is not None:
+            x = cond.impose(x)
+        if callback is not None:
+            callback(j + 1, total, x0, x)
+    return x
