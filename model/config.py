@@ -5,7 +5,8 @@ checkpoint's keys and shapes can be turned back into one (see ``loading.infer_di
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Optional
 
 from .errors import SpacetimeValueError
 
@@ -113,6 +114,9 @@ class BundlePreset:
     default_frames: int = 81
     negative_prompt: str = ""
     description: str = ""
+    files: dict = field(default_factory=dict, compare=False)          # part -> default file (dit, vae, text, tokenizer)
+    prompt_expander: Optional[Callable[[str], str]] = field(default=None, compare=False)
+    builders: dict = field(default_factory=dict, compare=False)       # part -> callable(bundle) building it
 
     @property
     def stride(self) -> tuple:

