@@ -117,6 +117,7 @@ class BundlePreset:
     files: dict = field(default_factory=dict, compare=False)          # part -> default file (dit, vae, text, tokenizer)
     prompt_expander: Optional[Callable[[str], str]] = field(default=None, compare=False)
     builders: dict = field(default_factory=dict, compare=False)       # part -> callable(bundle) building it
+    latent_rgb: Optional[dict] = field(default=None, compare=False)   # {"weight": [3][C], "bias": [3]} previews
 
     @property
     def stride(self) -> tuple:

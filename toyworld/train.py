@@ -95,11 +95,14 @@ def train_vae(out: Path, steps: int, batch: int, lr: float, seed: int = 0, kl_we
     cfg = TOY_VAE
     vae = build_vae(cfg).to(dev).train()
     torch.manual_seed(seed)
-    for m in vae.modules():                                    # Wan-style init: small residual branches
-        if isinstance(m, (torch.nn.Conv3d, torch.nn.Conv2d)):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
-            m.weight.data.mul_(0.7)
-            torch.nn.init.zeros_(m.bias)
+    for m in vae.modules():                 # residual branches and attention outputs start at zero (identity)
+        if hasattr(m, "residual"):
+            torch.nn.init.zeros_(m.residual[-1].weight)
+            torch.nn.init.zeros_(m.residual[-1].bias)
+        if hasattr(m, "proj") and hasattr(m, "to_qkv"):
+            torch.nn.init.zeros_(m.proj.weight)
+    with torch.no_grad():                                      # start with a small posterior noise (sigma ~ 0.02)
+        vae.conv1.bias[cfg.z_dim:] = -8.0
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     state = ck.load()

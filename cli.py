@@ -1,0 +1,296 @@
+"""The ``spacetime`` command line.
+
+    spacetime generate "PROMPT" [--image PATH] [--extend VIDEO --direction forward|backward|fill [--after VIDEO]]
+                       [--frames N] [--width W] [--height H] [--fps F] [--steps S] [--cfg G] [--seed K]
+                       [--model PRESET_OR_PATH] --out PATH.mp4
+    spacetime run WORKFLOW.json [--set NODE_ID.INPUT=VALUE ...] [--out DIR]
+    spacetime verify PATH.mp4 [--json]
+    spacetime eval [--quick] [--report PATH]
+
+Bad input or blocked content: a one-line reason on stderr and a non-zero exit; nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_BLOCKED = 3
+EXIT_FAILED = 1
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.code = code
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Terminal progress
+# ----------------------------------------------------------------------------------------------------------------------
+
+class TerminalProgress:
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = ""
+
+    def __call__(self, done: int, total: int, label: str):
+        width = 30
+        fill = int(width * done / max(1, total))
+        line = f"{label:>8} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if done >= total else ""))
+            self.stream.flush()
+        elif done >= total and line != self.last:
+            self.stream.write(line + "\n")
+        self.last = line
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# generate
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _check_out(path: str) -> Path:
+    out = Path(path)
+    if out.suffix.lower() != ".mp4":
+        raise CliError(f"--out {path!r}: the output must be an .mp4 file")
+    if out.exists():
+        raise CliError(f"--out {path!r} already exists; choose a new name (outputs are never overwritten)")
+    if not out.parent.exists():
+        raise CliError(f"--out {path!r}: folder {str(out.parent)!r} does not exist")
+    return out
+
+
+def _resolve_model(spec: str, vae=None, text=None, tokenizer=None):
+    """A preset name, or a DiT file (its preset is inferred from its keys and shapes)."""
+    from .model.config import BUNDLE_PRESETS, bundle_preset
+    p = Path(spec)
+    if p.suffix in (".safetensors", ".pth", ".json") or p.exists():
+        if not p.exists():
+            raise CliError(f"--model {spec!r}: file not found")
+        from .model.loading import _closest_dit_preset, normalize_dit_keys, read_state_dict
+        name = _closest_dit_preset(normalize_dit_keys(read_state_dict(p)))
+        if name is None or name not in BUNDLE_PRESETS:
+            raise CliError(f"--model {spec!r}: its architecture matches no preset with a VAE and text encoder; "
+                           f"allowed presets: {', '.join(sorted(BUNDLE_PRESETS))}")
+        return name, p
+    try:
+        bundle_preset(spec)
+    except ValueError as exc:
+        raise CliError(f"--model {spec!r}: {exc}") from None
+    return spec, None
+
+
+def cmd_generate(a) -> int:
+    import torch
+    from .model.conditioning import round_up_frames
+    from .model.errors import SpacetimeValueError
+    from .nodes import host
+    out = _check_out(a.out)
+    if a.fps <= 0:
+        raise CliError(f"--fps {a.fps}: must be > 0")
+    if a.steps < 1 or a.steps > 500:
+        raise CliError(f"--steps {a.steps}: allowed 1..500")
+    if a.cfg is not None and a.cfg < 1.0:
+        raise CliError(f"--cfg {a.cfg}: allowed >= 1.0 (1 disables guidance)")
+    if a.image and a.extend:
+        raise CliError("--image and --extend cannot be combined")
+    if a.after and a.direction != "fill":
+        raise CliError("--after is only used with --direction fill")
+    if a.direction == "fill" and a.extend and not a.after:
+        raise CliError("--direction fill needs --after VIDEO (the clip after the gap)")
+    for flag, path in (("--image", a.image), ("--extend", a.extend), ("--after", a.after)):
+        if path and not Path(path).is_file():
+            raise CliError(f"{flag} {path!r}: file not found")
+
+    from .safety import check_prompt
+    verdict = check_prompt(a.prompt)
+    if verdict.blocked:
+        raise CliError(f"prompt blocked by the safety policy: {verdict.summary()}", EXIT_BLOCKED)
+
+    preset, dit_path = _resolve_model(a.model)
+    from .model.pipeline import Spacetime
+    st = Spacetime.load(preset, dit=dit_path, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
+                        dtype=a.dtype, device=a.device)
+    p = st.preset
+    width, height = a.width or p.default_size[0], a.height or p.default_size[1]
+    frames = a.frames or p.default_frames
+    kwargs = {}
+    ingredients = []
+    from .nodes.latent_nodes import _resize_cover
+    from .nodes.media_nodes import read_media
+    if a.image:
+        img, _ = read_media(Path(a.image))
+        kwargs.update(image=_resize_cover(img[:1], width, height)[0], image_position=a.image_position)
+        ingredients.append(a.image)
+    if a.extend:
+        clip, _ = read_media(Path(a.extend))
+        kwargs.update(extend=_resize_cover(clip, width, height), direction=a.direction)
+        ingredients.append(a.extend)
+        if a.after:
+            after, _ = read_media(Path(a.after))
+            kwargs.update(after=_resize_cover(after, width, height))
+            ingredients.append(a.after)
+        if a.frames is None:
+            frames = 16
+    else:
+        if (frames - 1) % st.temporal_factor:
+            raise CliError(f"--frames {frames}: must be 1 + {st.temporal_factor}*k "
+                           f"(e.g. {round_up_frames(frames, st.temporal_factor)})")
+    steps = a.steps or p.steps
+    cfg = p.cfg if a.cfg is None else a.cfg
+    shift = a.shift or p.shift
+    bar = TerminalProgress()
+    host.set_progress_hook(bar)
+    t0 = time.time()
+    try:
+        video = st.generate(a.prompt, a.negative, width=width, height=height, frames=frames, steps=steps, cfg=cfg,
+                            shift=shift, seed=a.seed, sampler=a.sampler, expand_prompt=not a.no_expand,
+                            callback=lambda i, n, x0, x: bar(i, n, "denoise"),
+                            decode_progress=lambda i, n: bar(i, n, "decode"), **kwargs)
+    except SpacetimeValueError as exc:
+        raise CliError(str(exc)) from None
+    gen_time = time.time() - t0
+    frames_out = video[0]
+    from .safety import check_frames
+    report = check_frames(frames_out)
+    if report.blocked:
+        raise CliError(f"generated frames withheld by the safety policy: {report.summary()}", EXIT_BLOCKED)
+    from .provenance import stamp_video
+    info = {"model": p.name, "checkpoint_sha256": st.checkpoint_sha256(), "seed": a.seed, "steps": steps,
+            "cfg": cfg, "shift": shift, "sampler": a.sampler, "frames": int(frames_out.shape[0]),
+            "width": int(frames_out.shape[2]), "height": int(frames_out.shape[1]),
+            "expanded_prompt": st.expand(a.prompt) if not a.no_expand else a.prompt}
+    result = stamp_video(frames_out, out, fps=a.fps or p.fps, generation=info, prompt=a.prompt,
+                         include_prompt=a.include_prompt, ingredients=ingredients,
+                         safety_reports=[verdict.to_dict(), report.to_dict()])
+    final = result.get("path", str(out)) if isinstance(result, dict) else str(out)
+    print(f"wrote {final} ({frames_out.shape[0]} frames, {frames_out.shape[2]}x{frames_out.shape[1]}, "
+          f"{gen_time:.1f}s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# run / verify / eval
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def cmd_run(a) -> int:
+    from .nodes import host
+    from .runner import WorkflowError, run_workflow
+    if not Path(a.workflow).is_file():
+        raise CliError(f"workflow {a.workflow!r}: file not found")
+    overrides = {}
+    for item in a.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise CliError(f"--set {item!r}: expected NODE_ID.INPUT=VALUE")
+        overrides[key] = _parse_value(value)
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        os.environ["SPACETIME_OUTPUT_DIR"] = str(Path(a.out).absolute())
+    host.set_progress_hook(TerminalProgress())
+    try:
+        results = run_workflow(a.workflow, overrides)
+    except (WorkflowError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    for nid, r in results.items():
+        ui = r.get("ui") or {}
+        for key in ("files", "videos", "gifs", "images"):
+            for item in ui.get(key, []) or []:
+                if isinstance(item, dict) and item.get("type", "output") == "output" and "filename" in item:
+                    print(f"node {nid}: {Path(host.output_directory()) / item.get('subfolder', '') / item['filename']}")
+    return 0
+
+
+def cmd_verify(a) -> int:
+    from .provenance import format_report, verify_file
+    if not Path(a.path).is_file():
+        raise CliError(f"{a.path!r}: file not found")
+    report = verify_file(a.path)
+    print(json.dumps(report, indent=1, default=str) if a.json else format_report(report))
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from .toyworld.eval import main as eval_main
+    args = []
+    if a.quick:
+        args.append("--quick")
+    if a.report:
+        args += ["--report", a.report]
+    return eval_main(args) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="spacetime", description="Spacetime video generation (headless).")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="text/image-to-video or extension, written as a C2PA-signed MP4")
+    g.add_argument("prompt")
+    g.add_argument("--negative", default="")
+    g.add_argument("--image", help="animate this image (png/jpg)")
+    g.add_argument("--image-position", choices=("start", "end"), default="start")
+    g.add_argument("--extend", help="extend this video")
+    g.add_argument("--after", help="with --direction fill: the clip after the gap")
+    g.add_argument("--direction", choices=("forward", "backward", "fill"), default="forward")
+    g.add_argument("--frames", type=int, help="frames of the video (1 + 4k), or new frames when extending")
+    g.add_argument("--width", type=int)
+    g.add_argument("--height", type=int)
+    g.add_argument("--fps", type=float, default=0, help="frames per second of the MP4 (default: the model's)")
+    g.add_argument("--steps", type=int, default=0)
+    g.add_argument("--cfg", type=float)
+    g.add_argument("--shift", type=float, default=0)
+    g.add_argument("--sampler", choices=("unipc", "euler"), default="unipc")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--model", default="toyworld", help="preset name or a DiT checkpoint file")
+    g.add_argument("--vae", help="VAE file (Wan presets)")
+    g.add_argument("--text-encoder", help="text encoder file (Wan presets)")
+    g.add_argument("--tokenizer", help="tokenizer.json of the text encoder (Wan presets)")
+    g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--no-expand", action="store_true", help="do not expand the prompt (embedded model)")
+    g.add_argument("--include-prompt", action="store_true", help="write the prompt text into the C2PA manifest "
+                   "(by default only its SHA-256)")
+    g.add_argument("--out", required=True)
+    g.set_defaults(func=cmd_generate)
+    r = sub.add_parser("run", help="run a workflow JSON (UI or API format) headless")
+    r.add_argument("workflow")
+    r.add_argument("--set", action="append", metavar="NODE_ID.INPUT=VALUE")
+    r.add_argument("--out", help="output folder")
+    r.set_defaults(func=cmd_run)
+    v = sub.add_parser("verify", help="check an MP4's C2PA manifest and invisible watermark")
+    v.add_argument("path")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+    e = sub.add_parser("eval", help="evaluate the embedded model on held-out prompts")
+    e.add_argument("--quick", action="store_true")
+    e.add_argument("--report")
+    e.set_defaults(func=cmd_eval)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"spacetime: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("spacetime: cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
