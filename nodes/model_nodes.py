@@ -30,7 +30,7 @@ class SpacetimeModelLoader:
         def files(folder):
             return [PRESET_DEFAULT] + host.list_model_files(folder)
         return {"required": {
-            "preset": (_presets(), {"default": "toyworld", "tooltip": "Architecture and sampling defaults. "
+            "preset": (_presets(), {"default": _presets()[0], "tooltip": "Architecture and sampling defaults. "
                                     "toyworld = the embedded model (offline); wan2.1-* need their files below."}),
             "dit_file": (files("diffusion_models"), {"tooltip": "DiT checkpoint (models/diffusion_models). Its "
                                                      "architecture is checked against the preset."}),

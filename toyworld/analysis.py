@@ -60,6 +60,7 @@ class Blob:
     fill: float        # area / bounding-box area (ball ~0.79, box ~1, triangle ~0.5)
     w: float
     h: float
+    taper: float = 1.0  # mean row width of the top third / bottom third (triangle << 1, ball and box ~1)
 
 
 def blobs(frame: np.ndarray, bg: Optional[np.ndarray] = None, min_area: int = 6) -> list[Blob]:
@@ -84,7 +85,7 @@ def blobs(frame: np.ndarray, bg: Optional[np.ndarray] = None, min_area: int = 6)
             continue
         bw, bh = x.max() - x.min() + 1, y.max() - y.min() + 1
         out.append(Blob(PALETTE_NAMES[k], area, (x.mean() + 0.5) / W, (y.mean() + 0.5) / H, area / (bw * bh),
-                        bw / W, bh / H))
+                        bw / W, bh / H, _taper(y)))
     return sorted(out, key=lambda b: -b.area)
 
 
@@ -113,12 +114,21 @@ def largest_component(xs: np.ndarray, ys: np.ndarray):
     return arr[:, 0], arr[:, 1]
 
 
-def shape_from_fill(fill: float) -> str:
+def _taper(ys: np.ndarray) -> float:
+    rows = np.bincount(ys - ys.min()).astype(np.float64)
+    n = len(rows)
+    if n < 3:
+        return 1.0
+    k = max(1, n // 3)
+    return float(rows[:k].mean() / max(rows[-k:].mean(), 1e-6))
+
+
+def shape_from_fill(fill: float, taper: float = 1.0) -> str:
     if fill >= 0.88:
         return "box"
-    if fill >= 0.64:
-        return "ball"
-    return "triangle"
+    if fill < 0.6 or taper < 0.62:
+        return "triangle"
+    return "ball"
 
 
 @dataclass
@@ -137,8 +147,10 @@ class Track:
         return np.array([b.area if b is not None else np.nan for b in self.frames])
 
     def shape(self) -> str:
-        fills = [b.fill for b in self.frames if b is not None and b.area >= 12]
-        return shape_from_fill(float(np.median(fills))) if fills else "unknown"
+        seen = [b for b in self.frames if b is not None and b.area >= 12]
+        if not seen:
+            return "unknown"
+        return shape_from_fill(float(np.median([b.fill for b in seen])), float(np.median([b.taper for b in seen])))
 
 
 def analyse(frames) -> dict:

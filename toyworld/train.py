@@ -386,7 +386,7 @@ def main(argv=None):
     a.add_argument("--out", type=Path, default=Path("runs/vae"))
     a.add_argument("--steps", type=int, default=4000)
     a.add_argument("--batch", type=int, default=8)
-    a.add_argument("--lr", type=float, default=4e-4)
+    a.add_argument("--lr", type=float, default=1e-4)
     a.add_argument("--seed", type=int, default=0)
     a = sub.add_parser("encode", help="encode a dataset of toy-world clips into latents")
     a.add_argument("--vae", type=Path, default=Path("runs/vae"))
