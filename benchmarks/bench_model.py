@@ -1,0 +1,144 @@
+"""Model-core benchmarks (prints figures; not a test).
+
+    python benchmarks/bench_model.py [--ref REF_DIR] [--quick]
+
+1. DiT forward step time and peak memory at several token counts (a Wan-architecture DiT, head dim 128), and, when
+   the reference Wan code is available (``--ref`` or SPACETIME_REFERENCE_DIR: a folder holding ``wan21ref/`` copies of
+   Wan2.1's modules, as described in tests/fixtures/parity/make_fixtures.py), the same weights and inputs through
+   the reference in the same run: our time / the reference's time.
+2. VAE decode peak memory at 5, 17, 33 and 65 frames (the Wan 2.1 VAE architecture, random weights): growth from
+   17 to 65 frames against the size of the 48 extra output frames.
+
+Each memory figure comes from a fresh subprocess (peak resident set on CPU; torch's peak allocation on CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# Import the checkout as the package ``spacetime`` even where it is not pip-installed.
+PRELUDE = f"""
+import importlib.util, sys
+try:
+    import spacetime
+except ImportError:
+    _s = importlib.util.spec_from_file_location("spacetime", {str(ROOT / "__init__.py")!r},
+                                                submodule_search_locations=[{str(ROOT)!r}])
+    _m = importlib.util.module_from_spec(_s); sys.modules["spacetime"] = _m; _s.loader.exec_module(_m)
+"""
+
+
+def _child(code: str) -> dict:
+    # Large buffers straight from mmap, so the resident-set peak tracks live tensors rather than allocator caches.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072", MALLOC_ARENA_MAX="2")
+    out = subprocess.run([sys.executable, "-c", PRELUDE + code], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+DIT_CHILD = r"""
+import json, resource, sys, time, torch
+sys.path.insert(0, {ref!r}) if {ref!r} else None
+from spacetime.model.config import DiTConfig
+from spacetime.model.dit import build_dit
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+cfg = DiTConfig(dim={dim}, ffn_dim={ffn}, num_heads={dim} // 128, num_layers={layers}, text_len=512)
+torch.manual_seed(0)
+m = build_dit(cfg).to(dev, dtype).eval()
+torch.nn.init.normal_(m.head.head.weight, std=0.02)
+F, H, W = {grid}
+x = torch.randn(1, 16, F, 2 * H, 2 * W, device=dev)
+ctx = torch.randn(1, 64, 4096, device=dev)
+t = torch.tensor([500.0], device=dev)
+def ours():
+    return m(x, t, ctx)
+fns = {{"ours": ours}}
+if {ref!r}:
+    from wan21ref import model as R
+    def attn(q, k, v, q_lens=None, k_lens=None, **kw):
+        o = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return o.transpose(1, 2).type_as(q)
+    R.flash_attention = attn
+    r = R.WanModel(model_type="t2v", dim=cfg.dim, ffn_dim=cfg.ffn_dim, num_heads=cfg.num_heads,
+                   num_layers=cfg.num_layers).to(dev, dtype).eval()
+    r.load_state_dict(m.state_dict())
+    L = F * H * W
+    def ref():
+        return r([x[0]], t=t, context=[ctx[0]], seq_len=L)[0]
+    fns["ref"] = ref
+res = {{}}
+with torch.no_grad():
+    for name, fn in fns.items():
+        fn()
+    for name in fns:
+        res[name] = []
+    for _ in range({reps}):
+        for name, fn in fns.items():
+            if dev == "cuda": torch.cuda.synchronize()
+            t0 = time.perf_counter(); fn()
+            if dev == "cuda": torch.cuda.synchronize()
+            res[name].append(time.perf_counter() - t0)
+out = {{k: min(v) for k, v in res.items()}}
+out["peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda"
+                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+out["device"] = dev
+print(json.dumps(out))
+"""
+
+VAE_CHILD = r"""
+import json, resource, torch
+from spacetime.model.config import VAEConfig
+from spacetime.model.vae import build_vae
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+torch.manual_seed(0)
+vae = build_vae(VAEConfig()).to(dev)
+z = torch.randn(1, 16, ({frames} - 1) // 4 + 1, {h} // 8, {w} // 8, device=dev)
+base = (torch.cuda.memory_allocated() / 2**20 if dev == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+with torch.no_grad():
+    out = vae.decode(z)
+peak = (torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(json.dumps({{"peak_mb": peak, "before_mb": base, "out_mb": out.numel() * 4 / 2**20, "frames": out.shape[2]}}))
+"""
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ref", default=os.environ.get("SPACETIME_REFERENCE_DIR", ""))
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args(argv)
+    ref = str(Path(a.ref).resolve()) if a.ref else ""
+    print("DiT forward step (dim 512, ffn 2048, 4 layers, head dim 128, 64 text tokens)")
+    grids = [(5, 8, 8), (21, 8, 12), (21, 15, 26)] if not a.quick else [(5, 8, 8), (21, 8, 12)]
+    for grid in grids:
+        tokens = grid[0] * grid[1] * grid[2]
+        r = _child(DIT_CHILD.format(ref=ref, dim=512, ffn=2048, layers=4, grid=grid, reps=3 if a.quick else 5))
+        line = f"  {tokens:6d} tokens: ours {r['ours'] * 1000:8.1f} ms"
+        if "ref" in r:
+            line += f", reference {r['ref'] * 1000:8.1f} ms, ratio {r['ours'] / r['ref']:.2f}x"
+        print(line + f", peak {r['peak_mb']:.0f} MB ({r['device']})")
+    print("VAE decode peak memory (Wan 2.1 VAE architecture, 128x128)")
+    rows = {}
+    for frames in (5, 17, 33, 65):
+        r = _child(VAE_CHILD.format(frames=frames, h=128, w=128))
+        rows[frames] = r
+        print(f"  {frames:3d} frames: peak {r['peak_mb']:8.1f} MB (output {r['out_mb']:.1f} MB)")
+    growth = rows[65]["peak_mb"] - rows[17]["peak_mb"]
+    extra = rows[65]["out_mb"] - rows[17]["out_mb"]
+    print(f"  growth 17 -> 65 frames: {growth:.1f} MB; the 48 extra output frames are {extra:.1f} MB "
+          f"({'within' if growth <= extra * 1.05 + 2 else 'ABOVE'} target)")
+
+
+if __name__ == "__main__":
+    main()
