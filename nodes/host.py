@@ -21,7 +21,22 @@ def in_comfy() -> bool:
 
 def _folder_paths():
     import folder_paths  # noqa: WPS433 (ComfyUI module)
+    _register_model_folders(folder_paths)
     return folder_paths
+
+
+# Our folder keys and the older names of the same folders: ComfyUI before mid-2024 has no "diffusion_models" and
+# "text_encoders" keys (it calls those folders "unet" and "clip"), and newer releases list both folders per key.
+_FOLDER_NAMES = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip"),
+                 "vae": ("vae",)}
+
+
+def _register_model_folders(fp):
+    """Add any of our model folder keys this ComfyUI lacks (idempotent), so lookups never hit a KeyError."""
+    table = fp.folder_names_and_paths
+    for key, names in _FOLDER_NAMES.items():
+        if key not in table:
+            table[key] = ([os.path.join(fp.models_dir, n) for n in names], set(fp.supported_pt_extensions))
 
 
 def output_directory() -> Path:

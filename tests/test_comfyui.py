@@ -1,0 +1,276 @@
+"""The pack inside a real ComfyUI server (marker ``comfy``).
+
+Runs when two environment variables are set (``.ci/setup_comfyui.sh`` prepares both and prints them):
+    SPACETIME_COMFY_DIR     a ComfyUI tree (the folder with main.py)
+    SPACETIME_COMFY_PYTHON  a python with ComfyUI's requirements and this pack's dependencies
+and is skipped otherwise. The server listens on loopback only, runs on the CPU, keeps its input/output/temp folders
+in a temporary folder, and loads this checkout as the custom node pack ``comfyui-spacetime`` (a symlink in a temporary
+``--base-directory``; ComfyUI releases without that option get the link in their own custom_nodes folder, removed
+again afterwards). Checks: the pack imports (no "IMPORT FAILED"), /object_info describes every node as the classes
+do, every workflow in workflows/ (converted to API format with our ``ui_to_api``) runs through /prompt with its
+output files in /history and on disk, and a bad frame count is rejected by validation with our message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+import spacetime
+from spacetime.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from spacetime.runner import ui_to_api
+
+COMFY_DIR = os.environ.get("SPACETIME_COMFY_DIR", "")
+COMFY_PYTHON = os.environ.get("SPACETIME_COMFY_PYTHON", "")
+PACK_DIR = Path(spacetime.__file__).resolve().parent
+PACK_NAME = "comfyui-spacetime"
+WORKFLOWS = sorted(p for p in (PACK_DIR / "workflows").glob("*.json"))
+START_TIMEOUT = 300
+RUN_TIMEOUT = 600
+
+pytestmark = [
+    pytest.mark.comfy,
+    pytest.mark.skipif(not (COMFY_DIR and COMFY_PYTHON),
+                       reason="set SPACETIME_COMFY_DIR and SPACETIME_COMFY_PYTHON to run the ComfyUI server tests "
+                              "(.ci/setup_comfyui.sh prepares both)"),
+]
+
+
+def _http(url: str, data=None, timeout: float = 30):
+    """-> (status, parsed JSON body)."""
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, {"raw": raw.decode(errors="replace")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url, proc, log, dirs):
+        self.url, self.proc, self.log_path, self.dirs = url, proc, log, dirs
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, n=60) -> str:
+        return "\n".join(self.log().splitlines()[-n:])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    comfy = Path(COMFY_DIR)
+    if not (comfy / "main.py").is_file():
+        pytest.fail(f"SPACETIME_COMFY_DIR={COMFY_DIR!r} is not a ComfyUI tree (no main.py)")
+    if not Path(COMFY_PYTHON).is_file():
+        pytest.fail(f"SPACETIME_COMFY_PYTHON={COMFY_PYTHON!r} does not exist")
+    root = tmp_path_factory.mktemp("comfy")
+    dirs = {k: root / k for k in ("input", "output", "temp")}
+    for d in dirs.values():
+        d.mkdir()
+    cli = (comfy / "comfy" / "cli_args.py").read_text()
+    port = _free_port()
+    args = [COMFY_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+            "--output-directory", str(dirs["output"]), "--input-directory", str(dirs["input"]),
+            "--temp-directory", str(dirs["temp"])]
+    link = None
+    if "--base-directory" in cli:
+        base = root / "base"
+        (base / "custom_nodes").mkdir(parents=True)
+        (base / "models").mkdir()
+        (base / "user" / "default").mkdir(parents=True)
+        (base / "custom_nodes" / PACK_NAME).symlink_to(PACK_DIR, target_is_directory=True)
+        args += ["--base-directory", str(base)]
+        for flag, extra in (("--database-url", ["sqlite:///:memory:"]), ("--disable-api-nodes", [])):
+            if flag in cli:
+                args += [flag, *extra]
+    else:                                            # ComfyUI before --base-directory: link into its tree
+        link = comfy / "custom_nodes" / PACK_NAME
+        if link.exists() and not link.is_symlink():
+            pytest.fail(f"{link} exists and is not a symlink; move it away to run this test")
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(PACK_DIR, target_is_directory=True)
+    log = root / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(args, cwd=comfy, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log, dirs)
+    try:
+        deadline = time.time() + START_TIMEOUT
+        while True:
+            if not srv.alive():
+                pytest.fail(f"ComfyUI exited with code {proc.returncode} before it was ready:\n{srv.log_tail()}")
+            text = srv.log()
+            # the log line proves that this process (not another server on the port) is serving
+            if f"127.0.0.1:{port}" in text.split("To see the GUI go to:", 1)[-1][:200] and \
+                    "To see the GUI go to:" in text:
+                try:
+                    if _http(srv.url + "/system_stats", timeout=5)[0] == 200:
+                        break
+                except OSError:
+                    pass
+            if time.time() > deadline:
+                pytest.fail(f"ComfyUI was not ready after {START_TIMEOUT} s:\n{srv.log_tail()}")
+            time.sleep(0.5)
+        yield srv
+    finally:
+        if srv.alive():
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if link is not None and link.is_symlink():
+            link.unlink()
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    status, info = _http(server.url + "/object_info", timeout=120)
+    assert status == 200, info
+    return info
+
+
+def _api(path: Path, object_info) -> dict:
+    """A workflow in API format, with the embedded model's preset swapped for its random-weight twin when the
+    trained weights are not in this checkout."""
+    api = ui_to_api(json.loads(path.read_text()))
+    presets = object_info["SpacetimeModelLoader"]["input"]["required"]["preset"][0]
+    for node in api.values():
+        if node["class_type"] == "SpacetimeModelLoader" and node["inputs"].get("preset") not in presets:
+            assert node["inputs"]["preset"] == "toyworld" and "toyworld-random" in presets, presets
+            node["inputs"]["preset"] = "toyworld-random"
+    return api
+
+
+def _queue(server, api) -> tuple[int, dict]:
+    return _http(server.url + "/prompt", {"prompt": api, "client_id": uuid.uuid4().hex})
+
+
+def _wait_history(server, prompt_id: str) -> dict:
+    deadline = time.time() + RUN_TIMEOUT
+    while time.time() < deadline:
+        status, hist = _http(f"{server.url}/history/{prompt_id}")
+        if status == 200 and prompt_id in hist:
+            entry = hist[prompt_id]
+            st = entry.get("status") or {}
+            if st.get("completed", True) or st.get("status_str") == "error":
+                return entry
+        if not server.alive():
+            pytest.fail(f"ComfyUI died while running the prompt:\n{server.log_tail()}")
+        time.sleep(0.5)
+    pytest.fail(f"prompt {prompt_id} did not finish in {RUN_TIMEOUT} s:\n{server.log_tail()}")
+
+
+def _files(outputs: dict):
+    """Every file entry ({filename, subfolder, type}) in a node's UI output."""
+    for value in outputs.values():
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict) and "filename" in item:
+                    yield item
+
+
+def _video_shape(path: Path):
+    import av
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(s))
+        return n, s.codec_context.width, s.codec_context.height
+
+
+def test_pack_imports_without_errors(server, object_info):
+    log = server.log()
+    ours = [line for line in log.splitlines() if PACK_NAME in line]
+    failed = [line for line in ours if "IMPORT FAILED" in line]
+    assert not failed, f"ComfyUI could not import the pack:\n{server.log_tail(80)}"
+    timing = [line for line in ours if re.search(r"\d+(\.\d+)? seconds", line)]
+    assert timing, f"the pack is missing from ComfyUI's import times:\n{server.log_tail(80)}"
+    blocks = log.split("Traceback (most recent call last):")[1:]
+    ours_tb = [b[:1500] for b in blocks if PACK_NAME in b or str(PACK_DIR) in b]
+    assert not ours_tb, f"a traceback through the pack in ComfyUI's log:\n{ours_tb[0]}"
+
+
+def test_object_info_describes_every_node(object_info):
+    missing = sorted(set(NODE_CLASS_MAPPINGS) - set(object_info))
+    assert not missing, f"/object_info lacks {missing}"
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        info = object_info[node_id]
+        spec = cls.INPUT_TYPES()
+        assert info["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[node_id]
+        assert info["category"] == cls.CATEGORY
+        assert list(info["output"]) == list(cls.RETURN_TYPES)
+        assert list(info["output_name"]) == list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))
+        assert info["output_node"] == bool(getattr(cls, "OUTPUT_NODE", False))
+        for section in ("required", "optional"):
+            # same inputs in the same order: saved workflows map widgets_values by position
+            assert list(info["input"].get(section, {})) == list(spec.get(section, {})), (node_id, section)
+    presets = object_info["SpacetimeModelLoader"]["input"]["required"]["preset"][0]
+    assert "toyworld-random" in presets and presets[0] in ("toyworld", "toyworld-random")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_runs_in_comfyui(server, object_info, path):
+    api = _api(path, object_info)
+    status, body = _queue(server, api)
+    assert status == 200 and "prompt_id" in body, f"/prompt refused {path.name}: {json.dumps(body)[:3000]}"
+    entry = _wait_history(server, body["prompt_id"])
+    st = entry.get("status") or {}
+    if st.get("status_str") == "error":
+        errors = [m for m in st.get("messages", []) if m[0] == "execution_error"]
+        pytest.fail(f"{path.name} failed in ComfyUI: {json.dumps(errors)[:3000]}\n{server.log_tail()}")
+    out_nodes = [nid for nid, n in api.items() if getattr(NODE_CLASS_MAPPINGS[n["class_type"]], "OUTPUT_NODE", False)]
+    assert out_nodes, f"{path.name} has no output node"
+    for nid in out_nodes:
+        outputs = entry["outputs"].get(nid)
+        assert outputs, f"{path.name}: no outputs from node {nid} in /history: {json.dumps(entry)[:2000]}"
+        files = list(_files(outputs))
+        assert files, f"{path.name}: node {nid} reported no files: {outputs}"
+        for f in files:
+            folder = server.dirs["output" if f.get("type") == "output" else "temp"]
+            p = folder / f.get("subfolder", "") / f["filename"]
+            assert p.is_file() and p.stat().st_size > 0, f"{p} is missing or empty"
+            if p.suffix == ".mp4":
+                assert p.read_bytes()[4:8] == b"ftyp"
+                assert _video_shape(p) == (17, 64, 64), p
+
+
+def test_bad_frame_count_is_rejected_with_our_message(server, object_info):
+    api = _api(PACK_DIR / "workflows" / "text_to_video.json", object_info)
+    latent_id = next(nid for nid, n in api.items() if n["class_type"] == "SpacetimeNoiseLatent")
+    api[latent_id]["inputs"]["frames"] = 16
+    before = sorted(server.dirs["output"].rglob("*"))
+    status, body = _queue(server, api)
+    assert status == 400, f"a 16-frame video was accepted: {body}"
+    node_errors = body.get("node_errors") or {}
+    assert latent_id in node_errors, f"expected a validation error on node {latent_id}: {body}"
+    errors = node_errors[latent_id].get("errors", [])
+    assert any("frames=16 is not allowed: it must be 1 + 4*k" in e.get("details", "") for e in errors), body
+    assert sorted(server.dirs["output"].rglob("*")) == before
