@@ -191,11 +191,25 @@ def use(bundle, part: str):
     if patcher is None:
         compute = mm.text_encoder_device() if part == "text" else (
             mm.vae_device() if part == "vae" else mm.get_torch_device())
-        patcher = comfy.model_patcher.ModelPatcher(module, load_device=compute,
+        patcher = comfy.model_patcher.ModelPatcher(_holder(module), load_device=compute,
                                                    offload_device=mm.unet_offload_device())
         _patchers[id(module)] = patcher
     mm.load_models_gpu([patcher])
     return module
+
+
+def _holder(module):
+    """The module ModelPatcher manages: a bare torch module with ours as its only child. ModelPatcher keeps its
+    bookkeeping as plain attributes of the model it manages (ComfyUI 0.3.x assigns ``model.device``,
+    ``model.model_lowvram``, ...), and our modules expose ``device`` as a read-only property; moving the holder
+    moves our module. The holder's class takes our module's class name, so ComfyUI's log names the real model."""
+    import torch
+    cls = type(type(module).__name__, (torch.nn.Module,), {"__doc__": _holder.__doc__})
+    holder = cls()
+    holder.add_module("inner", module)
+    first = next(module.parameters(), None)
+    holder.device = first.device if first is not None else None
+    return holder
 
 
 def free_memory():
