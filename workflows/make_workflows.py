@@ -22,9 +22,9 @@ DEFAULT_PRESET = "toyworld"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 COLUMN_X = 40
-COLUMN_WIDTH = 340
-COLUMN_GAP = 70
-ROW_GAP = 70
+COLUMN_WIDTH = 320
+COLUMN_GAP = 60
+ROW_GAP = 90
 TOP = 90
 TITLE_H = 30               # LiteGraph draws the title bar above pos[1]
 SLOT_H = 22
@@ -53,11 +53,11 @@ class Workflow:
     name: str
     summary: str
     nodes: list
-    groups: list                                 # [(title, [column, ...])]
+    groups: list                                 # [(title, [node key, ...])]
 
 
-def _model(preset):
-    return Node("model", "SpacetimeModelLoader", 0, "Model (embedded toy world)",
+def _model(preset, column=0):
+    return Node("model", "SpacetimeModelLoader", column, "Model (embedded toy world)",
                 {"preset": preset, "device": "auto"})
 
 
@@ -68,93 +68,90 @@ def _text(prompt, column=1, prompt_link=None):
     return Node("text", "SpacetimeTextEncode", column, "Prompt", {"prompt": prompt, "negative": ""}, links)
 
 
-def _latent(frames=17, seed=7):
-    return Node("latent", "SpacetimeNoiseLatent", 2, "Video size and length",
-                {**SIZE, "frames": frames, "batch": 1, "seed": seed}, {"model": "model.model"})
+def _latent(column=1):
+    return Node("latent", "SpacetimeNoiseLatent", column, "Video size, length, seed",
+                {**SIZE, "frames": 17, "batch": 1, "seed": 7}, {"model": "model.model"})
 
 
-def _denoise(latent_from, column=3):
+def _denoise(latent_from, column):
     return Node("denoise", "SpacetimeDenoise", column, "Generate (denoise)",
                 {"steps": 20, "cfg": 5.0, "shift": 3.0, "sampler": "unipc", "seed": 0, "strength": 1.0},
                 {"model": "model.model", "text": "text.text", "latent": latent_from})
 
 
-def _decode(column=4):
+def _decode(column):
     return Node("decode", "SpacetimeVAEDecode", column, "Decode frames",
                 links={"model": "model.model", "latent": "denoise.latent"})
 
 
 def _stamp(column, frames_from="decode.frames", reports=()):
-    links = {"frames": frames_from, "generation_info": "denoise.generation_info"}
-    for name, src in reports:
-        links[name] = src
-    return Node("stamp", "SpacetimeProvenanceStamp", column, "Save signed MP4",
-                {"filename_prefix": "spacetime/video", "fps": 8.0}, links)
+    links = {"frames": frames_from, "generation_info": "denoise.generation_info", **dict(reports)}
+    return Node("stamp", "SpacetimeProvenanceStamp", column, "Save signed MP4", {"filename_prefix": "spacetime"},
+                links)
 
 
 def _load(key, file, title, column=0, **values):
     return Node(key, "SpacetimeLoadVideo", column, title, {"file": EXAMPLES + file, **values})
 
 
-SAVE_GROUP = "Decode and save (signed, watermarked MP4)"
+def _extend(direction, title, column=1, after=False):
+    links = {"model": "model.model", "frames": "clip.frames"}
+    if after:
+        links["after_frames"] = "after.frames"
+    return Node("extend", "SpacetimeExtend", column, title, {"direction": direction, "new_frames": 8}, links)
+
+
+SAMPLE = ("Sample", ["denoise"])
+SAVE = ("Decode, sign, save", ["decode", "stamp"])
 
 
 def workflows(preset: str = DEFAULT_PRESET) -> list[Workflow]:
     t2v_prompt = "a red ball bounces on a navy background"
     ball_prompt = "a red ball moves right on a navy background"
+    extend_tail = [_denoise("extend.latent", 2), _decode(3), _stamp(3)]
     return [
         Workflow("text_to_video", "Text to video: a prompt becomes a 64x64, 17-frame clip.",
-                 [_model(preset), _text(t2v_prompt), _latent(), _denoise("latent.latent"), _decode(),
-                  _stamp(4)],
-                 [("Model", [0]), ("Prompt", [1]), ("Size, length, seed", [2]), ("Sample", [3]),
-                  (SAVE_GROUP, [4])]),
+                 [_model(preset), _text(t2v_prompt), _latent(), _denoise("latent.latent", 2), _decode(3),
+                  _stamp(3)],
+                 [("Model", ["model"]), ("Prompt", ["text"]), ("Video size", ["latent"]), SAMPLE, SAVE]),
         Workflow("image_to_video", "Image to video: a still image becomes the first frame; the rest is generated.",
                  [_model(preset), _load("image", "yellow_box.png", "Still image (first frame)"),
                   _text("a yellow box moves up on a sky blue background"), _latent(),
                   Node("i2v", "SpacetimeImageToVideo", 2, "Image as first frame", {"position": "start"},
                        {"model": "model.model", "latent": "latent.latent", "image": "image.frames"}),
-                  _denoise("i2v.latent", 3), _decode(), _stamp(4)],
-                 [("Model and image", [0]), ("Prompt", [1]), ("Size, length, first frame", [2]),
-                  ("Sample", [3]), (SAVE_GROUP, [4])]),
+                  _denoise("i2v.latent", 3), _decode(4), _stamp(4)],
+                 [("Model", ["model"]), ("Input image", ["image"]), ("Prompt", ["text"]),
+                  ("Video size", ["latent"]), ("Image to video", ["i2v"]), SAMPLE, SAVE]),
         Workflow("extend_forward", "Extend forward: 9 frames of a clip, then 8 new frames that continue it.",
-                 [_model(preset), _load("clip", "ball_clip.mp4", "Clip to continue", max_frames=9),
-                  _text(ball_prompt),
-                  Node("extend", "SpacetimeExtend", 2, "Extend forward (+8 frames)",
-                       {"direction": "forward", "new_frames": 8}, {"model": "model.model", "frames": "clip.frames"}),
-                  _denoise("extend.latent"), _decode(), _stamp(4)],
-                 [("Model and clip", [0]), ("Prompt", [1]), ("Extend", [2]), ("Sample", [3]), (SAVE_GROUP, [4])]),
+                 [_model(preset), _load("clip", "ball_clip.mp4", "Clip to continue (first 9 frames)", max_frames=9),
+                  _text(ball_prompt), _extend("forward", "Extend forward (+8 frames after)"), *extend_tail],
+                 [("Model", ["model"]), ("Input clip", ["clip"]), ("Prompt", ["text"]), ("Extend", ["extend"]),
+                  SAMPLE, SAVE]),
         Workflow("extend_backward", "Extend backward: 8 new frames that lead into a 9-frame clip.",
-                 [_model(preset), _load("clip", "ball_clip_later.mp4", "Clip to lead into"),
-                  _text(ball_prompt),
-                  Node("extend", "SpacetimeExtend", 2, "Extend backward (+8 frames before)",
-                       {"direction": "backward", "new_frames": 8}, {"model": "model.model", "frames": "clip.frames"}),
-                  _denoise("extend.latent"), _decode(), _stamp(4)],
-                 [("Model and clip", [0]), ("Prompt", [1]), ("Extend", [2]), ("Sample", [3]), (SAVE_GROUP, [4])]),
+                 [_model(preset), _load("clip", "ball_clip_later.mp4", "Clip to lead into (9 frames)"),
+                  _text(ball_prompt), _extend("backward", "Extend backward (+8 frames before)"), *extend_tail],
+                 [("Model", ["model"]), ("Input clip", ["clip"]), ("Prompt", ["text"]), ("Extend", ["extend"]),
+                  SAMPLE, SAVE]),
         Workflow("fill_frames", "Fill frames: 8 new frames bridge the end of one clip and the start of a later one.",
                  [_model(preset), _load("clip", "ball_clip.mp4", "Clip before the gap (last 4 frames)",
                                         skip_frames=13),
                   _load("after", "ball_clip_later.mp4", "Clip after the gap (first 5 frames)", max_frames=5),
-                  _text(ball_prompt),
-                  Node("extend", "SpacetimeExtend", 2, "Fill the gap (8 frames)",
-                       {"direction": "fill", "new_frames": 8},
-                       {"model": "model.model", "frames": "clip.frames", "after_frames": "after.frames"}),
-                  _denoise("extend.latent"), _decode(), _stamp(4)],
-                 [("Model and clips", [0]), ("Prompt", [1]), ("Fill", [2]), ("Sample", [3]), (SAVE_GROUP, [4])]),
+                  _text(ball_prompt), _extend("fill", "Fill the gap (8 frames)", after=True), *extend_tail],
+                 [("Model", ["model"]), ("Input clips", ["clip", "after"]), ("Prompt", ["text"]),
+                  ("Fill between the clips", ["extend"]), SAMPLE, SAVE]),
         Workflow("safe_text_to_video", "Text to video with safety checks: the prompt is checked before encoding, "
                  "every frame before saving, and the signed MP4 records both verdicts.",
                  [_model(preset),
-                  Node("prompt_check", "SpacetimeSafetyPromptFilter", 1, "Check the prompt",
-                       {"prompt": t2v_prompt}),
-                  _text(t2v_prompt, 2, prompt_link="prompt_check.prompt"),
-                  Node("latent", "SpacetimeNoiseLatent", 2, "Video size and length",
-                       {**SIZE, "frames": 17, "batch": 1, "seed": 7}, {"model": "model.model"}),
-                  _denoise("latent.latent", 3), _decode(4),
-                  Node("frame_check", "SpacetimeSafetyFrameFilter", 4, "Check every frame",
+                  Node("prompt_check", "SpacetimeSafetyPromptFilter", 0, "Check the prompt", {"prompt": t2v_prompt}),
+                  _text(t2v_prompt, prompt_link="prompt_check.prompt"), _latent(),
+                  _denoise("latent.latent", 2), _decode(3),
+                  Node("frame_check", "SpacetimeSafetyFrameFilter", 3, "Check every frame",
                        links={"frames": "decode.frames"}),
-                  _stamp(5, "frame_check.frames", reports=(("prompt_report", "prompt_check.report"),
+                  _stamp(4, "frame_check.frames", reports=(("prompt_report", "prompt_check.report"),
                                                            ("frame_report", "frame_check.report")))],
-                 [("Model", [0]), ("Prompt safety check", [1]), ("Prompt and size", [2]), ("Sample", [3]),
-                  ("Decode and check frames", [4]), ("Save (signed, watermarked MP4)", [5])]),
+                 [("Model", ["model"]), ("Prompt safety check", ["prompt_check"]), ("Prompt", ["text"]),
+                  ("Video size", ["latent"]), SAMPLE, ("Decode, check frames", ["decode", "frame_check"]),
+                  ("Sign and save", ["stamp"])]),
     ]
 
 
@@ -284,7 +281,7 @@ def build(wf: Workflow) -> dict:
 
     groups = []
     for gi, (title, columns) in enumerate(wf.groups):
-        members = [nd for nd, n in zip(nodes, wf.nodes) if n.column in columns]
+        members = [nd for nd, n in zip(nodes, wf.nodes) if n.key in columns]
         if not members:
             raise SystemExit(f"{wf.name}: group {title!r} has no nodes")
         x0 = min(m["pos"][0] for m in members) - GROUP_PAD
@@ -294,9 +291,20 @@ def build(wf: Workflow) -> dict:
         groups.append({"id": gi + 1, "title": f"{gi + 1}. {title}", "bounding": [x0, y0, x1 - x0, y1 - y0],
                        "color": GROUP_COLORS[gi % len(GROUP_COLORS)], "font_size": 22, "flags": {}})
     return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": groups, "config": {},
-            "extra": {"ds": {"scale": 0.9, "offset": [0, 0]}, "spacetime": {"summary": wf.summary}},
+            "groups": groups, "config": {}, "extra": {"ds": _fit_view(groups), "spacetime": {"summary": wf.summary}},
             "version": 0.4}
+
+
+def _fit_view(groups, view=(1400, 860), margin=30) -> dict:
+    """The canvas view saved with the workflow: the whole graph in a 1400x860 window (screen = (pos + offset) *
+    scale in LiteGraph)."""
+    x0 = min(g["bounding"][0] for g in groups)
+    y0 = min(g["bounding"][1] for g in groups)
+    x1 = max(g["bounding"][0] + g["bounding"][2] for g in groups)
+    y1 = max(g["bounding"][1] + g["bounding"][3] for g in groups)
+    scale = min(1.0, (view[0] - 2 * margin) / (x1 - x0), (view[1] - 2 * margin) / (y1 - y0))
+    scale = int(scale * 100) / 100
+    return {"scale": scale, "offset": [round(margin / scale - x0, 1), round(margin / scale - y0, 1)]}
 
 
 def render(preset: str = DEFAULT_PRESET) -> dict[str, str]:
