@@ -198,6 +198,20 @@ def _files(outputs: dict):
                     yield item
 
 
+def _tracebacks(log: str) -> list[str]:
+    """The Python tracebacks in a log: from the header to the exception line (the first one not indented)."""
+    out, cur = [], None
+    for line in log.splitlines():
+        if line.startswith("Traceback (most recent call last):"):
+            cur = [line]
+        elif cur is not None:
+            cur.append(line)
+            if line and not line[0].isspace():
+                out.append("\n".join(cur))
+                cur = None
+    return out
+
+
 def _video_shape(path: Path):
     import av
     with av.open(str(path)) as c:
@@ -213,8 +227,7 @@ def test_pack_imports_without_errors(server, object_info):
     assert not failed, f"ComfyUI could not import the pack:\n{server.log_tail(80)}"
     timing = [line for line in ours if re.search(r"\d+(\.\d+)? seconds", line)]
     assert timing, f"the pack is missing from ComfyUI's import times:\n{server.log_tail(80)}"
-    blocks = log.split("Traceback (most recent call last):")[1:]
-    ours_tb = [b[:1500] for b in blocks if PACK_NAME in b or str(PACK_DIR) in b]
+    ours_tb = [tb for tb in _tracebacks(log) if PACK_NAME in tb or str(PACK_DIR) in tb]
     assert not ours_tb, f"a traceback through the pack in ComfyUI's log:\n{ours_tb[0]}"
 
 
