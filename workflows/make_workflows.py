@@ -24,14 +24,14 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 COLUMN_X = 40
 COLUMN_WIDTH = 320
 COLUMN_GAP = 60
-ROW_GAP = 90
+ROW_GAP = 100
 TOP = 90
 TITLE_H = 30               # LiteGraph draws the title bar above pos[1]
 SLOT_H = 22
 WIDGET_H = 26
 MULTILINE_H = 90
 GROUP_PAD = 14
-GROUP_TITLE_H = 36
+GROUP_TITLE_H = 48          # room for the group's title and the frontend's node badge above each node
 GROUP_COLORS = ["#3f789e", "#8A8", "#b58b2a", "#a1309b", "#88A", "#b06634"]
 
 EXAMPLES = "spacetime-examples/"
@@ -295,16 +295,16 @@ def build(wf: Workflow) -> dict:
             "version": 0.4}
 
 
-def _fit_view(groups, view=(1400, 860), margin=30) -> dict:
-    """The canvas view saved with the workflow: the whole graph in a 1400x860 window (screen = (pos + offset) *
-    scale in LiteGraph)."""
+def _fit_view(groups, box=(60, 90, 1380, 800)) -> dict:
+    """The canvas view saved with the workflow: the whole graph inside the part of a 1400x900 window that the
+    frontend's side bar and tab bar leave free (LiteGraph: screen = (pos + offset) * scale)."""
     x0 = min(g["bounding"][0] for g in groups)
     y0 = min(g["bounding"][1] for g in groups)
     x1 = max(g["bounding"][0] + g["bounding"][2] for g in groups)
     y1 = max(g["bounding"][1] + g["bounding"][3] for g in groups)
-    scale = min(1.0, (view[0] - 2 * margin) / (x1 - x0), (view[1] - 2 * margin) / (y1 - y0))
+    scale = min(1.0, (box[2] - box[0]) / (x1 - x0), (box[3] - box[1]) / (y1 - y0))
     scale = int(scale * 100) / 100
-    return {"scale": scale, "offset": [round(margin / scale - x0, 1), round(margin / scale - y0, 1)]}
+    return {"scale": scale, "offset": [round(box[0] / scale - x0, 1), round(box[1] / scale - y0, 1)]}
 
 
 def render(preset: str = DEFAULT_PRESET) -> dict[str, str]:
