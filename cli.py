@@ -92,8 +92,8 @@ def cmd_generate(a) -> int:
     from .model.errors import SpacetimeValueError
     from .nodes import host
     out = _check_out(a.out)
-    if a.fps <= 0:
-        raise CliError(f"--fps {a.fps}: must be > 0")
+    if a.fps < 0:
+        raise CliError(f"--fps {a.fps}: must be > 0 (or 0 for the model's default)")
     if a.steps < 1 or a.steps > 500:
         raise CliError(f"--steps {a.steps}: allowed 1..500")
     if a.cfg is not None and a.cfg < 1.0:
@@ -120,6 +120,10 @@ def cmd_generate(a) -> int:
     p = st.preset
     width, height = a.width or p.default_size[0], a.height or p.default_size[1]
     frames = a.frames or p.default_frames
+    for flag, value in (("--width", width), ("--height", height)):
+        if value % st.size_multiple or value < st.size_multiple:
+            raise CliError(f"{flag} {value}: must be a positive multiple of {st.size_multiple} for this model "
+                           f"(e.g. {max(1, round(value / st.size_multiple)) * st.size_multiple})")
     kwargs = {}
     ingredients = []
     from .nodes.latent_nodes import _resize_cover

@@ -374,9 +374,32 @@ def export(vae_dir: Path, dit_dir: Path, out: Path, dtype=torch.float16):
     meta_path = out / "embedded.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update({"dit": config_to_dict(TOY_DIT), "vae": config_to_dict(vcfg), "text_encoder": "all-MiniLM-L6-v2",
-                 "dit_steps": int(state["step"])})
+                 "dit_steps": int(state["step"]), "latent_rgb": fit_latent_rgb(vae_dir)})
     meta_path.write_text(json.dumps(meta, indent=1))
     print("exported to", out)
+
+
+@torch.no_grad()
+def fit_latent_rgb(vae_dir: Path, n_clips: int = 64, seed: int = 5) -> dict:
+    """A linear map from raw latent channels to RGB in [-1, 1] (least squares against the pooled pixels of the
+    frame each latent frame starts at), used for the cheap previews shown while sampling."""
+    vae, cfg = load_trained_vae(vae_dir)
+    rng = np.random.default_rng(seed)
+    sf = 2 ** len(cfg.temperal_downsample)
+    tf = 2 ** sum(cfg.temperal_downsample)
+    xs, ys = [], []
+    for _ in range(n_clips // 8):
+        x = clips_to_tensor([random_clip(int(rng.integers(2 ** 31)), 9, 64, 64) for _ in range(8)])
+        mu = vae.encode_raw(x)                                                   # B C F' h w
+        pix = x[:, :, ::tf]                                                      # frame 0, tf, 2tf, ...
+        pooled = F.avg_pool3d(pix, (1, sf, sf))                                  # B 3 F' h w
+        xs.append(mu.permute(0, 2, 3, 4, 1).reshape(-1, mu.shape[1]))
+        ys.append(pooled.permute(0, 2, 3, 4, 1).reshape(-1, 3))
+    X, Y = torch.cat(xs).double(), torch.cat(ys).double()
+    X1 = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)
+    sol = torch.linalg.lstsq(X1, Y).solution                                     # [C+1, 3]
+    return {"weight": [[round(v, 5) for v in row] for row in sol[:-1].T.tolist()],
+            "bias": [round(v, 5) for v in sol[-1].tolist()]}
 
 
 def main(argv=None):
