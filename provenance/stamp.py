@@ -146,13 +146,15 @@ def stamp_video(frames, path, fps: float, generation: Optional[dict] = None, pro
                 include_prompt: bool = False, ingredients: Iterable = (), safety_reports: Iterable = (), *,
                 content_id: Optional[int] = None, generator_id: int = watermark.DEFAULT_GENERATOR,
                 crf: int = video.DEFAULT_CRF, on_exists: str = "rename", numbered: bool = False,
-                identity=None) -> dict:
+                identity=None, preview_path=None) -> dict:
     """Write frames [T, H, W, C] (float 0..1 or uint8) as a watermarked, C2PA-signed MP4 at ``path``.
 
     ``generation``: settings to record (model, checkpoint_sha256, seed, steps, cfg, ...); prompt text is replaced by
     its sha256 unless ``include_prompt``. ``ingredients``: files of input images / videos. ``safety_reports``: prompt
     and frame reports (dicts or report objects); a blocked one stops the write. ``on_exists``: "rename" (the next
     free numbered name) or "raise". ``numbered``: always use a numbered name (prefix_00001.mp4, ...).
+    ``preview_path``: also write an animated WebP of the watermarked frames there (a UI preview), after the video is
+    in place.
     Returns path, sha256, bytes, frames, width, height, fps, content_id, generator_id, watermark_psnr, signer, seconds.
     """
     t0 = time.perf_counter()
@@ -209,7 +211,26 @@ def stamp_video(frames, path, fps: float, generation: Optional[dict] = None, pro
     finally:
         for p in (encoded, signed):
             p.unlink(missing_ok=True)
+    if preview_path is not None:
+        write_preview(preview_path, video.yuv420_to_rgb(marked, u, v), fps)
     return {"path": str(final), "sha256": _file_sha256(final), "bytes": final.stat().st_size, "frames": t,
             "width": w, "height": h, "fps": float(fps), "content_id": content_id, "generator_id": generator_id,
             "watermark_psnr": psnr, "signer": identity.source,
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def write_preview(path, rgb, fps: float, max_side: int = 512):
+    """An animated WebP of uint8 RGB frames (a UI preview; downscaled to ``max_side``), written atomically."""
+    from PIL import Image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = [Image.fromarray(f) for f in rgb]
+    h, w = rgb.shape[1:3]
+    if max(h, w) > max_side:
+        size = (max(1, round(w * max_side / max(h, w))), max(1, round(h * max_side / max(h, w))))
+        frames = [f.resize(size, Image.Resampling.BILINEAR) for f in frames]
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp.webp")
+    frames[0].save(tmp, format="WEBP", save_all=True, append_images=frames[1:], loop=0,
+                   duration=max(1, round(1000 / float(fps or 8))), quality=85)
+    os.replace(tmp, path)
+    return path
