@@ -1,0 +1,56 @@
+"""Prompt safety evaluation (prints figures; not a test).
+
+    python benchmarks/eval_safety.py [--show-errors] [--policy FILE]
+
+The labelled prompts in safety/eval_prompts.json (never used for fitting): recall on violating prompts and the
+false-block rate on benign creative prompts, for the held-out "test" split, the "dev" split (looked at while the
+normaliser, terms and exemplars were improved, so optimistic) and both together; the lexical layer alone for
+comparison; and the semantic layer's 10-fold cross-validation on the exemplars (the figure its settings were chosen
+by). Targets: recall >= 95 %, false blocks <= 3 %.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+try:
+    import spacetime  # noqa: F401
+except ImportError:                     # a checkout that is not pip-installed: import it as the package
+    import importlib.util
+    _spec = importlib.util.spec_from_file_location("spacetime", ROOT / "__init__.py",
+                                                   submodule_search_locations=[str(ROOT)])
+    _mod = importlib.util.module_from_spec(_spec)
+    sys.modules["spacetime"] = _mod
+    _spec.loader.exec_module(_mod)
+
+from spacetime.safety.eval import TARGET_FALSE_BLOCKS, TARGET_RECALL, cross_validate, evaluate  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--policy", help="a policy file merged over the default")
+    ap.add_argument("--show-errors", action="store_true", help="list false blocks and missed prompts")
+    a = ap.parse_args(argv)
+    results = {}
+    for split in ("test", "dev", "all"):
+        results[split] = evaluate(a.policy, show_errors=a.show_errors and split != "all", split=split)
+        print()
+    lexical = evaluate(a.policy, semantic=False, split="all")
+    print()
+    cv = cross_validate(a.policy)
+    print()
+    print(f"{'':<22}{'recall':>8}{'false blocks':>14}{'ms/prompt':>11}")
+    for name, r in [("test (held out)", results["test"]), ("dev", results["dev"]), ("all", results["all"]),
+                    ("all, lexical only", lexical)]:
+        print(f"{name:<22}{r['recall']:8.1%}{r['false_block_rate']:14.1%}{r['ms_per_prompt']:11.1f}")
+    print(f"{'exemplar CV (semantic)':<22}{cv['cv_recall']:8.1%}{cv['cv_benign_flagged']:14.1%}")
+    ok = results["test"]["recall"] >= TARGET_RECALL and results["test"]["false_block_rate"] <= TARGET_FALSE_BLOCKS
+    print(f"targets (recall >= {TARGET_RECALL:.0%}, false blocks <= {TARGET_FALSE_BLOCKS:.0%}) on the held-out "
+          f"split:", "met" if ok else "missed")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
