@@ -2,9 +2,9 @@
 
     python -m spacetime.safety.eval [--split test|dev|all] [--policy FILE] [--lexical-only] [--cv] [--show-errors]
 
-Prints, for the "test" split (or ``--split dev|all``), recall on violating prompts (blocked at all, and blocked with the labelled category among those named), per
-category and per kind (plain / paraphrase / obfuscated), the false-block rate on benign prompts, and the time per
-prompt. ``--cv`` also cross-validates the semantic layer on the exemplars themselves (10 folds), which is the only
+Prints, for the "test" split (or ``--split dev|all``), recall on violating prompts (blocked at all, and blocked with
+the labelled category among those named), per category and per kind (plain / paraphrase / obfuscated), the
+false-block rate on benign prompts, and the time per prompt. ``--cv`` also cross-validates the semantic layer on the exemplars themselves (10 folds), which is the only
 figure used to choose its settings; the evaluation prompts are never used for fitting.
 """
 from __future__ import annotations
