@@ -70,7 +70,7 @@ def _resolve_model(spec: str, vae=None, text=None, tokenizer=None):
     """A preset name, or a DiT file (its preset is inferred from its keys and shapes)."""
     from .model.config import BUNDLE_PRESETS, bundle_preset
     p = Path(spec)
-    if p.suffix in (".safetensors", ".pth", ".json") or p.exists():
+    if spec not in BUNDLE_PRESETS and (p.suffix in (".safetensors", ".pth", ".json") or p.is_file()):
         if not p.exists():
             raise CliError(f"--model {spec!r}: file not found")
         from .model.loading import _closest_dit_preset, normalize_dit_keys, read_state_dict
@@ -94,8 +94,8 @@ def cmd_generate(a) -> int:
     out = _check_out(a.out)
     if a.fps < 0:
         raise CliError(f"--fps {a.fps}: must be > 0 (or 0 for the model's default)")
-    if a.steps < 1 or a.steps > 500:
-        raise CliError(f"--steps {a.steps}: allowed 1..500")
+    if a.steps < 0 or a.steps > 500:
+        raise CliError(f"--steps {a.steps}: allowed 1..500 (or 0 for the model's default)")
     if a.cfg is not None and a.cfg < 1.0:
         raise CliError(f"--cfg {a.cfg}: allowed >= 1.0 (1 disables guidance)")
     if a.image and a.extend:

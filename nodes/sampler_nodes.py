@@ -13,14 +13,22 @@ def _preview(model, x0_norm):
     table = getattr(model.preset, "latent_rgb", None)
     if not table:
         return None
+    import numpy as np
     import torch
     from PIL import Image
-    raw = model.denormalize(x0_norm[:1, :, x0_norm.shape[2] // 2])           # [1, C, H', W']
+    mid = x0_norm.shape[2] // 2
+    raw = model.denormalize(x0_norm[:1, :, mid:mid + 1])[:, :, 0]             # [1, C, H', W']
     w = torch.tensor(table["weight"], dtype=torch.float32)                    # [3, C]
     b = torch.tensor(table["bias"], dtype=torch.float32)
     rgb = torch.einsum("oc,chw->hwo", w, raw[0].float()) + b
     arr = ((rgb.clamp(-1, 1) + 1) * 127.5).byte().numpy()
     img = Image.fromarray(arr).resize((arr.shape[1] * 8, arr.shape[0] * 8), Image.NEAREST)
+    try:                      # previews are frames too: the frame classifier sees them before the user does
+        from ..safety import check_frames
+        if check_frames(np.asarray(img)[None]).blocked:
+            return None
+    except Exception:         # no classifier available: no preview rather than an unreviewed one
+        return None
     return ("JPEG", img, 512)
 
 

@@ -160,3 +160,25 @@ def test_ui_format_conversion_reads_widgets_and_links():
     assert api["1"]["inputs"]["device"] == "cpu" and "9" not in api
     lat = run_workflow(ui)["3"]["result"][0]
     assert lat["samples"].shape == (1, 16, 3, 6, 8) and lat["noise_seed"] == 42
+
+
+def test_sampling_preview_is_reviewed_before_it_is_shown(monkeypatch):
+    from spacetime import safety
+    from spacetime.nodes import host
+    from spacetime.nodes.sampler_nodes import _preview
+    model = host.get_model("toyworld" if "toyworld" in _presets() else "toyworld-random")
+    if not model.preset.latent_rgb:
+        pytest.skip("this preset has no latent-to-RGB table")
+    x0 = torch.randn(1, 16, 3, 4, 6)
+    fmt, img, size = _preview(model, x0)
+    assert fmt == "JPEG" and img.size == (48, 32)
+
+    class Flagged:
+        blocked = True
+    monkeypatch.setattr(safety, "check_frames", lambda frames, **kw: Flagged())
+    assert _preview(model, x0) is None
+
+
+def _presets():
+    from spacetime.model.config import BUNDLE_PRESETS
+    return BUNDLE_PRESETS

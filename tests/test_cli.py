@@ -1,0 +1,110 @@
+"""The command line: playable, signed MP4s of the requested size and length; clear one-line errors; nothing written
+on bad input or blocked content."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spacetime.cli import EXIT_BAD_INPUT, EXIT_BLOCKED, main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "workflows" / "inputs"
+FAST = ["--steps", "3", "--seed", "3"]
+
+
+def _decode(path):
+    import av
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    return np.stack(frames)
+
+
+def test_generate_writes_a_playable_signed_mp4(tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    rc = main(["generate", "a green box moves left on a beige background", "--frames", "9", "--width", "96",
+               "--height", "64", *FAST, "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    frames = _decode(out)
+    assert frames.shape == (9, 64, 96, 3)
+    assert frames.std() > 2.0                         # not a blank clip
+    assert list(tmp_path.iterdir()) == [out]          # no temporary files left next to it
+    capsys.readouterr()
+    assert main(["verify", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    text = json.dumps(report)
+    assert "trainedAlgorithmicMedia" in text
+    assert report["watermark"]["detected"] is True
+
+
+def test_generate_image_to_video_keeps_the_image(tmp_path, capsys):
+    out = tmp_path / "i2v.mp4"
+    rc = main(["generate", "a yellow box moves up on a sky blue background", "--image",
+               str(EXAMPLES / "yellow_box.png"), "--frames", "9", *FAST, "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    frames = _decode(out)
+    assert frames.shape[0] == 9
+    from PIL import Image
+    img = np.asarray(Image.open(EXAMPLES / "yellow_box.png").convert("RGB").resize(frames.shape[2:0:-1]))
+    err = np.abs(frames[0].astype(float) - img.astype(float)).mean()
+    assert err < 20, err                              # the first frame is the input image (through VAE + H.264)
+
+
+def test_generate_extend_adds_new_frames(tmp_path, capsys):
+    out = tmp_path / "ext.mp4"
+    rc = main(["generate", "a red ball moves right on a navy background", "--extend",
+               str(EXAMPLES / "ball_clip.mp4"), "--frames", "8", *FAST, "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    src = _decode(EXAMPLES / "ball_clip.mp4")
+    got = _decode(out)
+    assert got.shape[0] == src.shape[0] + 8
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--frames", "10"], "--frames 10"),
+    (["--width", "70"], "70"),
+    (["--steps", "0", "--frames", "9"], None),
+    (["--image", "no/such.png"], "no/such.png"),
+])
+def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, capsys, args, needle):
+    out = tmp_path / "bad.mp4"
+    rc = main(["generate", "a red ball", *args, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    if needle is None:                                # --steps 0 means "the preset's default": it must succeed
+        assert rc == 0 and out.exists()
+        return
+    assert rc == EXIT_BAD_INPUT
+    assert err.startswith("spacetime: ") and "\n" not in err and needle in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "keep.mp4"
+    out.write_bytes(b"precious")
+    assert main(["generate", "a red ball", "--out", str(out)]) == EXIT_BAD_INPUT
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+
+
+def test_blocked_prompt_exits_before_generation(tmp_path):
+    out = tmp_path / "no.mp4"
+    proc = subprocess.run([sys.executable, "-m", "spacetime.cli", "generate", "explicit sexual content involving a "
+                           "child", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == EXIT_BLOCKED, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "blocked" in lines[0] and "minor" in lines[0].lower()
+    assert not out.exists()
+
+
+def test_run_workflow_from_the_command_line(tmp_path, capsys):
+    wf = Path(__file__).resolve().parent.parent / "workflows" / "text_to_video.json"
+    ui = json.loads(wf.read_text())
+    ids = {n["type"]: n["id"] for n in ui["nodes"]}
+    rc = main(["run", str(wf), "--out", str(tmp_path), "--set", f"{ids['SpacetimeDenoise']}.steps=2",
+               "--set", f"{ids['SpacetimeNoiseLatent']}.frames=5"])
+    assert rc == 0, capsys.readouterr().err
+    mp4s = list(tmp_path.rglob("*.mp4"))
+    assert len(mp4s) == 1
+    assert _decode(mp4s[0]).shape[0] == 5
+    assert main(["run", str(wf), "--set", "nonsense"]) == EXIT_BAD_INPUT
