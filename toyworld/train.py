@@ -167,6 +167,57 @@ def finalize_vae(out: Path, vae, seed: int, n_clips: int = 256):
     print(f"VAE recon PSNR (17 frames) {np.mean(psnrs):.2f} dB; latent std {std.min():.2f}..{std.max():.2f}")
 
 
+def finetune_decoder(vae_dir: Path, out: Path, steps: int, batch: int, lr: float, seed: int = 0):
+    """Fine-tune only the VAE decoder on long clips (17 and 33 frames) with the encoder frozen, so latents already
+    encoded for DiT training stay valid. Fixes decoders trained on short clips whose causal caches drift on long
+    ones. Writes a complete VAE folder (vae.safetensors + vae.json with the original latent statistics) to ``out``."""
+    dev = device_and_threads()
+    vae, cfg = load_trained_vae(vae_dir)
+    vae = vae.to(dev).train()
+    ck = Checkpointer(out)
+    params = [p for n, p in vae.named_parameters() if n.startswith(("decoder.", "conv2."))]
+    for n, p in vae.named_parameters():
+        p.requires_grad_(n.startswith(("decoder.", "conv2.")))
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    start = 0
+    state = ck.load()
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    rng = np.random.default_rng(seed + 7 + 1000 * start)
+    t0 = time.time()
+    for step in range(start, steps):
+        w, h = TRAIN_SIZES[int(rng.integers(len(TRAIN_SIZES)))]
+        frames = (17, 33)[int(rng.integers(2))]
+        nb = batch if frames == 17 else max(1, batch // 2)
+        x = clips_to_tensor([random_clip(int(rng.integers(2 ** 31)), frames, w, h) for _ in range(nb)]).to(dev)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup=20)
+        with torch.no_grad():
+            mu = vae.encode_raw(x)
+        y = torch.cat(list(vae.decode_chunks(mu, normalized=False, clamp=False)), dim=2)
+        mse = F.mse_loss(y, x)
+        loss = (y - x).abs().mean() + mse
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        tail = 10 * math.log10(4.0 / max(F.mse_loss(y[:, :, -4:], x[:, :, -4:]).item(), 1e-10))
+        ck.log({"step": step, "loss": loss.item(), "psnr": 10 * math.log10(4.0 / max(mse.item(), 1e-10)),
+                "psnr_last4": tail, "time": time.time() - t0})
+        if step % 10 == 0:
+            print(f"decoder step {step} loss {loss.item():.4f} psnr last 4 frames {tail:.2f} "
+                  f"{time.time() - t0:.0f}s", flush=True)
+        if (step + 1) % 25 == 0 or step + 1 == steps:
+            ck.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+    vae = vae.cpu().eval()
+    write_safetensors_atomic(vae.state_dict(), Path(out) / "vae.safetensors", overwrite=True)
+    meta = json.loads((Path(vae_dir) / "vae.json").read_text())
+    meta["decoder_finetune_steps"] = steps
+    (Path(out) / "vae.json").write_text(json.dumps(meta, indent=1))
+
+
 def load_trained_vae(vae_dir: Path):
     meta = json.loads((Path(vae_dir) / "vae.json").read_text())
     cfg = config_from_dict(VAEConfig, meta["config"])
@@ -411,6 +462,12 @@ def main(argv=None):
     a.add_argument("--batch", type=int, default=8)
     a.add_argument("--lr", type=float, default=1e-4)
     a.add_argument("--seed", type=int, default=0)
+    a = sub.add_parser("decoder", help="fine-tune the VAE decoder on long clips (encoder frozen)")
+    a.add_argument("--vae", type=Path, default=Path("runs/vae"))
+    a.add_argument("--out", type=Path, default=Path("runs/vae_dec"))
+    a.add_argument("--steps", type=int, default=300)
+    a.add_argument("--batch", type=int, default=4)
+    a.add_argument("--lr", type=float, default=1e-4)
     a = sub.add_parser("encode", help="encode a dataset of toy-world clips into latents")
     a.add_argument("--vae", type=Path, default=Path("runs/vae"))
     a.add_argument("--out", type=Path, default=Path("runs/data"))
@@ -430,6 +487,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.cmd == "vae":
         train_vae(args.out, args.steps, args.batch, args.lr, args.seed)
+    elif args.cmd == "decoder":
+        finetune_decoder(args.vae, args.out, args.steps, args.batch, args.lr)
     elif args.cmd == "encode":
         encode_dataset(args.vae, args.out, args.clips, args.seed)
     elif args.cmd == "dit":
