@@ -267,7 +267,8 @@ def test_workflow_runs_in_comfyui(server, object_info, path):
         files = list(_files(outputs))
         assert files, f"{path.name}: node {nid} reported no files: {outputs}"
         for f in files:
-            folder = server.dirs["output" if f.get("type") == "output" else "temp"]
+            # ComfyUI keeps temp files in "<--temp-directory>/temp"
+            folder = server.dirs["output"] if f.get("type") == "output" else server.dirs["temp"] / "temp"
             p = folder / f.get("subfolder", "") / f["filename"]
             assert p.is_file() and p.stat().st_size > 0, f"{p} is missing or empty"
             if p.suffix == ".mp4":
