@@ -26,7 +26,8 @@ def size_input(default: int, what: str):
 
 
 def frames_input(default: int, tooltip: str, minimum: int = 1):
-    return ("INT", {"default": default, "min": minimum, "max": MAX_FRAMES, "step": 4, "tooltip": tooltip})
+    # step 1: frame counts are 1 + 4k, and frontends that snap values to multiples of "step" would turn 17 into 16
+    return ("INT", {"default": default, "min": minimum, "max": MAX_FRAMES, "step": 1, "tooltip": tooltip})
 
 
 def check_size(width: int, height: int, multiple: int = 16):
