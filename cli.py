@@ -88,7 +88,7 @@ def _resolve_model(spec: str, vae=None, text=None, tokenizer=None):
 
 def cmd_generate(a) -> int:
     import torch
-    from .model.conditioning import round_up_frames
+    from .model.conditioning import check_size, round_up_frames
     from .model.errors import SpacetimeValueError
     from .nodes import host
     out = _check_out(a.out)
@@ -120,10 +120,10 @@ def cmd_generate(a) -> int:
     p = st.preset
     width, height = a.width or p.default_size[0], a.height or p.default_size[1]
     frames = a.frames or p.default_frames
-    for flag, value in (("--width", width), ("--height", height)):
-        if value % st.size_multiple or value < st.size_multiple:
-            raise CliError(f"{flag} {value}: must be a positive multiple of {st.size_multiple} for this model "
-                           f"(e.g. {max(1, round(value / st.size_multiple)) * st.size_multiple})")
+    try:
+        check_size(width, height, st.size_multiple, "--width x --height")
+    except SpacetimeValueError as exc:
+        raise CliError(str(exc)) from None
     kwargs = {}
     ingredients = []
     from .nodes.latent_nodes import _resize_cover

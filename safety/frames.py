@@ -34,20 +34,8 @@ class FramesWithheldError(SpacetimeValueError):
 
 def to_uint8_frames(frames) -> np.ndarray:
     """IMAGE frames [T, H, W, C] (torch or numpy; float 0..1 or uint8) -> uint8 RGB [T, H, W, 3]."""
-    if hasattr(frames, "detach"):
-        frames = frames.detach().cpu().float().numpy()
-    arr = np.asarray(frames)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or 0 in arr.shape:
-        raise SpacetimeValueError(f"frames have shape {tuple(arr.shape)}; allowed: [frames, height, width, 3] "
-                                  f"(IMAGE, frames as the batch)")
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        arr = np.round(np.clip(np.nan_to_num(arr.astype(np.float32)), 0, 1) * 255).astype(np.uint8)
-    return arr
+    from ..provenance.video import to_uint8_rgb
+    return to_uint8_rgb(frames, "frames")
 
 
 def _builtin_path(spec: str) -> str:
