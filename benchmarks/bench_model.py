@@ -18,22 +18,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-# Import the checkout as the package ``spacetime`` even where it is not pip-installed.
-PRELUDE = f"""
-import importlib.util, sys
-try:
-    import spacetime
-except ImportError:
-    _s = importlib.util.spec_from_file_location("spacetime", {str(ROOT / "__init__.py")!r},
-                                                submodule_search_locations=[{str(ROOT)!r}])
-    _m = importlib.util.module_from_spec(_s); sys.modules["spacetime"] = _m; _s.loader.exec_module(_m)
-"""
+from _checkout import PRELUDE  # noqa: E402  (imports this checkout as ``spacetime`` in each subprocess)
 
 
 def _child(code: str) -> dict:

@@ -17,9 +17,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _checkout import ROOT  # noqa: E402  (also imports this checkout as ``spacetime``)
 HEAVY = ("torch", "av", "c2pa", "onnxruntime", "numpy", "safetensors", "tokenizers", "cryptography", "PIL")
 
 IMPORT_PROBE = f"""

@@ -24,16 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-try:
-    import spacetime  # noqa: F401
-except ImportError:                     # a checkout that is not pip-installed: import it as the package
-    import importlib.util
-    _spec = importlib.util.spec_from_file_location("spacetime", ROOT / "__init__.py",
-                                                   submodule_search_locations=[str(ROOT)])
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules["spacetime"] = _mod
-    _spec.loader.exec_module(_mod)
+import _checkout  # noqa: E402,F401  (imports this checkout as ``spacetime``)
 
 from spacetime.provenance import video, watermark  # noqa: E402
 
