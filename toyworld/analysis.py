@@ -238,3 +238,49 @@ def flicker(frames) -> float:
         return 0.0
     vals = f.astype(np.float64)[:, stable]
     return float(np.abs(np.diff(vals, axis=0)).mean())
+
+
+def components(mask: np.ndarray, min_area: int = 12) -> list[int]:
+    """Areas of the 8-connected groups of True pixels with at least ``min_area`` pixels, largest first."""
+    H, W = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    areas = []
+    ys, xs = np.nonzero(mask)
+    for y0, x0 in zip(ys.tolist(), xs.tolist()):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        stack, n = [(y0, x0)], 0
+        while stack:
+            y, x = stack.pop()
+            n += 1
+            for yy in (y - 1, y, y + 1):
+                if 0 <= yy < H:
+                    for xx in (x - 1, x, x + 1):
+                        if 0 <= xx < W and mask[yy, xx] and not seen[yy, xx]:
+                            seen[yy, xx] = True
+                            stack.append((yy, xx))
+        if n >= min_area:
+            areas.append(n)
+    return sorted(areas, reverse=True)
+
+
+def object_count(frames, bg=None, min_area: int = 12) -> int:
+    """The number of separate objects a clip shows: the median over frames of the foreground groups of at least
+    ``min_area`` pixels (a shape split by the pillar counts once per visible part)."""
+    frames = as_uint8(frames)
+    if bg is None:
+        bg = np.median(np.stack([background_color(f) for f in frames]), axis=0)
+    return int(np.median([len(components(foreground_mask(f, bg), min_area)) for f in frames]))
+
+
+def background_flatness(frames, bg=None) -> float:
+    """Mean distance (0-255 units) of the background-classified pixels from the background colour: 0 for a plain
+    backdrop, large for a patchy or noisy one."""
+    frames = as_uint8(frames)
+    if bg is None:
+        bg = np.median(np.stack([background_color(f) for f in frames]), axis=0)
+    f = frames.astype(np.float64)
+    d = np.linalg.norm(f - bg, axis=-1)
+    bgpix = d <= FG_THRESHOLD
+    return float(d[bgpix].mean()) if bgpix.any() else 255.0

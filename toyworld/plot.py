@@ -43,7 +43,8 @@ def loss_plot(series: dict, path, title: str = "", width: int = 720, height: int
     d.text((pad_l, height - pad_b + 8), f"step {x0}", fill="black")
     d.text((width - pad_r - 90, height - pad_b + 8), f"step {x1}", fill="black")
     d.text((pad_l, 8), title, fill="black")
-    colors = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"]
+    colors = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+              "#bcbd22", "#17becf"]
     for i, (name, vals) in enumerate(series.items()):
         vals = [(s, v) for s, v in vals if v > 0 or not log]
         if len(vals) < 2:

@@ -82,6 +82,7 @@ class Clip:
     visible: np.ndarray                      # [T, n_objects] fraction of the object not hidden by the pillar
     scene: Scene
     pillar: Optional[tuple] = None           # (x0, x1) pixel columns of the pillar
+    coverage: Optional[np.ndarray] = None    # float32 [T, H, W]: how much of each pixel the objects cover (0..1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -241,6 +242,7 @@ def render(scene: Scene, frames: int = 17, width: int = 64, height: int = 64) ->
     bg = np.array(BACKGROUNDS[scene.background], np.float64)
     n = len(scene.objects)
     out = np.empty((frames, height, width, 3), np.uint8)
+    cover = np.zeros((frames, height, width), np.float32)
     centers = np.zeros((frames, n, 2))
     radii = np.zeros((frames, n))
     visible = np.ones((frames, n))
@@ -266,6 +268,7 @@ def render(scene: Scene, frames: int = 17, width: int = 64, height: int = 64) ->
             r = 0.5 * SIZES[o.size] * short * sc[f]
             a = _coverage(o.shape, xx, yy, cx, cy, r)
             img = img * (1 - a[..., None]) + np.array(COLORS[o.color], np.float64) * a[..., None]
+            cover[f] = np.maximum(cover[f], a)
             centers[f, i] = (cx, cy)
             radii[f, i] = r
             if pillar is not None:
@@ -274,8 +277,9 @@ def render(scene: Scene, frames: int = 17, width: int = 64, height: int = 64) ->
                 visible[f, i] = 1.0 - hidden / max(total, 1e-6)
         if pillar is not None:
             img[:, pillar[0]:pillar[1]] = PILLAR_COLOR
+            cover[f, :, pillar[0]:pillar[1]] = 0.0
         out[f] = np.clip(np.round(img), 0, 255).astype(np.uint8)
-    return Clip(out, centers, radii, visible, scene, pillar)
+    return Clip(out, centers, radii, visible, scene, pillar, cover)
 
 
 def random_clip(seed: int, frames: int = 17, width: int = 64, height: int = 64, kind: Optional[str] = None,

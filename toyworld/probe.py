@@ -1,0 +1,218 @@
+"""The prompt-following probe: fixed prompts, fixed seeds, generated with the sampler users get and scored from the
+pixels by ``toyworld.analysis``. Training runs it every few hundred steps on the EMA weights; its curve, not the
+loss, decides what a training change is worth.
+
+Two prompt sets: ``SEEN`` (attribute combinations the training data shows, varied over every colour, shape, size,
+motion, background and relation) and ``HELD`` (combinations training never shows, in free wording). Each item
+knows the scene it asks for, so the same scorer rates ground-truth renders (all right) and mismatched captions
+(wrong) — the tests check both.
+
+Per item: the object is drawn, its colour, its shape, the background, exactly the asked number of objects on a
+plain backdrop, and for clips the motion (single objects) or the spatial relation (pairs). ``all`` needs every one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .analysis import analyse, background_flatness, motion_of, object_count, relation_of
+from .captions import expand_prompt
+from .world import BACKGROUNDS, COLORS, MOTIONS, SHAPES, Obj, Scene, is_held_out, visible_on
+
+METRICS = ("drawn", "color", "shape", "background", "count", "motion", "relation", "all")
+
+
+@dataclass(frozen=True)
+class ProbeItem:
+    prompt: str
+    scene: Scene              # what the prompt asks for (positions are typical start positions)
+    seed: int
+
+
+def typical_object(shape, color, size, motion, x=None, y=None) -> Obj:
+    """An object placed where training clips with this motion start."""
+    x0 = {"moves right": 0.25, "moves left": 0.75}.get(motion, 0.5)
+    y0 = {"moves down": 0.25, "moves up": 0.75, "bounces": 0.3}.get(motion, 0.5)
+    return Obj(shape, color, size, motion, x0 if x is None else x, y0 if y is None else y)
+
+
+def pair_scene(bg, a: tuple, rel: str, b: tuple) -> Scene:
+    """a, b: (shape, colour, size)."""
+    near, far = 0.29, 0.71
+    pos = {"left of": ((near, 0.5), (far, 0.5)), "right of": ((far, 0.5), (near, 0.5)),
+           "above": ((0.5, near), (0.5, far)), "below": ((0.5, far), (0.5, near))}[rel]
+    oa = Obj(a[0], a[1], a[2], "stays still", *pos[0])
+    ob = Obj(b[0], b[1], b[2], "stays still", *pos[1])
+    return Scene(bg, (oa, ob), relation=rel, kind="pair")
+
+
+_MOTION_TEXT = {"moves left": "moving left", "moves right": "moving right", "moves up": "moving up",
+                "moves down": "moving down", "stays still": "staying still", "bounces": "bouncing",
+                "grows": "growing", "shrinks": "shrinking"}
+_REL_TEXT = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+
+
+def _seen_items() -> list[ProbeItem]:
+    colors, bgs = list(COLORS), list(BACKGROUNDS)
+    sizes = ("medium", "large", "small", "medium")
+    items = []
+    k = 0
+    while len(items) < 40:
+        color = colors[k % 8]
+        shape = SHAPES[(k // 8 + k) % 3]
+        motion = MOTIONS[(3 * k + k // 8) % 8]
+        size = sizes[k % 4]
+        bg = next(b for j in range(6) for b in [bgs[(k + j) % 6]] if visible_on(color, b))
+        sc = Scene(bg, (typical_object(shape, color, size, motion),))
+        k += 1
+        if is_held_out(sc):
+            continue
+        prompt = f"a {size} {color} {shape} {_MOTION_TEXT[motion]} on a {bg} background"
+        items.append(ProbeItem(prompt, sc, 100 + len(items)))
+    rels = ("left of", "right of", "above", "below")
+    for j in range(8):
+        c1 = colors[(j * 3) % 8]
+        bg = next(b for i in range(6) for b in [bgs[(j + i) % 6]] if visible_on(c1, b))
+        c2 = next(c for i in range(1, 8) for c in [colors[(j * 3 + i * 5) % 8]] if c != c1 and visible_on(c, bg))
+        a, b = (SHAPES[j % 3], c1, "small"), (SHAPES[(j + 1) % 3], c2, "small")
+        sc = pair_scene(bg, a, rels[j % 4], b)
+        if is_held_out(sc):
+            continue
+        prompt = f"a {c1} {a[0]} {_REL_TEXT[rels[j % 4]]} a {c2} {b[0]} on a {bg} background"
+        items.append(ProbeItem(prompt, sc, 200 + j))
+    return items
+
+
+def _held_items() -> list[ProbeItem]:
+    from .eval import PAIRS, SINGLE
+    items = []
+    for i, (prompt, color, shape, motion, bg) in enumerate(SINGLE[:16]):
+        items.append(ProbeItem(prompt, Scene(bg, (typical_object(shape, color, "medium", motion),)), 300 + i))
+    for i, (prompt, c1, s1, rel, c2, bg) in enumerate(PAIRS[:4]):
+        from .captions import parse_prompt
+        p = parse_prompt(prompt)
+        s2 = p["objects"][1]["shape"] if len(p.get("objects", [])) > 1 else "ball"
+        items.append(ProbeItem(prompt, pair_scene(bg, (s1, c1, "small"), rel, (s2, c2, "small")), 400 + i))
+    return items
+
+
+SEEN = _seen_items()
+HELD = _held_items()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------------------------------
+
+def score(frames, scene: Scene) -> dict:
+    """Verdicts for one generated clip (uint8 [T, H, W, 3] or float 0..1) against the scene it was asked for.
+    Metrics that do not apply (motion of a still image, relation of a single object) are None."""
+    a = analyse(frames)
+    n = np.asarray(frames).shape[0]
+    tracks = {t.color: t for t in a["tracks"]}
+    main = a["tracks"][0] if a["tracks"] else None
+    want = scene.main
+    t = tracks.get(want.color)
+    obj = t or main
+    res = {"drawn": main is not None, "background": a["background"] == scene.background}
+    if scene.kind == "pair":
+        t2 = tracks.get(scene.objects[1].color)
+        res["color"] = t is not None and t2 is not None
+        res["relation"] = bool(res["color"] and relation_of(t, t2) == scene.relation)
+    else:
+        res["color"] = main is not None and main.color == want.color
+        res["relation"] = None
+    res["shape"] = obj is not None and obj.shape() == want.shape
+    if scene.kind in ("single", "pair"):
+        res["count"] = object_count(frames, a["bg_rgb"]) == len(scene.objects) and \
+            background_flatness(frames, a["bg_rgb"]) < 12.0
+    else:
+        res["count"] = None
+    if n > 1 and scene.kind == "single":
+        res["motion"] = obj is not None and motion_of(obj, n) == want.motion
+    else:
+        res["motion"] = None
+    res["all"] = all(v for k, v in res.items() if v is not None)
+    return res
+
+
+def summarize(scores: Sequence[dict]) -> dict:
+    """Rates of every metric over the items it applies to."""
+    out = {}
+    for m in METRICS:
+        vals = [s[m] for s in scores if s.get(m) is not None]
+        if vals:
+            out[m] = float(np.mean(vals))
+    out["n"] = len(scores)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate_items(dit, vae, text_encoder, items: Sequence[ProbeItem], frames: int = 17, size=(64, 64),
+                   steps: int = 20, cfg: float = 5.0, shift: float = 3.0, batch: int = 16,
+                   expand: bool = True) -> list[np.ndarray]:
+    """uint8 clips [T, H, W, 3], one per item, with the pipeline's sampler and noise convention."""
+    from ..model.pipeline import noise_for
+    from ..model.sampling import sample
+    was_training = dit.training
+    dit.eval()
+    dev = next(dit.parameters()).device
+    w, h = size
+    sf, tf = vae.spatial_factor, vae.temporal_factor
+    shape = (1, vae.cfg.z_dim, (frames - 1) // tf + 1, h // sf, w // sf)
+    null, null_len = text_encoder.encode([""])
+    out = []
+    for b0 in range(0, len(items), batch):
+        chunk = items[b0:b0 + batch]
+        prompts = [expand_prompt(it.prompt) if expand else it.prompt for it in chunk]
+        ctx, lens = text_encoder.encode(prompts)
+        noise = torch.cat([noise_for(shape, it.seed) for it in chunk])
+        B = len(chunk)
+        lat = sample(dit, noise.to(dev), ctx.to(dev), null.expand(B, -1, -1).to(dev), text_lengths=lens.to(dev),
+                     text_null_lengths=null_len.expand(B).to(dev), steps=steps, shift=shift, cfg=cfg)
+        vid = vae.decode(lat.to(vae.device).float())                      # [B, 3, T, H, W] in [-1, 1]
+        arr = ((vid.permute(0, 2, 3, 4, 1).clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).cpu().numpy()
+        out.extend(list(arr))
+    dit.train(was_training)
+    return out
+
+
+def run_probe(dit, vae, text_encoder, frames: int = 17, sets: Optional[dict] = None, **kw) -> tuple[dict, dict]:
+    """-> ({set name: summary}, {set name: list of clips}) for the SEEN and HELD sets (or ``sets``)."""
+    sets = sets or {"seen": SEEN, "held": HELD}
+    summaries, clips = {}, {}
+    for name, items in sets.items():
+        vids = generate_items(dit, vae, text_encoder, items, frames=frames, **kw)
+        summaries[name] = summarize([score(v, it.scene) for v, it in zip(vids, items)])
+        clips[name] = vids
+    return summaries, clips
+
+
+def probe_sheet(clips: Sequence[np.ndarray], path: Path, cols: int = 8, scale: int = 2):
+    """A grid of the probe's samples (first, middle and last frame side by side for clips), for people to look
+    at: the scores can hide broken pictures."""
+    from PIL import Image
+    tiles = []
+    for v in clips:
+        idx = [0] if v.shape[0] == 1 else [0, v.shape[0] // 2, v.shape[0] - 1]
+        tiles.append(np.concatenate([v[i] for i in idx], axis=1))
+    th, tw = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    rows = (len(tiles) + cols - 1) // cols
+    sheet = np.full((rows * (th + 4), cols * (tw + 4), 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        sheet[r * (th + 4):r * (th + 4) + t.shape[0], c * (tw + 4):c * (tw + 4) + t.shape[1]] = t
+    im = Image.fromarray(sheet)
+    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    path = Path(path)
+    tmp = path.with_suffix(".tmp.png")
+    im.save(tmp)
+    tmp.replace(path)

@@ -1,0 +1,188 @@
+"""Train the embedded model's causal video VAE on toy-world clips of every length it will meet (1 to 33 frames).
+
+    python -m spacetime.toyworld.train vae     --out RUN/vae        # encoder + decoder
+    python -m spacetime.toyworld.train decoder --vae RUN/vae --out RUN/vae_dec   # decoder only, encoder frozen
+
+Long clips are in the mix from the first step, so the causal caches learn the state they reach after 33 frames (a
+VAE trained on short clips drifts once its caches fill with states it never saw). The decoder-only stage keeps the
+encoder, so latents already encoded for the DiT stay valid while reconstruction keeps improving.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model.config import VAEConfig, config_from_dict, config_to_dict
+from ..model.loading import read_state_dict, write_safetensors_atomic
+from ..model.vae import build_vae
+from .runs import Checkpointer, clips_to_tensor, device_and_threads, lr_at
+from .world import random_clip
+
+TRAIN_SIZES = ((64, 64), (96, 64), (64, 96))           # (width, height): square, landscape, portrait
+# (frames, clips per batch, weight): about the same number of pixels per step whatever the length
+VAE_LENGTHS = ((1, 16, 0.15), (5, 8, 0.15), (9, 6, 0.2), (17, 4, 0.3), (33, 2, 0.2))
+# 4x4 spatial, 4x temporal compression to 16 channels: an object of the toy world spans several latent cells
+TOY_VAE = VAEConfig(dim=16, z_dim=16, dim_mult=(1, 2, 4), num_res_blocks=1, attn_scales=(),
+                    temperal_downsample=(True, True), latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
+
+
+def _batch_plan(rng, scale: float = 1.0):
+    frames, nb, _ = VAE_LENGTHS[int(rng.choice(len(VAE_LENGTHS), p=_length_weights()))]
+    w, h = TRAIN_SIZES[int(rng.integers(len(TRAIN_SIZES)))]
+    return frames, max(1, int(round(nb * scale))), w, h
+
+
+def _length_weights():
+    w = np.array([x[2] for x in VAE_LENGTHS], np.float64)
+    return w / w.sum()
+
+
+def init_vae(cfg: VAEConfig, seed: int):
+    torch.manual_seed(seed)
+    vae = build_vae(cfg).train()
+    for m in vae.modules():                 # residual branches and attention outputs start at zero (identity)
+        if hasattr(m, "residual"):
+            torch.nn.init.zeros_(m.residual[-1].weight)
+            torch.nn.init.zeros_(m.residual[-1].bias)
+        if hasattr(m, "proj") and hasattr(m, "to_qkv"):
+            torch.nn.init.zeros_(m.proj.weight)
+    with torch.no_grad():                   # start with a small posterior noise (sigma ~ 0.02)
+        vae.conv1.bias[cfg.z_dim:] = -8.0
+    return vae
+
+
+def reconstruct(vae, x, sample: bool):
+    """-> (reconstruction, mu, logvar) with the streamed chunked encode/decode the pipeline uses."""
+    mom = torch.cat(list(vae.encode_chunks(x, moments=True)), dim=2)
+    mu, logvar = mom.chunk(2, dim=1)
+    logvar = logvar.clamp(-30, 20)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
+    y = torch.cat(list(vae.decode_chunks(z, normalized=False, clamp=False)), dim=2)
+    return y, mu, logvar
+
+
+def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float = 1e-4, cfg: VAEConfig = TOY_VAE,
+              batch_scale: float = 1.0, time_limit: float = 0.0, decoder_only_from: Path | None = None):
+    """Train (or, with ``decoder_only_from``, fine-tune the decoder of) the VAE. Resumes from ``out/state.pt``."""
+    dev = device_and_threads()
+    ck = Checkpointer(out)
+    if decoder_only_from is not None:
+        vae, cfg = load_trained_vae(decoder_only_from)
+        vae = vae.to(dev).train()
+        trainable = [p for n, p in vae.named_parameters() if n.startswith(("decoder.", "conv2."))]
+        for n, p in vae.named_parameters():
+            p.requires_grad_(n.startswith(("decoder.", "conv2.")))
+    else:
+        vae = init_vae(cfg, seed).to(dev)
+        trainable = list(vae.parameters())
+    opt = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    start = 0
+    state = ck.load()
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        print(f"resumed at step {start}", flush=True)
+    rng = np.random.default_rng([seed, start, 17])
+    t0 = time.time()
+    for step in range(start, steps):
+        frames, nb, w, h = _batch_plan(rng, batch_scale)
+        x = clips_to_tensor([random_clip(int(rng.integers(2 ** 31)), frames, w, h) for _ in range(nb)]).to(dev)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup=100 if decoder_only_from is None else 20)
+        if decoder_only_from is not None:
+            with torch.no_grad():
+                mu = vae.encode_raw(x)
+            y = torch.cat(list(vae.decode_chunks(mu, normalized=False, clamp=False)), dim=2)
+            kl = torch.zeros(())
+        else:
+            y, mu, logvar = reconstruct(vae, x, sample=True)
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
+        l1 = (y - x).abs().mean()
+        mse = F.mse_loss(y, x)
+        loss = l1 + mse + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))
+        if step % 10 == 0:
+            ck.log({"step": step, "loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr,
+                    "frames": frames, "time": time.time() - t0})
+        if step % 50 == 0:
+            print(f"vae step {step} {frames}f x{nb} loss {loss.item():.4f} psnr {psnr:.2f} kl {kl.item():.2f} "
+                  f"{time.time() - t0:.0f}s", flush=True)
+        last = step + 1 == steps or (time_limit and time.time() - t0 > time_limit)
+        if (step + 1) % 100 == 0 or last:
+            ck.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+            ck.plot(["l1", "loss"], "toy VAE training loss")
+        if last:
+            break
+    vae = vae.cpu().eval()
+    if decoder_only_from is not None:
+        meta = json.loads((Path(decoder_only_from) / "vae.json").read_text())
+        write_safetensors_atomic(vae.state_dict(), Path(out) / "vae.safetensors", overwrite=True)
+        meta["decoder_finetune_steps"] = int(step + 1)
+        meta.update(measure_vae(vae))
+        (Path(out) / "vae.json").write_text(json.dumps(meta, indent=1))
+    else:
+        finalize_vae(out, vae, seed)
+
+
+@torch.no_grad()
+def latent_stats(vae, seed: int, n_clips: int = 192):
+    rng = np.random.default_rng(seed + 99)
+    mus = []
+    for i in range(0, n_clips, 8):
+        w, h = TRAIN_SIZES[i // 8 % len(TRAIN_SIZES)]
+        x = clips_to_tensor([random_clip(int(rng.integers(2 ** 31)), 17, w, h) for _ in range(8)])
+        mu = vae.encode_raw(x)
+        mus.append(mu.transpose(0, 1).reshape(mu.shape[1], -1))
+    allmu = torch.cat(mus, dim=1)
+    return allmu.mean(1), allmu.std(1)
+
+
+@torch.no_grad()
+def measure_vae(vae, n_clips: int = 24, frames: int = 33, seed: int = 123) -> dict:
+    """PSNR per frame position on held-out 33-frame clips (the figure the model card reports)."""
+    rng = np.random.default_rng(seed)
+    per_frame = []
+    for i in range(0, n_clips, 4):
+        w, h = TRAIN_SIZES[i // 4 % len(TRAIN_SIZES)]
+        x = clips_to_tensor([random_clip(int(rng.integers(2 ** 31)), frames, w, h, training=False)
+                             for _ in range(4)])
+        y = vae.decode_raw(vae.encode_raw(x))
+        mse = ((y - x) ** 2).mean(dim=(1, 3, 4))                     # [B, T]
+        per_frame.append(10 * torch.log10(4.0 / mse.clamp(min=1e-10)))
+    pf = torch.cat(per_frame).mean(0)
+    return {"recon_psnr_per_frame_33f": [round(v, 2) for v in pf.tolist()],
+            "recon_psnr_min_33f": round(float(pf.min()), 2), "recon_psnr_mean_33f": round(float(pf.mean()), 2)}
+
+
+def finalize_vae(out: Path, vae, seed: int):
+    """Per-channel latent statistics (the DiT's normalisation), per-frame PSNR; writes vae.safetensors + vae.json."""
+    mean, std = latent_stats(vae, seed)
+    cfg = replace(vae.cfg, latent_mean=tuple(round(v, 5) for v in mean.tolist()),
+                  latent_std=tuple(round(v, 5) for v in std.tolist()))
+    write_safetensors_atomic(vae.state_dict(), Path(out) / "vae.safetensors", overwrite=True)
+    m = measure_vae(vae)
+    (Path(out) / "vae.json").write_text(json.dumps({"config": config_to_dict(cfg), **m}, indent=1))
+    print(f"VAE recon PSNR on 33-frame clips: min over positions {m['recon_psnr_min_33f']:.2f} dB, "
+          f"mean {m['recon_psnr_mean_33f']:.2f} dB; latent std {std.min():.2f}..{std.max():.2f}", flush=True)
+
+
+def load_trained_vae(vae_dir: Path):
+    meta = json.loads((Path(vae_dir) / "vae.json").read_text())
+    cfg = config_from_dict(VAEConfig, meta["config"])
+    vae = build_vae(cfg)
+    vae.load_state_dict(read_state_dict(Path(vae_dir) / "vae.safetensors"))
+    vae.latent_mean = torch.tensor(cfg.latent_mean)
+    vae.latent_std = torch.tensor(cfg.latent_std)
+    return vae.eval(), cfg
