@@ -60,19 +60,16 @@ def _seen_items() -> list[ProbeItem]:
     colors, bgs = list(COLORS), list(BACKGROUNDS)
     sizes = ("medium", "large", "small", "medium")
     items = []
-    k = 0
-    while len(items) < 40:
-        color = colors[k % 8]
-        shape = SHAPES[(k // 8 + k) % 3]
-        motion = MOTIONS[(3 * k + k // 8) % 8]
-        size = sizes[k % 4]
-        bg = next(b for j in range(6) for b in [bgs[(k + j) % 6]] if visible_on(color, b))
-        sc = Scene(bg, (typical_object(shape, color, size, motion),))
-        k += 1
-        if is_held_out(sc):
-            continue
-        prompt = f"a {size} {color} {shape} {_MOTION_TEXT[motion]} on a {bg} background"
-        items.append(ProbeItem(prompt, sc, 100 + len(items)))
+    for j in range(6):                      # every colour with every shape and six of the eight motions
+        for c, color in enumerate(colors):
+            shape, motion = SHAPES[(c + j) % 3], MOTIONS[(c + 3 * j) % 8]
+            size = sizes[(c + j) % 4]
+            bg = next(b for i in range(6) for b in [bgs[(c + j + i) % 6]] if visible_on(color, b))
+            sc = Scene(bg, (typical_object(shape, color, size, motion),))
+            if is_held_out(sc) or len(items) >= 40:
+                continue
+            prompt = f"a {size} {color} {shape} {_MOTION_TEXT[motion]} on a {bg} background"
+            items.append(ProbeItem(prompt, sc, 100 + len(items)))
     rels = ("left of", "right of", "above", "below")
     for j in range(8):
         c1 = colors[(j * 3) % 8]

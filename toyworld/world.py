@@ -9,8 +9,7 @@ fractions of the frame per frame, so one scene renders consistently at any size,
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np

@@ -1,0 +1,87 @@
+"""The prompt-following probe: it must rate ground truth as right and mismatched captions as wrong, and the training
+pieces it depends on (object cells, captions cache, frame masks) must do what they say."""
+import numpy as np
+import pytest
+
+from spacetime.toyworld.analysis import background_flatness, components, object_count
+from spacetime.toyworld.probe import HELD, SEEN, METRICS, score, summarize
+from spacetime.toyworld.world import Obj, Scene, is_held_out, render
+
+
+def test_probe_sets_cover_the_world():
+    singles = [it.scene for it in SEEN if it.scene.kind == "single"]
+    assert len(SEEN) >= 32 and len(HELD) >= 16
+    assert not any(is_held_out(it.scene) for it in SEEN)
+    assert sum(is_held_out(it.scene) for it in HELD) >= 12          # the rest are paraphrases of seen ones
+    assert {s.main.color for s in singles} == {"red", "green", "blue", "yellow", "orange", "purple", "white", "cyan"}
+    assert {s.main.shape for s in singles} == {"ball", "box", "triangle"}
+    assert len({s.main.motion for s in singles}) == 8 and len({s.background for s in singles}) == 6
+    assert len({it.scene.relation for it in SEEN if it.scene.kind == "pair"}) == 4
+    assert len({it.seed for it in SEEN + HELD}) == len(SEEN + HELD)
+
+
+@pytest.mark.parametrize("frames", [1, 17])
+def test_probe_rates_ground_truth_as_right(frames):
+    for items in (SEEN, HELD):
+        s = summarize([score(render(it.scene, frames).frames, it.scene) for it in items])
+        assert s["color"] == 1.0 and s["background"] == 1.0 and s["count"] == 1.0 and s["relation"] == 1.0
+        if frames == 17:
+            assert s["motion"] == 1.0 and s["shape"] == 1.0 and s["all"] == 1.0
+        else:
+            assert "motion" not in s and s["shape"] >= 0.95 and s["all"] >= 0.95
+
+
+def test_probe_rates_shuffled_captions_as_wrong():
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(SEEN))
+    s = summarize([score(render(SEEN[p].scene, 17).frames, it.scene) for it, p in zip(SEEN, perm)])
+    assert s["all"] < 0.1 and s["color"] < 0.3 and s["background"] < 0.3 and s["motion"] < 0.3
+
+
+def test_probe_sees_extra_objects_and_broken_backdrops():
+    sc = Scene("navy", (Obj("ball", "red", "medium", "stays still", 0.5, 0.5),))
+    clip = render(sc, 5).frames
+    assert score(clip, sc)["all"]
+    two = render(Scene("navy", (Obj("ball", "red", "medium", "stays still", 0.25, 0.5),
+                                Obj("ball", "red", "small", "stays still", 0.75, 0.5)), kind="pair"), 5).frames
+    assert object_count(two) == 2 and not score(two, sc)["count"] and not score(two, sc)["all"]
+    noisy = np.clip(clip.astype(int) + np.random.default_rng(1).integers(-40, 40, clip.shape), 0, 255)
+    assert background_flatness(noisy.astype(np.uint8)) > 12 > background_flatness(clip)
+    assert not score(noisy.astype(np.uint8), sc)["count"]
+    blank = np.broadcast_to(clip[:1, :1, :1], clip.shape).copy()
+    assert score(blank, sc) == {**{m: False for m in METRICS if m not in ("relation", "background")},
+                                "background": True, "relation": None, "motion": False}
+
+
+def test_components_counts_separate_groups():
+    m = np.zeros((10, 10), bool)
+    m[1:4, 1:4] = True
+    m[6:9, 6:9] = True
+    m[0, 9] = True
+    assert components(m, min_area=2) == [9, 9]
+    m[4, 4] = m[5, 5] = True                       # diagonal links join the groups (8-connectivity)
+    assert components(m, min_area=2) == [20]
+
+
+def test_object_cells_follow_the_object():
+    from spacetime.toyworld.train_dit import object_cells
+    clip = render(Scene("black", (Obj("box", "white", "small", "moves right", 0.25, 0.5),)), 9, 64, 64)
+    cells = object_cells(clip.coverage, 4, 4)
+    assert cells.shape == (3, 16, 16) and cells.dtype == np.uint8
+    cols = [np.nonzero(c.max(0))[0] for c in cells]
+    assert cols[2].mean() > cols[0].mean() + 1                   # moved right over the slots
+    assert cells[0, 0, 0] == 0 and cells[0].max() == 255
+    assert (cells[0] > 0).mean() < 0.15                          # a small object covers a small share
+
+
+def test_training_masks_always_leave_something_to_generate():
+    from spacetime.toyworld.train_dit import sample_mask
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for n in (2, 3, 5, 9):
+        for _ in range(300):
+            m, kind = sample_mask(n, rng)
+            kinds.add(kind)
+            assert m.shape == (n,) and m.min() == 0
+    assert kinds == {"t2v", "i2v_head", "i2v_tail", "head", "tail", "head_tail", "random"}
+    assert sample_mask(5, rng, t2v_only=True)[0].sum() == 0 and sample_mask(1, rng)[0].sum() == 0
