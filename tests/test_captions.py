@@ -115,36 +115,44 @@ def test_evaluation_prompts_parse_as_the_evaluation_expects():
         assert (g["relation"], g["background"]) == (rel, bg), prompt
 
 
-def test_regressions():
-    assert expand_prompt("a crimson sphere rolling rightwards") == \
-        "A medium red ball moves steadily to the right on a plain black background. The camera is static."
-    assert expand_prompt("a purple box on the left and an orange ball on the right") == \
-        ("A small purple box is to the left of a small orange ball on a plain black background. "
-         "Both objects stay still. The camera is static.")
-    assert expand_prompt("scarlet cube heading west on a dark blue background") == \
-        "A medium red box moves steadily to the left on a plain navy background. The camera is static."
-    assert expand_prompt("a violet orb drifting northward, grey backdrop") == \
-        "A medium purple ball moves steadily upward on a plain gray background. The camera is static."
-    assert expand_prompt("a cyan block heading east behind a pillar on beige") == \
-        ("A medium cyan box moves to the right and passes behind a brown pillar, then comes out on the other side, "
-         "on a plain beige background. The camera is static.")
-    assert expand_prompt("a green triangle, camera panning left") == \
-        "A medium green triangle stays still on a plain black background with thin posts. The camera pans to the left."
-    assert expand_prompt("a portrait of a cat") == "a portrait of a cat"
+EXPANSIONS = [
+    # regressions: the motion and the second object used to be dropped
+    ("a crimson sphere rolling rightwards",
+     "A medium red ball moves steadily to the right on a plain black background. The camera is static."),
+    ("a purple box on the left and an orange ball on the right",
+     "A small purple box is to the left of a small orange ball on a plain black background. Both objects stay still. "
+     "The camera is static."),
+    ("scarlet cube heading west on a dark blue background",
+     "A medium red box moves steadily to the left on a plain navy background. The camera is static."),
+    ("a violet orb drifting northward, grey backdrop",
+     "A medium purple ball moves steadily upward on a plain gray background. The camera is static."),
+    ("a cyan block heading east behind a pillar on beige",
+     "A medium cyan box moves to the right and passes behind a brown pillar, then comes out on the other side, on a "
+     "plain beige background. The camera is static."),
+    ("a green triangle, camera panning left",
+     "A medium green triangle stays still on a plain black background with thin posts. The camera pans to the left."),
+    ("a portrait of a cat", "a portrait of a cat"),
+    # what the world's sampler never draws is stated in the templates' words
+    ("a red ball moving left and a blue box moving right on white",
+     "A small red ball that moves steadily to the left is to the left of a small blue box that moves steadily to the "
+     "right, on a plain white background. The camera is static."),
+    ("a white ball on the left, camera pans right",
+     "A medium white ball stays still in place on the left side of the frame, on a plain black background with thin "
+     "posts. The camera pans to the right."),
+    ("a yellow box falling behind a pillar",
+     "A medium yellow box moves steadily downward on a plain black background. It passes behind a brown pillar. "
+     "The camera is static."),
+    ("a black ball bouncing",
+     "A medium black ball bounces up and down on the floor on a plain white background. The camera is static."),
+]
 
 
-def test_what_the_world_does_not_sample_is_stated():
-    assert expand_prompt("a red ball moving left and a blue box moving right on white") == \
-        ("A small red ball that moves steadily to the left is to the left of a small blue box that moves steadily "
-         "to the right, on a plain white background. The camera is static.")
-    assert expand_prompt("a white ball on the left, camera pans right") == \
-        ("A medium white ball stays still in place on the left side of the frame, on a plain black background with "
-         "thin posts. The camera pans to the right.")
-    assert expand_prompt("a yellow box falling behind a pillar") == \
-        ("A medium yellow box moves steadily downward on a plain black background. It passes behind a brown pillar. "
-         "The camera is static.")
-    assert expand_prompt("a black ball bouncing") == \
-        "A medium black ball bounces up and down on the floor on a plain white background. The camera is static."
+@pytest.mark.parametrize("prompt,expansion", EXPANSIONS)
+def test_expansion(prompt, expansion):
+    assert expand_prompt(prompt) == expansion
+
+
+def test_default_background_and_colours():
     # a stated background is kept even where the object hardly shows; an open one is chosen so that it shows
     assert expand_prompt("white ball on white").endswith("on a plain white background. The camera is static.")
     assert complete_graph(parse_prompt("a white ball"))["background"] == "black"
