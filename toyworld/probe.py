@@ -85,15 +85,11 @@ def _seen_items() -> list[ProbeItem]:
 
 
 def _held_items() -> list[ProbeItem]:
+    """The evaluation's held-out prompts; each scene is what the prompt expansion reads from it (sizes included)."""
+    from .captions import scene_from_prompt
     from .eval import PAIRS, SINGLE
-    items = []
-    for i, (prompt, color, shape, motion, bg) in enumerate(SINGLE[:16]):
-        items.append(ProbeItem(prompt, Scene(bg, (typical_object(shape, color, "medium", motion),)), 300 + i))
-    for i, (prompt, c1, s1, rel, c2, bg) in enumerate(PAIRS[:4]):
-        from .captions import parse_prompt
-        p = parse_prompt(prompt)
-        s2 = p["objects"][1]["shape"] if len(p.get("objects", [])) > 1 else "ball"
-        items.append(ProbeItem(prompt, pair_scene(bg, (s1, c1, "small"), rel, (s2, c2, "small")), 400 + i))
+    items = [ProbeItem(p[0], scene_from_prompt(p[0]), 300 + i) for i, p in enumerate(SINGLE[:16])]
+    items += [ProbeItem(p[0], scene_from_prompt(p[0]), 400 + i) for i, p in enumerate(PAIRS[:4])]
     return items
 
 
