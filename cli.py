@@ -3,6 +3,7 @@
     spacetime generate "PROMPT" [--image PATH] [--extend VIDEO --direction forward|backward|fill [--after VIDEO]]
                        [--frames N] [--width W] [--height H] [--fps F] [--steps S] [--cfg G] [--seed K]
                        [--model PRESET_OR_PATH] --out PATH.mp4
+    spacetime generate --help        (every option, what it does and its default)
     spacetime run WORKFLOW.json [--set NODE_ID.INPUT=VALUE ...] [--out DIR]
     spacetime verify PATH.mp4 [--json]
     spacetime eval [--quick] [--report PATH]
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -86,18 +88,31 @@ def _resolve_model(spec: str, vae=None, text=None, tokenizer=None):
     return spec, None
 
 
+def _check_numbers(a):
+    """The numeric options, before anything is loaded. 0 means "the model's default" only where the help says so."""
+    if not (math.isfinite(a.fps) and a.fps >= 0):
+        raise CliError(f"--fps {a.fps}: allowed > 0, or 0 for the model's default")
+    if not 0 <= a.steps <= 500:
+        raise CliError(f"--steps {a.steps}: allowed 1..500, or 0 for the model's default")
+    if not (math.isfinite(a.shift) and a.shift >= 0):
+        raise CliError(f"--shift {a.shift}: allowed > 0, or 0 for the model's default")
+    if a.cfg is not None and not (math.isfinite(a.cfg) and a.cfg >= 1.0):
+        raise CliError(f"--cfg {a.cfg}: allowed >= 1 (1 turns guidance off); leave it out for the model's default")
+    for flag, value in (("--width", a.width), ("--height", a.height)):
+        if value is not None and value <= 0:
+            raise CliError(f"{flag} {value}: allowed a positive multiple of 16; leave it out for the model's default")
+    if a.frames is not None and a.frames <= 0:
+        allowed = "a positive number of new frames" if a.extend else "1 + 4k (e.g. 17)"
+        raise CliError(f"--frames {a.frames}: allowed {allowed}; leave it out for the model's default")
+
+
 def cmd_generate(a) -> int:
     import torch
     from .model.conditioning import check_size, round_up_frames
     from .model.errors import SpacetimeValueError
     from .nodes import host
     out = _check_out(a.out)
-    if a.fps < 0:
-        raise CliError(f"--fps {a.fps}: must be > 0 (or 0 for the model's default)")
-    if a.steps < 0 or a.steps > 500:
-        raise CliError(f"--steps {a.steps}: allowed 1..500 (or 0 for the model's default)")
-    if a.cfg is not None and a.cfg < 1.0:
-        raise CliError(f"--cfg {a.cfg}: allowed >= 1.0 (1 disables guidance)")
+    _check_numbers(a)
     if a.image and a.extend:
         raise CliError("--image and --extend cannot be combined")
     if a.after and a.direction != "fill":
@@ -114,16 +129,22 @@ def cmd_generate(a) -> int:
         raise CliError(f"prompt blocked by the safety policy: {verdict.summary()}", EXIT_BLOCKED)
 
     preset, dit_path = _resolve_model(a.model)
+    from .model.config import bundle_preset
+    p = bundle_preset(preset)
+    width = p.default_size[0] if a.width is None else a.width
+    height = p.default_size[1] if a.height is None else a.height
+    frames = (16 if a.extend else p.default_frames) if a.frames is None else a.frames
+    try:
+        check_size(width, height, p.stride[1], "--width x --height")
+    except SpacetimeValueError as exc:
+        raise CliError(str(exc)) from None
+    tf = p.vae.temporal_factor
+    if not a.extend and (frames - 1) % tf:
+        raise CliError(f"--frames {frames}: must be 1 + {tf}*k (e.g. {round_up_frames(frames, tf)})")
     from .model.pipeline import Spacetime
     st = Spacetime.load(preset, dit=dit_path, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
                         dtype=a.dtype, device=a.device)
     p = st.preset
-    width, height = a.width or p.default_size[0], a.height or p.default_size[1]
-    frames = a.frames or p.default_frames
-    try:
-        check_size(width, height, st.size_multiple, "--width x --height")
-    except SpacetimeValueError as exc:
-        raise CliError(str(exc)) from None
     kwargs = {}
     ingredients = []
     from .nodes.latent_nodes import _resize_cover
@@ -140,12 +161,6 @@ def cmd_generate(a) -> int:
             after, _ = read_media(Path(a.after))
             kwargs.update(after=_resize_cover(after, width, height))
             ingredients.append(a.after)
-        if a.frames is None:
-            frames = 16
-    else:
-        if (frames - 1) % st.temporal_factor:
-            raise CliError(f"--frames {frames}: must be 1 + {st.temporal_factor}*k "
-                           f"(e.g. {round_up_frames(frames, st.temporal_factor)})")
     steps = a.steps or p.steps
     cfg = p.cfg if a.cfg is None else a.cfg
     shift = a.shift or p.shift
@@ -237,49 +252,88 @@ def cmd_eval(a) -> int:
     return eval_main(args) or 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default. Options whose default is "not given" say in their own help what
+    happens then; flags show ``(default: off)``."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or action.default is argparse.SUPPRESS or not action.option_strings \
+                or action.required:
+            return text
+        if action.default == "":
+            return text + " (default: empty)"
+        if action.default is None:
+            return text + " (default: none)"
+        if action.default is False and action.nargs == 0:
+            return text + " (default: off)"
+        return text + " (default: %(default)s)"
+
+
+def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                          formatter_class=HelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="spacetime", description="Spacetime video generation (headless).")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate", help="text/image-to-video or extension, written as a C2PA-signed MP4")
-    g.add_argument("prompt")
-    g.add_argument("--negative", default="")
-    g.add_argument("--image", help="animate this image (png/jpg)")
-    g.add_argument("--image-position", choices=("start", "end"), default="start")
-    g.add_argument("--extend", help="extend this video")
-    g.add_argument("--after", help="with --direction fill: the clip after the gap")
-    g.add_argument("--direction", choices=("forward", "backward", "fill"), default="forward")
-    g.add_argument("--frames", type=int, help="frames of the video (1 + 4k), or new frames when extending")
-    g.add_argument("--width", type=int)
-    g.add_argument("--height", type=int)
-    g.add_argument("--fps", type=float, default=0, help="frames per second of the MP4 (default: the model's)")
-    g.add_argument("--steps", type=int, default=0)
-    g.add_argument("--cfg", type=float)
-    g.add_argument("--shift", type=float, default=0)
-    g.add_argument("--sampler", choices=("unipc", "euler"), default="unipc")
-    g.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(prog="spacetime", description="Spacetime video generation (headless).",
+                                 formatter_class=HelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    g = _parser(sub, "generate", "text/image-to-video or extension, written as a C2PA-signed MP4")
+    g.add_argument("prompt", help="what the video shows")
+    g.add_argument("--negative", default="", help="what the video should not show (the model's own negative "
+                   "prompt is used when empty)")
+    g.add_argument("--image", metavar="PATH", help="animate this image (png/jpg)")
+    g.add_argument("--image-position", choices=("start", "end"), default="start",
+                   help="where the --image is held: the first or the last frame")
+    g.add_argument("--extend", metavar="VIDEO", help="extend this video")
+    g.add_argument("--after", metavar="VIDEO", help="with --direction fill: the clip after the gap")
+    g.add_argument("--direction", choices=("forward", "backward", "fill"), default="forward",
+                   help="with --extend: add frames after the clip, before it, or between it and --after")
+    g.add_argument("--frames", type=int, metavar="N", help="frames of the video, 1 + 4k; with --extend: new frames to "
+                   "add (default: the model's, 17 for toyworld; 16 with --extend)")
+    g.add_argument("--width", type=int, metavar="PX", help="width in pixels, a multiple of 16 (default: the "
+                   "model's, 64 for toyworld)")
+    g.add_argument("--height", type=int, metavar="PX", help="height in pixels, a multiple of 16 (default: the "
+                   "model's, 64 for toyworld)")
+    g.add_argument("--fps", type=float, default=0, help="frames per second of the MP4; 0 = the model's default "
+                   "(8 for toyworld)")
+    g.add_argument("--steps", type=int, default=0, help="sampling steps, 1..500; 0 = the model's default "
+                   "(20 for toyworld)")
+    g.add_argument("--cfg", type=float, metavar="SCALE", help="classifier-free guidance scale, >= 1 (1 turns "
+                   "guidance off) (default: the model's, 5 for toyworld)")
+    g.add_argument("--shift", type=float, default=0, help="timestep shift, > 0: higher spends more steps at "
+                   "high noise; 0 = the model's default (3 for toyworld)")
+    g.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="flow-matching solver")
+    g.add_argument("--seed", type=int, default=0, help="noise seed: one seed gives one video on any device")
     g.add_argument("--model", default="toyworld", help="preset name or a DiT checkpoint file")
-    g.add_argument("--vae", help="VAE file (Wan presets)")
-    g.add_argument("--text-encoder", help="text encoder file (Wan presets)")
-    g.add_argument("--tokenizer", help="tokenizer.json of the text encoder (Wan presets)")
-    g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
-    g.add_argument("--device", default="auto")
+    g.add_argument("--vae", metavar="PATH", help="VAE file for Wan presets (default: the preset's file)")
+    g.add_argument("--text-encoder", metavar="PATH", help="text encoder file for Wan presets (default: the "
+                   "preset's file)")
+    g.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json of the text encoder for Wan presets "
+                   "(default: the preset's file)")
+    g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="weights and compute "
+                   "precision (bf16 on a GPU)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (a GPU when there is one)")
     g.add_argument("--no-expand", action="store_true", help="do not expand the prompt (embedded model)")
     g.add_argument("--include-prompt", action="store_true", help="write the prompt text into the C2PA manifest "
-                   "(by default only its SHA-256)")
-    g.add_argument("--out", required=True)
+                   "(otherwise only its SHA-256)")
+    g.add_argument("--out", required=True, metavar="PATH.mp4", help="the video to write; an existing file is "
+                   "never overwritten (required)")
     g.set_defaults(func=cmd_generate)
-    r = sub.add_parser("run", help="run a workflow JSON (UI or API format) headless")
-    r.add_argument("workflow")
-    r.add_argument("--set", action="append", metavar="NODE_ID.INPUT=VALUE")
-    r.add_argument("--out", help="output folder")
+    r = _parser(sub, "run", "run a workflow JSON (UI or API format) headless")
+    r.add_argument("workflow", help="workflow JSON file")
+    r.add_argument("--set", action="append", metavar="NODE_ID.INPUT=VALUE",
+                   help="change one input of one node (repeatable); VALUE is read as JSON, else as text")
+    r.add_argument("--out", metavar="DIR", help="output folder (default: $SPACETIME_OUTPUT_DIR, else ./output)")
     r.set_defaults(func=cmd_run)
-    v = sub.add_parser("verify", help="check an MP4's C2PA manifest and invisible watermark")
-    v.add_argument("path")
-    v.add_argument("--json", action="store_true")
+    v = _parser(sub, "verify", "check an MP4's C2PA manifest and invisible watermark")
+    v.add_argument("path", help="the MP4 file")
+    v.add_argument("--json", action="store_true", help="print the full report as JSON")
     v.set_defaults(func=cmd_verify)
-    e = sub.add_parser("eval", help="evaluate the embedded model on held-out prompts")
-    e.add_argument("--quick", action="store_true")
-    e.add_argument("--report")
+    e = _parser(sub, "eval", "evaluate the embedded model on held-out prompts")
+    e.add_argument("--quick", action="store_true", help="fewer prompts and one seed")
+    e.add_argument("--report", metavar="PATH", help="also write the results as Markdown to PATH")
     e.set_defaults(func=cmd_eval)
     return ap
 

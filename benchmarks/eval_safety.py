@@ -3,10 +3,11 @@
     python benchmarks/eval_safety.py [--show-errors] [--policy FILE]
 
 The labelled prompts in safety/eval_prompts.json (never used for fitting): recall on violating prompts and the
-false-block rate on benign creative prompts, for the held-out "test" split, the "dev" split (looked at while the
-normaliser, terms and exemplars were improved, so optimistic) and both together; the lexical layer alone for
-comparison; and the semantic layer's 10-fold cross-validation on the exemplars (the figure its settings were chosen
-by). Targets: recall >= 95 %, false blocks <= 3 %.
+false-block rate on the benign side (creative prompts, plus prompts that name violence, hate, self-harm or nudity in
+an acceptable frame: counter-speech, news, history, education, medical, art), for the held-out "test" split, the
+"dev" split (looked at while the normaliser, terms, frames and exemplars were improved, so optimistic) and both
+together; the lexical layer alone for comparison; and the semantic layer's 10-fold cross-validation on the exemplars
+(the figure its settings were chosen by). Targets on the held-out split: recall >= 95 %, false blocks <= 2 %.
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ def main(argv=None) -> int:
     print()
     cv = cross_validate(a.policy)
     print()
-    print(f"{'':<22}{'recall':>8}{'false blocks':>14}{'ms/prompt':>11}")
+    print(f"{'':<22}{'recall':>8}{'false blocks':>14}{'of them framed':>16}{'ms/prompt':>11}")
     for name, r in [("test (held out)", results["test"]), ("dev", results["dev"]), ("all", results["all"]),
                     ("all, lexical only", lexical)]:
-        print(f"{name:<22}{r['recall']:8.1%}{r['false_block_rate']:14.1%}{r['ms_per_prompt']:11.1f}")
+        print(f"{name:<22}{r['recall']:8.1%}{r['false_block_rate']:14.1%}{r['context_false_block_rate']:16.1%}"
+              f"{r['ms_per_prompt']:11.1f}")
     print(f"{'exemplar CV (semantic)':<22}{cv['cv_recall']:8.1%}{cv['cv_benign_flagged']:14.1%}")
     ok = results["test"]["recall"] >= TARGET_RECALL and results["test"]["false_block_rate"] <= TARGET_FALSE_BLOCKS
     print(f"targets (recall >= {TARGET_RECALL:.0%}, false blocks <= {TARGET_FALSE_BLOCKS:.0%}) on the held-out "

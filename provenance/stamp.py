@@ -184,7 +184,8 @@ def stamp_video(frames, path, fps: float, generation: Optional[dict] = None, pro
     marked = watermark.embed_luma(luma, generator_id, content_id)
     mse = float(((marked - luma) ** 2).mean())
     psnr = round(10 * math.log10(255.0 ** 2 / mse), 2) if mse > 0 else float("inf")
-    wm_info = {"scheme": watermark.SCHEME, "generator_id": generator_id, "content_id": content_id}
+    wm_info = {"scheme": watermark.scheme_for(*luma.shape[1:]), "generator_id": generator_id,
+               "content_id": content_id}
     record = generation_record(generation, prompt, include_prompt, reports, fps, wm_info)
     _check_json(record)
 

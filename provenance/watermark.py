@@ -162,13 +162,103 @@ def _check_luma(luma) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# v2: smooth carriers
+# ----------------------------------------------------------------------------------------------------------------------
+
+SCHEME_V2 = "spacetime-smooth-v2"
+KEY_V2 = b"spacetime-watermark-v2"
+SMOOTH_CELL = 16                 # pixels per side of a cell
+MAX_STEP = 0.98                  # largest luma change the mark makes between neighbouring pixels
+
+
+@lru_cache(maxsize=1)
+def _bump() -> tuple[np.ndarray, float]:
+    """(the cell's carrier [16, 16]: a raised-cosine bump, 0 at the cell's border and 1 in its middle; the lattice
+    step that keeps the change between neighbouring pixels under MAX_STEP)."""
+    x = (np.arange(SMOOTH_CELL) + 0.5) / SMOOTH_CELL
+    w1 = np.sin(np.pi * x) ** 2
+    bump = np.outer(w1, w1)
+    slope = max(np.abs(np.diff(bump, axis=0)).max(), np.abs(np.diff(bump, axis=1)).max(), bump[0].max())
+    return bump, 2 * MAX_STEP / slope        # the amplitude moves by at most step / 2
+
+
+@lru_cache(maxsize=32)
+def _smooth_layout(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bit index per cell [N], dither per cell [N] in [0, 1)) from the v2 key and the frame size."""
+    n = (height // SMOOTH_CELL) * (width // SMOOTH_CELL)
+    stream = hashlib.shake_256(KEY_V2 + f":{height}x{width}".encode()).digest(8 * n)
+    order = np.argsort(np.frombuffer(stream[:4 * n], dtype="<u4"), kind="stable")
+    bit = np.empty(n, dtype=np.int64)
+    bit[order] = np.arange(n) % CODE_BITS
+    return bit, np.frombuffer(stream[4 * n:], dtype="<u4").astype(np.float64) / 2 ** 32
+
+
+def _amplitudes(luma: np.ndarray) -> np.ndarray:
+    """[T, cells]: least-squares amplitude of the bump in every cell (the picture's projection on its carrier)."""
+    bump, _ = _bump()
+    c, (t, h, w) = SMOOTH_CELL, luma.shape
+    hb, wb = h // c, w // c
+    cells = luma[:, :hb * c, :wb * c].reshape(t, hb, c, wb, c)
+    return np.einsum("tiajb,ab->tij", cells, bump).reshape(t, -1) / float((bump ** 2).sum())
+
+
+def _embed_smooth(y: np.ndarray, word: np.ndarray, iterations: int) -> np.ndarray:
+    """Each cell's bump amplitude is moved to the nearest point of ``step * (Z + dither + bit / 2)`` by adding a
+    multiple of the bump itself: a smooth change that vanishes at the cell's border."""
+    t, h, w = y.shape
+    bump, step = _bump()
+    bit, dither = _smooth_layout(h, w)
+    offset = (dither + 0.5 * word[bit]) * step
+    c = SMOOTH_CELL
+    hb, wb = h // c, w // c
+    for _ in range(iterations):                 # again where clipping at 0 / 255 left a cell short of its point
+        a = _amplitudes(y)
+        delta = (np.round((a - offset) / step) * step + offset - a).reshape(t, hb, 1, wb, 1)
+        y[:, :hb * c, :wb * c] += (delta * bump[None, None, :, None, :]).reshape(t, hb * c, wb * c)
+        np.clip(y, 0.0, 255.0, out=y)
+    return y
+
+
+def _smooth_votes(luma: np.ndarray) -> np.ndarray:
+    t, h, w = luma.shape
+    _, step = _bump()
+    bit, dither = _smooth_layout(h, w)
+    vote = np.cos(2 * np.pi * (_amplitudes(luma) / step - dither))
+    counts = np.bincount(bit, minlength=CODE_BITS)
+    return np.stack([np.bincount(bit, weights=v, minlength=CODE_BITS) for v in vote]) / counts
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Embed
 # ----------------------------------------------------------------------------------------------------------------------
 
-def embed_luma(luma, generator_id: int = DEFAULT_GENERATOR, content_id: int = 0, iterations: int = 3) -> np.ndarray:
-    """Watermarked copy of full-range luma frames [T, H, W] (float, 0..255)."""
+V2_MIN_CELLS = 4 * CODE_BITS     # v2 is used where every bit gets at least 4 cells (256x256 frames and up)
+
+
+def scheme_for(height: int, width: int) -> str:
+    """The scheme a frame of this size is marked with: the smooth v2 where each bit gets at least 4 of its cells
+    (at 128x128, with one cell per bit, v2 is not yet as robust as v1), else the block scheme v1."""
+    return SCHEME_V2 if (height // SMOOTH_CELL) * (width // SMOOTH_CELL) >= V2_MIN_CELLS else SCHEME
+
+
+def _fits_v2(height: int, width: int) -> bool:
+    return (height // SMOOTH_CELL) * (width // SMOOTH_CELL) >= CODE_BITS
+
+
+def embed_luma(luma, generator_id: int = DEFAULT_GENERATOR, content_id: int = 0, iterations: int = 3,
+               scheme: Optional[str] = None) -> np.ndarray:
+    """Watermarked copy of full-range luma frames [T, H, W] (float, 0..255), with ``scheme`` (default:
+    ``scheme_for`` the frame size)."""
     y = _check_luma(luma).copy()
     t, h, w = y.shape
+    scheme = scheme or scheme_for(h, w)
+    if scheme == SCHEME_V2:
+        if not _fits_v2(h, w):
+            raise WatermarkError(f"frame size {w}x{h} is too small for {SCHEME_V2}; allowed: at least {CODE_BITS} "
+                                 f"cells of {SMOOTH_CELL}x{SMOOTH_CELL} pixels (e.g. 128x128)")
+        return _embed_smooth(y, encode_payload(generator_id, content_id), iterations)
+    if scheme != SCHEME:
+        raise WatermarkError(f"scheme={scheme!r} is not known; allowed: {SCHEME_V2}, {SCHEME}")
     cell, bit, dither = _layout(h, w)
     (ch, cw), step = cell, lattice_step(h, w)
     word = encode_payload(generator_id, content_id)
@@ -249,17 +339,26 @@ def _chase(soft: np.ndarray) -> tuple[Optional[np.ndarray], int]:
 
 
 def detect_luma(luma, expected: Optional[tuple[int, int]] = None) -> WatermarkResult:
-    """Read the watermark from full-range luma frames [T, H, W] (0..255). ``expected`` = (generator_id,
+    """Read the watermark from full-range luma frames [T, H, W] (0..255): the smooth v2 scheme where the frame has
+    room for it, then the block scheme v1 (marks made before v2, and small frames). ``expected`` = (generator_id,
     content_id) adds the share of bits that match it (useful when a manifest names the content id)."""
     y = _check_luma(luma)
-    votes = _votes(y)
-    soft = votes.sum(axis=0)
-    word, flipped = _chase(soft)
+    t, h, w = y.shape
+    tried = []
+    for scheme in ((SCHEME_V2, SCHEME) if _fits_v2(h, w) else (SCHEME,)):
+        votes = _smooth_votes(y) if scheme == SCHEME_V2 else _votes(y)
+        soft = votes.sum(axis=0)
+        word, flipped = _chase(soft)
+        tried.append((word is not None, float(np.abs(votes).mean()), scheme, votes, soft, word, flipped))
+        if word is not None:
+            break
+    # the decoded scheme, else the one whose votes are strongest
+    _, _, scheme, votes, soft, word, flipped = max(tried, key=lambda r: (r[0], r[1]))
     ref = word if word is not None else (soft < 0).astype(np.uint8)
     agree = float(np.mean((votes < 0) == ref[None].astype(bool)))
     res = WatermarkResult(detected=word is not None, bit_agreement=round(agree, 4),
                           strength=round(float(np.abs(votes).mean()), 4), corrected_bits=flipped,
-                          frames=int(y.shape[0]))
+                          frames=int(y.shape[0]), scheme=scheme)
     if word is not None:
         res.generator_id = _bits_int(word[:GENERATOR_BITS])
         res.generator = GENERATORS.get(res.generator_id)

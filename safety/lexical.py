@@ -87,14 +87,20 @@ def views(normalized: str) -> list[str]:
     return [normalized] if sq == normalized else [normalized, sq]
 
 
-def match_category(normalized: str, category) -> list[dict]:
-    """Evidence dicts for every term and combination of ``category`` found in the normalised text."""
+def match_category(normalized: str, category, opposing=(), window: int = 3) -> list[dict]:
+    """Evidence dicts for every term and combination of ``category`` found in the normalised text. A hit inside
+    one of the category's exceptions does not count, nor one that an ``opposing`` term ("against", "anti",
+    "prevention", ...) precedes by at most ``window`` words: the harm is named in order to oppose it."""
     evidence, seen = [], set()
     for view in views(normalized):
         excepted = [(h.start, h.end) for h in find_terms(view, category.exceptions)]
+        opposed = [(_word_index(view, h.end), h.end) for h in find_terms(view, opposing)] if opposing else []
 
         def allowed(h: Hit) -> bool:
-            return not any(s <= h.start < e or s < h.end <= e for s, e in excepted)
+            if any(s <= h.start < e or s < h.end <= e for s, e in excepted):
+                return False
+            first = _word_index(view, h.start)
+            return not any(end <= h.start and first - word < window for word, end in opposed)
         for h in find_terms(view, category.terms):
             if allowed(h) and ("term", h.text) not in seen:
                 seen.add(("term", h.text))

@@ -22,13 +22,15 @@ SEVERITY = {"allow": 0, "warn": 1, "block": 2}
 
 TOP_KEYS = {"name", "version", "exemplars", "prompt", "frames", "categories", "benign_exemplars", "replace",
             "description"}
-PROMPT_KEYS = {"semantic", "l2", "steps", "benign_weight", "gate", "chunk_words"}
+PROMPT_KEYS = {"semantic", "l2", "steps", "benign_weight", "gate", "chunk_words", "opposing", "opposing_window",
+               "frames", "frame_breakers", "frame_lexical", "frame_semantic"}
 FRAME_KEYS = {"batch_size", "classifiers"}
 CATEGORY_KEYS = {"label", "action", "threshold", "frame_threshold", "terms", "except", "combos", "exemplars",
-                 "enabled", "description"}
+                 "enabled", "description", "framable"}
 COMBO_KEYS = {"groups", "window"}
 PROMPT_DEFAULTS = {"semantic": True, "l2": 1e-4, "steps": 400, "benign_weight": 2.0, "gate": [0.25, 0.35],
-                   "chunk_words": 24}
+                   "chunk_words": 24, "opposing": [], "opposing_window": 3, "frames": [], "frame_breakers": [],
+                   "frame_lexical": 1.0, "frame_semantic": 1.0}
 
 
 class PolicyError(SpacetimeValueError):
@@ -52,6 +54,7 @@ class Category:
     exceptions: list = field(default_factory=list)
     combos: list = field(default_factory=list)
     exemplars: list = field(default_factory=list)
+    framable: bool = True             # an acceptable frame ([prompt] frames) may lower its scores
 
     @property
     def frame_limit(self) -> float:
@@ -164,7 +167,13 @@ def _build(data: dict, sources: list) -> Policy:
     prompt = dict(PROMPT_DEFAULTS)
     prompt.update(data.get("prompt") or {})
     _check_keys(prompt, PROMPT_KEYS, "[prompt]")
-    for k in ("steps", "chunk_words"):
+    for k in ("opposing", "frames", "frame_breakers"):
+        if not (isinstance(prompt[k], list) and all(isinstance(t, str) and t.strip() for t in prompt[k])):
+            raise PolicyError(f"[prompt] {k}={prompt[k]!r} is not allowed; allowed: a list of terms")
+    for k in ("frame_lexical", "frame_semantic"):
+        if not (isinstance(prompt[k], (int, float)) and 0 <= prompt[k] <= 1):
+            raise PolicyError(f"[prompt] {k}={prompt[k]!r} is not allowed; allowed: a number in [0, 1]")
+    for k in ("steps", "chunk_words", "opposing_window"):
         if not isinstance(prompt[k], int) or prompt[k] < 1:
             raise PolicyError(f"[prompt] {k}={prompt[k]!r} is not allowed; allowed: an integer >= 1")
     for k in ("l2", "benign_weight"):
@@ -216,7 +225,7 @@ def _build(data: dict, sources: list) -> Policy:
         categories[cid] = Category(cid, str(t.get("label", cid)), action, float(t.get("threshold", 0.5)),
                                    None if t.get("frame_threshold") is None else float(t["frame_threshold"]),
                                    [str(x) for x in t.get("terms") or []], [str(x) for x in t.get("except") or []],
-                                   combos, exemplars)
+                                   combos, exemplars, bool(t.get("framable", True)))
     for c in classifiers:
         for idx, cat in (c.get("outputs") or {}).items():
             if cat not in categories and cat not in (data.get("categories") or {}):

@@ -85,6 +85,15 @@ def _without_exceptions(text: str, pol) -> str:
     return cleaned or text
 
 
+def _frame(norm: str, pol) -> str:
+    """The first acceptable-frame term of the prompt (news, a lesson, a museum, a vigil, care: ``[prompt] frames``)
+    when none of ``[prompt] frame_breakers`` (graphic, explicit, a tutorial, glorifying ...) is there, else ""."""
+    hits = lexical.find_terms(norm, pol.prompt["frames"]) if pol.prompt["frames"] else []
+    if not hits or lexical.find_terms(norm, pol.prompt["frame_breakers"]):
+        return ""
+    return hits[0].text
+
+
 def check_prompt(text: str, policy: PolicySpec = None, semantic: Optional[bool] = None) -> PromptVerdict:
     """Judge one prompt against the policy (default: the shipped policy merged with ``SPACETIME_SAFETY_POLICY``).
     ``semantic=False`` uses the lexical layer only (no MiniLM)."""
@@ -97,7 +106,7 @@ def check_prompt(text: str, policy: PolicySpec = None, semantic: Optional[bool] 
     use_sem = pol.prompt.get("semantic", True) if semantic is None else bool(semantic)
     lex_scores, evidence = {}, []
     for cid, cat in pol.categories.items():
-        ev = lexical.match_category(norm, cat)
+        ev = lexical.match_category(norm, cat, pol.prompt["opposing"], pol.prompt["opposing_window"])
         lex_scores[cid] = max((e["score"] for e in ev), default=0.0)
         evidence += ev
     sem_scores = {c: 0.0 for c in pol.categories}
@@ -105,9 +114,14 @@ def check_prompt(text: str, policy: PolicySpec = None, semantic: Optional[bool] 
         from .semantic import semantic_scores
         sem_scores, sem_ev = semantic_scores(_without_exceptions(norm, pol), pol)
         evidence += [e for e in sem_ev if e["score"] >= 0.05]
+    frame = _frame(norm, pol)
+    if frame:
+        evidence.append({"category": None, "layer": "context", "rule": "frame", "match": frame, "score": 0.0})
     scores, layers, fired, actions = {}, {}, [], {}
     for cid, cat in pol.categories.items():
         lx, sm = lex_scores.get(cid, 0.0), sem_scores.get(cid, 0.0)
+        if frame and cat.framable:
+            lx, sm = lx * pol.prompt["frame_lexical"], sm * pol.prompt["frame_semantic"]
         scores[cid] = 1.0 - (1.0 - lx) * (1.0 - sm)            # noisy-OR of the two layers
         layers[cid] = {"lexical": lx, "semantic": sm}
         if scores[cid] >= cat.threshold:

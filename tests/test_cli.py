@@ -63,7 +63,15 @@ def test_generate_extend_adds_new_frames(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, needle", [
     (["--frames", "10"], "--frames 10"),
+    (["--frames", "0"], "--frames 0"),                # 0 is no "default" unless the help says so
+    (["--frames", "-3"], "--frames -3"),
     (["--width", "70"], "70"),
+    (["--width", "0"], "--width 0"),
+    (["--height", "0"], "--height 0"),
+    (["--cfg", "0"], "--cfg 0"),
+    (["--shift", "-1"], "--shift -1"),
+    (["--fps", "nan"], "--fps nan"),
+    (["--steps", "501"], "--steps 501"),
     (["--steps", "0", "--frames", "9"], None),
     (["--image", "no/such.png"], "no/such.png"),
 ])
@@ -108,3 +116,39 @@ def test_run_workflow_from_the_command_line(tmp_path, capsys):
     assert len(mp4s) == 1
     assert _decode(mp4s[0]).shape[0] == 5
     assert main(["run", str(wf), "--set", "nonsense"]) == EXIT_BAD_INPUT
+
+
+def _options(parser):
+    """(command, action) for every option of every sub-command."""
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {cmd}".strip(), a) for cmd, a in _options(sub))
+        elif not isinstance(action, argparse._HelpAction):
+            yield "", action
+
+
+def test_every_option_has_help_that_shows_its_default():
+    """Options added later stay documented: each has help text, and the help of each optional one names its
+    default (argparse's ArgumentDefaultsHelpFormatter style) or says it is required."""
+    from spacetime.cli import HelpFormatter, build_parser
+    parser = build_parser()
+    options = list(_options(parser))
+    assert len(options) > 30
+    undocumented = [f"{cmd} {a.option_strings or a.dest}" for cmd, a in options if not (a.help or "").strip()]
+    assert not undocumented, f"options without help text: {undocumented}"
+    fmt = HelpFormatter("spacetime")
+    silent = [f"{cmd} {a.option_strings}" for cmd, a in options if a.option_strings and not a.required
+              and "(default" not in fmt._get_help_string(a) % {"default": a.default}]
+    assert not silent, f"options whose help does not show the default: {silent}"
+    text = " ".join(parser._subparsers._group_actions[0].choices["generate"].format_help().split())
+    assert "(default: unipc)" in text and "(default: toyworld)" in text
+    assert "0 = the model's default" in text
+
+
+def test_zero_means_the_model_default_only_where_the_help_says_so():
+    from spacetime.cli import build_parser
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"]
+    zero_ok = {a.dest for a in generate._actions if "0 = the model's default" in (a.help or "")}
+    assert zero_ok == {"fps", "steps", "shift"}

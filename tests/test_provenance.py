@@ -249,3 +249,22 @@ def test_imports_are_cheap():
 def test_verify_report_is_json(tmp_path):
     info = stamp_video(toy_clip(), tmp_path / "clip.mp4", fps=8, generation=GEN)
     json.dumps(verify_file(info["path"]))
+
+
+def test_smooth_watermark_v2_is_invisible_and_read_back():
+    """v2 on a flat navy clip: no change larger than 1 level between neighbouring pixels (no block edges), PSNR
+    >= 42 dB, exact payload back; marks of the block scheme v1 are still read."""
+    from spacetime.provenance import watermark as wm
+    luma = np.full((5, 256, 256), 0.299 * 20 + 0.587 * 30 + 0.114 * 80)
+    assert wm.scheme_for(256, 256) == wm.SCHEME_V2 and wm.scheme_for(64, 64) == wm.SCHEME
+    marked = wm.embed_luma(luma, wm.DEFAULT_GENERATOR, 0xC0FFEE)
+    d = marked - luma
+    assert max(np.abs(np.diff(d, axis=1)).max(), np.abs(np.diff(d, axis=2)).max()) <= 1.0
+    assert 10 * np.log10(255 ** 2 / np.mean(d ** 2)) >= 42
+    got = wm.detect_luma(np.round(marked))
+    assert got.detected and got.content_id == 0xC0FFEE and got.scheme == wm.SCHEME_V2
+    old = wm.detect_luma(np.round(wm.embed_luma(luma, wm.DEFAULT_GENERATOR, 77, scheme=wm.SCHEME)))
+    assert old.detected and old.content_id == 77 and old.scheme == wm.SCHEME
+    assert not wm.detect_luma(np.round(luma)).detected
+    with pytest.raises(wm.WatermarkError, match="too small"):
+        wm.embed_luma(luma[:, :64, :64], scheme=wm.SCHEME_V2)
