@@ -205,9 +205,9 @@ def infer_dit_config(sd: Mapping[str, torch.Tensor], text_len: Optional[int] = N
 
 
 def infer_vae_config(sd: Mapping[str, torch.Tensor], latent_mean=None, latent_std=None) -> VAEConfig:
-    if "decoder.upsamples.0.upsamples.0.residual.2.weight" in sd:
-        raise SpacetimeValueError("checkpoint is a Wan 2.2 VAE (48 channels, 4x16x16); this pack implements the "
-                                  "Wan 2.1 VAE family (wan_2.1_vae.safetensors / Wan2.1_VAE.pth)")
+    from .vae22 import infer_vae22_config, is_wan22_vae
+    if is_wan22_vae(sd):
+        return infer_vae22_config(sd, latent_mean, latent_std)
     try:
         dim = sd["encoder.conv1.weight"].shape[0]
         z_dim = sd["conv2.weight"].shape[0]
@@ -323,6 +323,9 @@ def load_vae(path_or_sd, cfg: Optional[VAEConfig] = None, device="cpu", dtype=to
     sd = normalize_vae_keys(sd)
     if cfg is None:
         cfg = infer_vae_config(sd)
+    else:
+        from .vae22 import check_vae_family
+        check_vae_family(sd, cfg)
     model = build_vae(cfg, device="meta")
     load_into(model, sd, "VAE", dtype=dtype)
     model.latent_mean = torch.tensor(cfg.latent_mean, dtype=torch.float32)

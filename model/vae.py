@@ -16,11 +16,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import VAEConfig
+from .config import VAE22Config, VAEConfig
 from .errors import SpacetimeValueError
 
 CACHE_FRAMES = 2
 _REP = "rep"   # marker: an upsampling time conv has seen its first chunk (the next one runs without a cache)
+FIRST_CHUNK = "first_chunk"   # StreamState key: True while the first latent frame is decoded
 
 
 class StreamState(dict):
@@ -218,13 +219,15 @@ class Decoder3d(nn.Module):
 
 
 class WanVAE(nn.Module):
+    encoder_class, decoder_class = Encoder3d, Decoder3d      # the Wan 2.2 VAE (vae22.py) swaps these
+
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = Encoder3d(cfg)
+        self.encoder = self.encoder_class(cfg)
         self.conv1 = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, 1)
         self.conv2 = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)
-        self.decoder = Decoder3d(cfg)
+        self.decoder = self.decoder_class(cfg)
         self.register_buffer("latent_mean", torch.tensor(cfg.latent_mean, dtype=torch.float32), persistent=False)
         self.register_buffer("latent_std", torch.tensor(cfg.latent_std, dtype=torch.float32), persistent=False)
 
@@ -264,6 +267,13 @@ class WanVAE(nn.Module):
         shape = (1, -1, 1, 1, 1)
         return z * self.latent_std.view(shape).to(z) + self.latent_mean.view(shape).to(z)
 
+    # pixels <-> encoder channels (identity here; the Wan 2.2 VAE folds 2x2 pixel blocks into channels)
+    def to_channels(self, video: torch.Tensor) -> torch.Tensor:
+        return video
+
+    def from_channels(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
     @property
     def dtype(self):
         return self.conv1.weight.dtype
@@ -279,7 +289,7 @@ class WanVAE(nn.Module):
         self.check_video(video)
         tf = self.temporal_factor
         state = StreamState()
-        x = video.to(self.device, self.dtype)
+        x = self.to_channels(video.to(self.device, self.dtype))
         starts = [0] + list(range(1, x.shape[2], tf))
         for s in starts:
             chunk = x[:, :, s:s + (1 if s == 0 else tf)]
@@ -305,7 +315,8 @@ class WanVAE(nn.Module):
             if normalized:
                 zi = self.denormalize(zi)
             x = self.conv2(zi.to(self.device, self.dtype))
-            y = self.decoder(x, state).float()
+            state[FIRST_CHUNK] = i == 0
+            y = self.from_channels(self.decoder(x, state)).float()
             yield y.clamp(-1, 1) if clamp else y
 
     def decode(self, z: torch.Tensor, normalized: bool = True, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -326,6 +337,10 @@ class WanVAE(nn.Module):
 
 
 def build_vae(cfg: VAEConfig, device="cpu", dtype=torch.float32) -> WanVAE:
+    """Build a VAE of either family: ``VAEConfig`` (Wan 2.1) or ``VAE22Config`` (Wan 2.2, see vae22.py)."""
+    cls = WanVAE
+    if isinstance(cfg, VAE22Config):
+        from .vae22 import WanVAE22 as cls
     with torch.device(device):
-        model = WanVAE(cfg)
+        model = cls(cfg)
     return model.to(dtype).eval()

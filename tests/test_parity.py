@@ -12,12 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from parity_weights import seeded_state_dict
-from spacetime.model.config import DiTConfig, TextEncoderConfig, VAEConfig
+from spacetime.model.config import DiTConfig, TextEncoderConfig, VAE22Config, VAEConfig
 from spacetime.model.dit import WanDiT
 from spacetime.model.loading import load_into
 from spacetime.model.sampling import GuidedDenoiser, UniPC, sample, sigma_schedule
 from spacetime.model.text_encoders import UMT5Encoder
 from spacetime.model.vae import WanVAE
+from spacetime.model.vae22 import WanVAE22
 
 TOL = 1e-4
 FIXTURES = Path(os.environ.get("SPACETIME_PARITY_FIXTURES") or Path(__file__).parent / "fixtures" / "parity")
@@ -70,11 +71,13 @@ def run_dit(name):
 
 def run_vae(name):
     args, io, w = load_case(name)
-    cfg = VAEConfig(dim=args["dim"], z_dim=args["z_dim"], dim_mult=tuple(args["dim_mult"]),
-                    num_res_blocks=args["num_res_blocks"], attn_scales=tuple(args["attn_scales"]),
-                    temperal_downsample=tuple(args["temperal_downsample"]),
-                    latent_mean=tuple(io["mean"].tolist()), latent_std=tuple(io["std"].tolist()))
-    vae = fill(WanVAE(cfg), w, args)
+    common = dict(dim=args["dim"], z_dim=args["z_dim"], dim_mult=tuple(args["dim_mult"]),
+                  num_res_blocks=args["num_res_blocks"], temperal_downsample=tuple(args["temperal_downsample"]),
+                  latent_mean=tuple(io["mean"].tolist()), latent_std=tuple(io["std"].tolist()))
+    if "dec_dim" in args:                               # Wan 2.2 layout
+        vae = fill(WanVAE22(VAE22Config(dec_dim=args["dec_dim"], **common)), w, args)
+    else:
+        vae = fill(WanVAE(VAEConfig(attn_scales=tuple(args["attn_scales"]), **common)), w, args)
     with torch.no_grad():
         z = vae.encode(io["video"])
         check(z, io["z"], f"{name} encode")
@@ -104,7 +107,8 @@ def run_unipc(name):
     return check(out[0], io["out"], name)
 
 
-RUNNERS = {"wan21_t2v": run_dit, "wan22_ti2v": run_dit, "wan21_vae": run_vae, "umt5": run_umt5, "unipc": run_unipc}
+RUNNERS = {"wan21_t2v": run_dit, "wan22_ti2v": run_dit, "wan21_vae": run_vae, "wan22_vae": run_vae, "umt5": run_umt5,
+           "unipc": run_unipc}
 
 
 def test_parity_fixtures_present():
