@@ -2,7 +2,7 @@
 
     spacetime generate "PROMPT" [--image PATH] [--extend VIDEO --direction forward|backward|fill [--after VIDEO]]
                        [--frames N] [--width W] [--height H] [--fps F] [--steps S] [--cfg G] [--seed K]
-                       [--model PRESET_OR_PATH] --out PATH.mp4
+                       [--model PRESET_OR_PATH [--dit-low-noise PATH]] [--offload-blocks N] --out PATH.mp4
     spacetime generate --help        (every option, what it does and its default)
     spacetime run WORKFLOW.json [--set NODE_ID.INPUT=VALUE ...] [--out DIR]
     spacetime verify PATH.mp4 [--json]
@@ -68,15 +68,30 @@ def _check_out(path: str) -> Path:
     return out
 
 
-def _resolve_model(spec: str, vae=None, text=None, tokenizer=None):
-    """A preset name, or a DiT file (its preset is inferred from its keys and shapes)."""
+def _resolve_model(spec: str, vae=None, text=None, tokenizer=None, experts: bool = False):
+    """A preset name, or a DiT file (its preset is inferred from its keys and shapes; with ``experts`` a two-expert
+    preset of that architecture)."""
     from .model.config import BUNDLE_PRESETS, bundle_preset
+    from .model.errors import SpacetimeValueError
     p = Path(spec)
     if spec not in BUNDLE_PRESETS and (p.suffix in (".safetensors", ".pth", ".json") or p.is_file()):
         if not p.exists():
             raise CliError(f"--model {spec!r}: file not found")
-        from .model.loading import _closest_dit_preset, normalize_dit_keys, read_state_dict
-        name = _closest_dit_preset(normalize_dit_keys(read_state_dict(p)))
+        from .model.loading import _closest_dit_preset, normalize_dit_keys
+        try:
+            sd = normalize_dit_keys(_shapes_only(p))
+            name = _closest_dit_preset(sd)
+        except SpacetimeValueError as exc:
+            raise CliError(f"--model {spec!r}: {exc}") from None
+        if name is not None and experts:
+            from .model.loading import infer_dit_config
+            def arch(c):
+                return c.dim, c.num_layers, c.in_dim, c.out_dim, c.ffn_dim
+            found = arch(infer_dit_config(sd))
+            name = next((n for n, b in BUNDLE_PRESETS.items() if b.expert_boundary and arch(b.dit) == found), None)
+            if name is None:
+                raise CliError(f"--model {spec!r} with --dit-low-noise: the file is not an expert of a two-expert "
+                               f"preset (wan2.2-t2v-a14b, wan2.2-i2v-a14b)")
         if name is None or name not in BUNDLE_PRESETS:
             raise CliError(f"--model {spec!r}: its architecture matches no preset with a VAE and text encoder; "
                            f"allowed presets: {', '.join(sorted(BUNDLE_PRESETS))}")
@@ -104,6 +119,29 @@ def _check_numbers(a):
     if a.frames is not None and a.frames <= 0:
         allowed = "a positive number of new frames" if a.extend else "1 + 4k (e.g. 17)"
         raise CliError(f"--frames {a.frames}: allowed {allowed}; leave it out for the model's default")
+    if not (math.isfinite(a.expert_boundary) and 0.0 <= a.expert_boundary <= 1.0):
+        raise CliError(f"--expert-boundary {a.expert_boundary}: allowed 0..1, or 0 for the preset's")
+    if a.expert_switch_step < 0:
+        raise CliError(f"--expert-switch-step {a.expert_switch_step}: allowed >= 0, or 0 to switch at the boundary")
+    if a.cfg_high_noise is not None and not (math.isfinite(a.cfg_high_noise) and a.cfg_high_noise >= 1.0):
+        raise CliError(f"--cfg-high-noise {a.cfg_high_noise}: allowed >= 1; leave it out for the preset's")
+    if a.offload_blocks < 0:
+        raise CliError(f"--offload-blocks {a.offload_blocks}: allowed >= 0 (0 keeps every block on the device)")
+
+
+def _shapes_only(path: Path) -> dict:
+    """A checkpoint's keys with shape-only (meta) tensors: enough to infer its architecture without reading it.
+    safetensors headers are read directly; other formats are loaded."""
+    import torch
+    from .model.loading import read_state_dict
+    if path.name.lower().endswith(".safetensors"):
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        except Exception:       # unreadable header: read_state_dict gives the clear error
+            pass
+    return read_state_dict(path)
 
 
 def cmd_generate(a) -> int:
@@ -119,7 +157,8 @@ def cmd_generate(a) -> int:
         raise CliError("--after is only used with --direction fill")
     if a.direction == "fill" and a.extend and not a.after:
         raise CliError("--direction fill needs --after VIDEO (the clip after the gap)")
-    for flag, path in (("--image", a.image), ("--extend", a.extend), ("--after", a.after)):
+    for flag, path in (("--image", a.image), ("--extend", a.extend), ("--after", a.after),
+                       ("--dit-low-noise", a.dit_low_noise)):
         if path and not Path(path).is_file():
             raise CliError(f"{flag} {path!r}: file not found")
 
@@ -128,7 +167,7 @@ def cmd_generate(a) -> int:
     if verdict.blocked:
         raise CliError(f"prompt blocked by the safety policy: {verdict.summary()}", EXIT_BLOCKED)
 
-    preset, dit_path = _resolve_model(a.model)
+    preset, dit_path = _resolve_model(a.model, experts=a.dit_low_noise is not None)
     from .model.config import bundle_preset
     p = bundle_preset(preset)
     width = p.default_size[0] if a.width is None else a.width
@@ -142,8 +181,20 @@ def cmd_generate(a) -> int:
     if not a.extend and (frames - 1) % tf:
         raise CliError(f"--frames {frames}: must be 1 + {tf}*k (e.g. {round_up_frames(frames, tf)})")
     from .model.pipeline import Spacetime
-    st = Spacetime.load(preset, dit=dit_path, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
-                        dtype=a.dtype, device=a.device)
+    try:
+        st = Spacetime.load(preset, dit=dit_path, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
+                            dtype=a.dtype, device=a.device, dit_low_noise=a.dit_low_noise,
+                            offload_blocks=a.offload_blocks)
+    except SpacetimeValueError as exc:
+        raise CliError(str(exc)) from None
+    st.check_cancel = host.check_interrupted
+    if st.dit_path is None and "dit" not in st.builders:
+        raise CliError(f"--model {a.model!r}: this preset has no DiT file of its own; give the checkpoint instead, "
+                       f"--model PATH (its preset is inferred; Wan 2.2 A14B: the high-noise expert, with "
+                       f"--dit-low-noise PATH)")
+    if st.concat_conditioned and not (a.image or a.extend):
+        raise CliError(f"--model {a.model!r}: {st.preset.name} is an image-to-video model; give --image (or "
+                       f"--extend)")
     p = st.preset
     kwargs = {}
     ingredients = []
@@ -164,6 +215,12 @@ def cmd_generate(a) -> int:
     steps = a.steps or p.steps
     cfg = p.cfg if a.cfg is None else a.cfg
     shift = a.shift or p.shift
+    if st.has_experts:
+        try:
+            kwargs.update(switch=st.expert_switch(a.expert_boundary or None, a.expert_switch_step or None),
+                          cfg_high_noise=a.cfg_high_noise)
+        except SpacetimeValueError as exc:
+            raise CliError(str(exc)) from None
     bar = TerminalProgress()
     host.set_progress_hook(bar)
     t0 = time.time()
@@ -185,6 +242,8 @@ def cmd_generate(a) -> int:
             "cfg": cfg, "shift": shift, "sampler": a.sampler, "frames": int(frames_out.shape[0]),
             "width": int(frames_out.shape[2]), "height": int(frames_out.shape[1]),
             "expanded_prompt": st.expand(a.prompt) if not a.no_expand else a.prompt}
+    if st.has_experts:
+        info.update(st.expert_info(steps, shift, kwargs["switch"], a.cfg_high_noise, cfg))
     result = stamp_video(frames_out, out, fps=a.fps or p.fps, generation=info, prompt=a.prompt,
                          include_prompt=a.include_prompt, ingredients=ingredients,
                          safety_reports=[verdict.to_dict(), report.to_dict()])
@@ -315,6 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="weights and compute "
                    "precision (bf16 on a GPU)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (a GPU when there is one)")
+    g.add_argument("--dit-low-noise", metavar="PATH", help="Wan 2.2 A14B: the low-noise expert's file; --model is "
+                   "then the high-noise expert's file (default: none, a single DiT)")
+    g.add_argument("--expert-boundary", type=float, default=0.0, metavar="SIGMA", help="two experts: the noise "
+                   "level below which the low-noise expert takes over (default: 0 = the preset's, 0.875 "
+                   "text-to-video / 0.9 image-to-video)")
+    g.add_argument("--expert-switch-step", type=int, default=0, metavar="N", help="two experts: switch after N "
+                   "steps instead of at the boundary (default: 0 = at the boundary)")
+    g.add_argument("--cfg-high-noise", type=float, metavar="G", help="two experts: guidance of the high-noise "
+                   "expert; --cfg is the low-noise expert's (default: the preset's, 4.0 for wan2.2-t2v-a14b)")
+    g.add_argument("--offload-blocks", type=int, default=0, metavar="N", help="low VRAM: keep N transformer "
+                   "blocks in CPU memory and stream each to the GPU when it runs (default: 0 = all on the GPU)")
     g.add_argument("--no-expand", action="store_true", help="do not expand the prompt (embedded model)")
     g.add_argument("--include-prompt", action="store_true", help="write the prompt text into the C2PA manifest "
                    "(otherwise only its SHA-256)")

@@ -94,9 +94,10 @@ class Placement:
 
 
 @torch.no_grad()
-def encode_placement(vae, placement: Placement) -> Optional[FrameCondition]:
+def encode_placement(vae, placement: Placement, whole: bool = False) -> Optional[FrameCondition]:
     """Encode the known frames in place (unknown frames mid-gray) -> FrameCondition over latent slots, or None
-    when no slot is fully known."""
+    when no slot is fully known. ``whole``: encode the whole clip (models that read every slot's latent, see
+    concat.py), not just up to the last known slot."""
     tf = vae.temporal_factor
     mask = placement.slot_mask(tf)
     if not mask.any():
@@ -105,7 +106,7 @@ def encode_placement(vae, placement: Placement) -> Optional[FrameCondition]:
     video[:, :, ~placement.known] = 0.0
     # Only the clip up to the last known slot needs encoding (the encoder is causal).
     last = int(mask.nonzero().max())
-    n_pix = max(slot_pixels(last, tf)) + 1
+    n_pix = placement.video.shape[2] if whole else max(slot_pixels(last, tf)) + 1
     z = vae.encode(video[:, :, :n_pix])
     full = torch.zeros(z.shape[0], z.shape[1], mask.shape[0], *z.shape[3:])
     full[:, :, :z.shape[2]] = z

@@ -34,7 +34,7 @@ WAN22_LATENT_STD = (0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.50
 @dataclass(frozen=True)
 class DiTConfig:
     """The Wan video transformer. Field names follow the Wan constructor."""
-    model_type: str = "t2v"          # t2v | ti2v (same weights layout; ti2v is trained with per-token timesteps)
+    model_type: str = "t2v"          # t2v | ti2v (per-token timesteps) | i2v (image latent and mask as extra inputs)
     patch_size: tuple = (1, 2, 2)
     text_len: int = 512
     in_dim: int = 16

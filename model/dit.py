@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import attention
 from .config import DiTConfig
 
 DEFAULT_OPS = SimpleNamespace(Linear=nn.Linear, Conv3d=nn.Conv3d, LayerNorm=nn.LayerNorm)
@@ -130,7 +131,7 @@ class SelfAttention(nn.Module):
         k = self._heads(self.norm_k(self.k(x)))
         v = self._heads(self.v(x))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.o(out.transpose(1, 2).flatten(2))
 
 
@@ -145,7 +146,7 @@ class CrossAttention(SelfAttention):
         k, v = kv if kv is not None else self.text_kv(context)
         if k.shape[0] != q.shape[0]:                      # one text for several videos
             k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.o(out.transpose(1, 2).flatten(2))
 
 

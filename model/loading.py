@@ -196,7 +196,8 @@ def infer_dit_config(sd: Mapping[str, torch.Tensor], text_len: Optional[int] = N
         raise SpacetimeValueError(
             "checkpoint is a Wan image-to-video (CLIP-conditioned, in_dim 36) model; this pack's DiT covers the "
             "text-to-video and TI2V layouts (image-to-video runs through frame conditioning)")
-    model_type = "ti2v" if in_dim == 48 else "t2v"
+    # 48 input channels: TI2V-5B; more inputs than outputs: channel-concatenated image conditioning (2.2 I2V-A14B)
+    model_type = "ti2v" if in_dim == 48 else ("i2v" if in_dim != out_dim else "t2v")
     cross_norm = "blocks.0.norm3.weight" in sd
     qk_norm = "blocks.0.self_attn.norm_q.weight" in sd
     return DiTConfig(model_type=model_type, patch_size=patch, text_len=text_len or 512, in_dim=in_dim, dim=dim,

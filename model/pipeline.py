@@ -21,10 +21,13 @@ import torch
 
 from .conditioning import (Placement, check_frames, check_size, encode_placement, latent_condition,
                            round_up_frames, to_frames, to_video)
+from .concat import concat_channels, with_concat
 from .config import BundlePreset, bundle_preset
 from .errors import SpacetimeValueError
+from .experts import HIGH, LOW, ExpertPair, ExpertSwitch, check_expert_files, default_switch
 from .loading import file_sha256, load_dit, load_text_encoder, load_vae, parse_dtype
-from .sampling import SAMPLERS, FrameCondition, sample
+from .offload import BlockOffload, check_offload_blocks, place_model
+from .sampling import SAMPLERS, FrameCondition, sample, sigma_schedule
 
 ProgressFn = Optional[Callable[[int, int], None]]
 
@@ -69,29 +72,47 @@ class Spacetime:
     builders: dict = field(default_factory=dict)         # part name -> callable returning a module (overrides)
     _parts: dict = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    dit_low_path: Optional[Path] = None       # Wan 2.2 A14B: the low-noise expert (dit_path is the high-noise one)
+    offload_blocks: int = 0                   # DiT blocks kept in CPU memory and streamed to the device (offload.py)
+    check_cancel: Optional[Callable[[], None]] = None   # called between DiT blocks when blocks are offloaded
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, preset: str = "toyworld", dit=None, vae=None, text_encoder=None, tokenizer=None, dtype="fp32",
-             device=None) -> "Spacetime":
+             device=None, dit_low_noise=None, offload_blocks: int = 0) -> "Spacetime":
         """Build from a preset name; files given here replace the preset's. Nothing is read until first use,
-        except that every path must exist."""
+        except that every path must exist. ``dit_low_noise``: the low-noise expert of a Wan 2.2 A14B pair (``dit``
+        is then the high-noise expert). ``offload_blocks``: DiT blocks kept in CPU memory (low VRAM)."""
         p = bundle_preset(preset)
         files = dict(getattr(p, "files", {}) or {})
-        for name, given in (("dit", dit), ("vae", vae), ("text", text_encoder), ("tokenizer", tokenizer)):
+        for name, given in (("dit", dit), ("vae", vae), ("text", text_encoder), ("tokenizer", tokenizer),
+                            ("dit_low_noise", dit_low_noise)):
             if given is not None:
                 files[name] = Path(given)
         for name, path in files.items():
             if path is not None and not Path(path).exists():
                 raise SpacetimeValueError(f"{name} file {str(path)!r} does not exist")
+        check_expert_files(files.get("dit"), files.get("dit_low_noise"))
+        check_offload_blocks(offload_blocks, p.dit.num_layers)
         dev = torch.device(device) if device not in (None, "auto") else default_device()
         return cls(p, files.get("dit"), files.get("vae"), files.get("text"), files.get("tokenizer"),
-                   parse_dtype(dtype), dev, getattr(p, "prompt_expander", None), dict(getattr(p, "builders", {})))
+                   parse_dtype(dtype), dev, getattr(p, "prompt_expander", None), dict(getattr(p, "builders", {})),
+                   dit_low_path=files.get("dit_low_noise"), offload_blocks=int(offload_blocks))
 
     @property
     def key(self) -> tuple:
         return (self.preset.name, str(self.dit_path), str(self.vae_path), str(self.text_path), str(self.dtype),
-                str(self.device))
+                str(self.device), str(self.dit_low_path), self.offload_blocks)
+
+    @property
+    def has_experts(self) -> bool:
+        """Two experts (Wan 2.2 A14B): the DiT file is the high-noise expert, ``dit_low`` the low-noise one."""
+        return self.dit_low_path is not None or "dit_low" in self.builders
+
+    @property
+    def concat_conditioned(self) -> bool:
+        """The DiT takes known frames as extra input channels (Wan 2.2 I2V-A14B), see concat.py."""
+        return self.preset.dit.model_type == "i2v"
 
     @property
     def temporal_factor(self) -> int:
@@ -104,16 +125,34 @@ class Spacetime:
     def _part(self, name: str):
         with self._lock:
             if name not in self._parts:
-                self._parts[name] = self._build(name)
+                part = self._build(name)
+                self._parts[name] = self._stage_dit(part) if name in ("dit", "dit_low") else part
             return self._parts[name]
+
+    def _stage_dit(self, model):
+        """Attach block offload; a single DiT goes to the compute device, experts wait in CPU memory until used."""
+        if self.offload_blocks:
+            BlockOffload(model, self.offload_blocks, self.device, check_cancel=self._check_cancel)
+        return place_model(model, "cpu" if self.has_experts else self.device)
+
+    def _check_cancel(self):
+        if self.check_cancel is not None:
+            self.check_cancel()
 
     def _build(self, name: str):
         if name in self.builders:
             return self.builders[name](self)
-        if name == "dit":
-            if self.dit_path is None:
+        if name in ("dit", "dit_low"):
+            path = self.dit_path if name == "dit" else self.dit_low_path
+            if path is None:
                 raise SpacetimeValueError(f"preset {self.preset.name!r} has no DiT file; pass dit=PATH")
-            return load_dit(self.dit_path, self.preset.dit, self.device, self.dtype)
+            staged = self.has_experts or self.offload_blocks > 0      # placed by _stage_dit / ExpertPair
+            try:
+                return load_dit(path, self.preset.dit, "cpu" if staged else self.device, self.dtype)
+            except SpacetimeValueError as exc:
+                if name == "dit":
+                    raise
+                raise SpacetimeValueError(f"low-noise expert file {path.name!r}: {exc}") from None
         if name == "vae":
             if self.vae_path is None:
                 raise SpacetimeValueError(f"preset {self.preset.name!r} has no VAE file; pass vae=PATH")
@@ -134,6 +173,11 @@ class Spacetime:
         return self._part("dit")
 
     @property
+    def dit_low(self):
+        """The low-noise expert of a two-expert model."""
+        return self._part("dit_low")
+
+    @property
     def vae(self):
         return self._part("vae")
 
@@ -144,12 +188,15 @@ class Spacetime:
     def loaded_parts(self) -> dict:
         return dict(self._parts)
 
-    def checkpoint_sha256(self) -> Optional[str]:
-        if self.dit_path is None:
+    def checkpoint_sha256(self, part: str = "dit") -> Optional[str]:
+        """SHA-256 of the DiT file (``part="dit_low"``: of the low-noise expert's file)."""
+        path = self.dit_path if part == "dit" else self.dit_low_path
+        if path is None:
             return None
-        if "sha" not in self._parts:
-            self._parts["sha"] = file_sha256(self.dit_path)
-        return self._parts["sha"]
+        key = f"sha:{part}"
+        if key not in self._parts:
+            self._parts[key] = file_sha256(path)
+        return self._parts[key]
 
     # ------------------------------------------------------------------ text
     def expand(self, prompt: str) -> str:
@@ -218,24 +265,57 @@ class Spacetime:
     @torch.no_grad()
     def condition_from_frames(self, placement: Placement) -> Optional[FrameCondition]:
         vae = self.vae
-        cond = encode_placement(vae, Placement(placement.video.to(vae.device), placement.known))
+        cond = encode_placement(vae, Placement(placement.video.to(vae.device), placement.known),
+                                whole=self.concat_conditioned)
         if cond is not None:
             cond.latents = cond.latents.cpu()
         return cond
 
     # ------------------------------------------------------------------ sampling
+    def expert_switch(self, boundary: Optional[float] = None, step: Optional[int] = None) -> ExpertSwitch:
+        """The expert switch of a two-expert model: the given boundary / step, or the preset's (0 or None)."""
+        return default_switch(self.preset.dit.model_type, boundary or self.preset.expert_boundary, step)
+
+    def expert_info(self, steps: int, shift: float, switch: ExpertSwitch, cfg_high_noise: Optional[float],
+                    cfg: float) -> dict:
+        """What a two-expert run did, for generation records: the switch, its step, both checkpoints."""
+        step = switch.switch_step(sigma_schedule(steps, shift)[1])
+        high_cfg = self.preset.cfg_high_noise if cfg_high_noise is None else cfg_high_noise
+        return {"expert_boundary": switch.boundary, "expert_switch_step": step,
+                "cfg_high_noise": cfg if high_cfg is None else high_cfg,
+                "low_noise_checkpoint_sha256": self.checkpoint_sha256("dit_low")}
+
+    def denoising_model(self, switch: Optional[ExpertSwitch] = None, cfg_high_noise: Optional[float] = None,
+                        load: Optional[Callable] = None, unload: Optional[Callable] = None):
+        """The DiT, or for two experts the ExpertPair that ``sample`` switches between. ``load(part)`` /
+        ``unload(part)`` (part "dit" or "dit_low") replace the default device placement (ComfyUI's model
+        management uses them)."""
+        if not self.has_experts:
+            return load("dit") if load is not None else self.dit
+        parts = {HIGH: "dit", LOW: "dit_low"}
+        return ExpertPair(lambda: self._part("dit"), lambda: self._part("dit_low"), switch or self.expert_switch(),
+                          cfg_high=self.preset.cfg_high_noise if cfg_high_noise is None else cfg_high_noise,
+                          device=self.device, cfg=self.preset.dit,
+                          load=None if load is None else (lambda w: load(parts[w])),
+                          unload=None if unload is None else (lambda w: unload(parts[w])))
+
     @torch.no_grad()
     def sample_latents(self, text: TextEmbedding, shape: tuple, seed: int = 0, steps: Optional[int] = None,
                        cfg: Optional[float] = None, shift: Optional[float] = None, sampler: str = "unipc",
                        cond: Optional[FrameCondition] = None, init: Optional[torch.Tensor] = None,
-                       strength: float = 1.0, callback=None) -> torch.Tensor:
-        """Returns raw latents. ``cond.latents`` are normalised; ``init`` (for strength < 1) is raw."""
+                       strength: float = 1.0, callback=None, *, switch: Optional[ExpertSwitch] = None,
+                       cfg_high_noise: Optional[float] = None, load: Optional[Callable] = None,
+                       unload: Optional[Callable] = None) -> torch.Tensor:
+        """Returns raw latents. ``cond.latents`` are normalised; ``init`` (for strength < 1) is raw. Two-expert
+        models: ``switch`` (default: the preset's boundary) and ``cfg_high_noise`` (default: the preset's)."""
         steps = steps or self.preset.steps
         cfg = self.preset.cfg if cfg is None else cfg
         shift = shift or self.preset.shift
         if sampler not in SAMPLERS:
             raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
-        dit = self.dit
+        if self.concat_conditioned and (cond is None or not cond.any_known):
+            concat_channels(None, self.preset.dit.in_dim, self.preset.dit.out_dim)     # raises: needs an image
+        model = self.denoising_model(switch, cfg_high_noise, load, unload)
         B = shape[0]
         emb, lens = text.emb, text.lengths
         if emb.shape[0] == 1 and B > 1:
@@ -247,13 +327,20 @@ class Spacetime:
             neg, nlens = neg.expand(B, -1, -1), nlens.expand(B)
         noise = noise_for(shape, seed)
         init_n = self.normalize(init) if init is not None else None
-        dev = dit.device
+        dev = model.device
         if cond is not None:
             cond = FrameCondition(cond.latents.to(dev), cond.mask.to(dev))
-        out = sample(dit, noise.to(dev), emb.to(dev), None if neg is None else neg.to(dev),
-                     text_lengths=lens.to(dev), text_null_lengths=None if nlens is None else nlens.to(dev),
-                     steps=steps, shift=shift, cfg=cfg, sampler=sampler, cond=cond,
-                     init=None if init_n is None else init_n.to(dev), strength=strength, callback=callback)
+        if self.concat_conditioned:                  # known frames go in as channels, not as clean tokens
+            model = with_concat(model, concat_channels(cond, self.preset.dit.in_dim, self.preset.dit.out_dim))
+            cond = None
+        try:
+            out = sample(model, noise.to(dev), emb.to(dev), None if neg is None else neg.to(dev),
+                         text_lengths=lens.to(dev), text_null_lengths=None if nlens is None else nlens.to(dev),
+                         steps=steps, shift=shift, cfg=cfg, sampler=sampler, cond=cond,
+                         init=None if init_n is None else init_n.to(dev), strength=strength, callback=callback)
+        finally:
+            if isinstance(model, ExpertPair) and load is None:
+                model.release()                        # both experts back in CPU memory: room for decoding
         return self.denormalize(out.cpu())
 
     def generate(self, prompt, negative: str = "", *, width: Optional[int] = None, height: Optional[int] = None,
@@ -262,11 +349,13 @@ class Spacetime:
                  image: Optional[torch.Tensor] = None, image_position: str = "start",
                  extend: Optional[torch.Tensor] = None, direction: str = "forward",
                  after: Optional[torch.Tensor] = None, expand_prompt: bool = True,
-                 callback=None, decode_progress: ProgressFn = None) -> torch.Tensor:
+                 callback=None, decode_progress: ProgressFn = None, switch: Optional[ExpertSwitch] = None,
+                 cfg_high_noise: Optional[float] = None) -> torch.Tensor:
         """Text-to-video, image-to-video (``image`` [H, W, 3] placed at the start or end) or extension
         (``extend`` frames [T, H, W, 3]: ``direction`` forward = continue after it, backward = lead into it,
         fill = generate ``frames`` new frames between ``extend`` and ``after``). Returns frames [B, T, H, W, 3].
-        For extension the output is the whole clip: the given frames (re-decoded) and the new ones."""
+        For extension the output is the whole clip: the given frames (re-decoded) and the new ones. Two-expert
+        models take ``switch`` and ``cfg_high_noise`` (see ``sample_latents``)."""
         width = width or self.preset.default_size[0]
         height = height or self.preset.default_size[1]
         frames = frames or self.preset.default_frames
@@ -276,7 +365,8 @@ class Spacetime:
         text = self.encode_text([prompt], [negative], expand=expand_prompt)
         cond = self.condition_from_frames(plan.placement) if plan.placement is not None else None
         lat = self.sample_latents(text, self.latent_shape(batch, plan.total, plan.height, plan.width), seed, steps,
-                                  cfg, shift, sampler, cond, callback=callback)
+                                  cfg, shift, sampler, cond, callback=callback, switch=switch,
+                                  cfg_high_noise=cfg_high_noise)
         return self.decode(lat, decode_progress)
 
 

@@ -110,7 +110,7 @@ class GuidedDenoiser:
         return self.cond.timesteps(float(t), self.model.cfg.patch_size[0])
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: int, step: Optional[int] = None) -> torch.Tensor:
         tt = self.timesteps(x, t)
         if self.use_cfg:
             v = self.model(torch.cat([x, x]), torch.cat([tt, tt]), text_kv=self.kv)
@@ -210,7 +210,8 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
            strength: float = 1.0, callback: Optional[StepCallback] = None) -> torch.Tensor:
     """Sample normalised latents.
 
-    noise [B, C, F', H', W'] standard normal; text [B, L, D] (and ``text_null`` for CFG); ``cond`` known frames;
+    ``model``: a DiT, or an ``experts.ExpertPair`` (one of two experts per step). noise [B, C, F', H', W'] standard
+    normal; text [B, L, D] (and ``text_null`` for CFG); ``cond`` known frames;
     ``init`` + ``strength`` < 1 start from a noised ``init`` (SDEdit video-to-video: strength 1 ignores init,
     strength 0 returns it). ``callback(step, total, x0_pred, x)`` runs after every step and may raise to cancel.
     """
@@ -233,14 +234,17 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     if start >= steps:
         x = init.float()
         return cond.impose(x) if cond is not None else x
-    denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond)
+    if hasattr(model, "guided_denoiser"):         # a set of experts (experts.ExpertPair) picks one per step
+        denoise = model.guided_denoiser(text, text_lengths, text_null, text_null_lengths, cfg, cond, timesteps)
+    else:
+        denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond)
     if cond is not None:
         x = cond.impose(x)
     solver = UniPC(sigmas[start:]) if sampler == "unipc" else None
     total = steps - start
     for j, i in enumerate(range(start, steps)):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        v = denoise(x, int(timesteps[i]))
+        v = denoise(x, int(timesteps[i]), i)
         x0 = x - s * v
         if cond is not None:
             x0 = cond.impose(x0)

@@ -162,20 +162,22 @@ def model_file_path(folder: str, name: str) -> Path:
     return p
 
 
-def get_model(preset: str, dit=None, vae=None, text_encoder=None, tokenizer=None, dtype="fp32", device="auto"):
+def get_model(preset: str, dit=None, vae=None, text_encoder=None, tokenizer=None, dtype="fp32", device="auto",
+              dit_low_noise=None):
     """The shared model bundle for these files/settings: built once, then the same object for every node and
-    every run. Inside ComfyUI parts live on the offload device and move to the GPU through model management."""
+    every run. Inside ComfyUI parts live on the offload device and move to the GPU through model management.
+    ``dit_low_noise``: the low-noise expert of a two-expert model (Wan 2.2 A14B)."""
     from ..model.pipeline import Spacetime
     if in_comfy():
         import comfy.model_management as mm
         load_dev = mm.unet_offload_device() if device == "auto" else device
     else:
         load_dev = device
-    key = (preset, str(dit), str(vae), str(text_encoder), str(tokenizer), dtype, str(load_dev))
+    key = (preset, str(dit), str(vae), str(text_encoder), str(tokenizer), dtype, str(load_dev), str(dit_low_noise))
     with _models_lock:
         if key not in _models:
             _models[key] = Spacetime.load(preset, dit=dit, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                          dtype=dtype, device=load_dev)
+                                          dtype=dtype, device=load_dev, dit_low_noise=dit_low_noise)
         return _models[key]
 
 
@@ -196,6 +198,25 @@ def use(bundle, part: str):
         _patchers[id(module)] = patcher
     mm.load_models_gpu([patcher])
     return module
+
+
+def release(bundle, part: str):
+    """Take a loaded part off its compute device now (ComfyUI: unload its ModelPatcher), e.g. the high-noise expert
+    when the low-noise one takes over. Headless the pipeline moves parts itself: nothing to do."""
+    module = bundle.loaded_parts().get(part)
+    patcher = _patchers.get(id(module)) if module is not None else None
+    if not in_comfy() or patcher is None:
+        return
+    import comfy.model_management as mm
+    for loaded in list(mm.current_loaded_models):
+        if getattr(loaded, "model", None) is patcher:
+            try:
+                loaded.model_unload()
+            except (AttributeError, TypeError):      # another ComfyUI release: leave it to model management
+                return
+            mm.current_loaded_models.remove(loaded)
+            mm.soft_empty_cache()
+            return
 
 
 def _holder(module):

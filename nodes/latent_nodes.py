@@ -134,7 +134,9 @@ class SpacetimeImageToVideo:
         host.use(model, "vae")
         cond = model.condition_from_frames(pl)
         known = cond.mask[:1].expand(B, -1)
-        samples = model.denormalize(cond.latents[:1]).expand(B, -1, -1, -1, -1) * known[:, None, :, None, None]
+        samples = model.denormalize(cond.latents[:1]).expand(B, -1, -1, -1, -1)
+        if not model.concat_conditioned:              # models fed the whole encoded clip (concat.py) keep it
+            samples = samples * known[:, None, :, None, None]
         out = dict(latent)
         out.update(latent_dict(samples.contiguous(), noise_mask_from_known(known),
                                spacetime_ingredients=list(latent.get("spacetime_ingredients", []))
@@ -229,7 +231,9 @@ class SpacetimeExtend:
         cond = model.condition_from_frames(plan.placement)
         if cond is None:
             raise ValueError("no latent frame of the clip is fully known; give at least one frame")
-        samples = model.denormalize(cond.latents) * cond.mask[:, None, :, None, None]
+        samples = model.denormalize(cond.latents)
+        if not model.concat_conditioned:
+            samples = samples * cond.mask[:, None, :, None, None]
         ingredients = _ingredient_files(frames, "clip") + (_ingredient_files(after, "after") if after is not None
                                                            else [])
         return latent_dict(samples, noise_mask_from_known(cond.mask), spacetime_ingredients=ingredients)

@@ -5,6 +5,7 @@ from . import host
 from .common import CATEGORY, MODEL, TEXT
 
 PRESET_DEFAULT = "(preset default)"
+NONE = "(none)"
 
 
 def _presets() -> list[str]:
@@ -43,6 +44,11 @@ class SpacetimeModelLoader:
                                                  "memory on GPUs; fp32 is best on CPU."}),
             "device": (["auto", "cpu", "cuda"], {"default": "auto", "tooltip": "auto: ComfyUI's model management "
                                                  "(GPU when available, offloaded when memory is needed)."}),
+        }, "optional": {
+            "dit_low_noise_file": ([NONE] + host.list_model_files("diffusion_models"), {
+                "default": NONE, "tooltip": "Wan 2.2 A14B (presets wan2.2-*-a14b): the low-noise expert (models/"
+                "diffusion_models, e.g. wan2.2_t2v_low_noise_14B_*.safetensors); dit_file is then the high-noise "
+                "expert. Spacetime Denoise switches between them; one is on the GPU at a time."}),
         }}
 
     @classmethod
@@ -52,12 +58,12 @@ class SpacetimeModelLoader:
         return True
 
     def load(self, preset, dit_file=PRESET_DEFAULT, vae_file=PRESET_DEFAULT, text_encoder_file=PRESET_DEFAULT,
-             tokenizer_file=PRESET_DEFAULT, dtype="fp32", device="auto"):
+             tokenizer_file=PRESET_DEFAULT, dtype="fp32", device="auto", dit_low_noise_file=NONE):
         def path(folder, name):
-            return None if name in (None, "", PRESET_DEFAULT) else host.model_file_path(folder, name)
+            return None if name in (None, "", PRESET_DEFAULT, NONE) else host.model_file_path(folder, name)
         model = host.get_model(preset, path("diffusion_models", dit_file), path("vae", vae_file),
                                path("text_encoders", text_encoder_file), path("text_encoders", tokenizer_file),
-                               dtype, device)
+                               dtype, device, dit_low_noise=path("diffusion_models", dit_low_noise_file))
         return (model,)
 
 

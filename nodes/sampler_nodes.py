@@ -61,9 +61,22 @@ class SpacetimeDenoise:
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                    "tooltip": "1: generate from pure noise. Below 1: keep that share of the input "
                                               "latent's structure (video-to-video)."}),
+        }, "optional": {
+            "expert_boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.005, "round": 0.001,
+                                          "tooltip": "Two-expert models (Wan 2.2 A14B): the noise level (sigma) "
+                                                     "below which the low-noise expert takes over. 0 = the "
+                                                     "preset's: 0.875 text-to-video, 0.9 image-to-video."}),
+            "expert_switch_step": ("INT", {"default": 0, "min": 0, "max": 200,
+                                           "tooltip": "Two-expert models: switch at this step instead (the first N "
+                                                      "steps use the high-noise expert). 0 = use expert_boundary."}),
+            "cfg_high_noise": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "round": 0.01,
+                                         "tooltip": "Two-expert models: guidance scale of the high-noise expert "
+                                                    "(cfg is the low-noise expert's). 0 = the preset's (t2v A14B: "
+                                                    "4.0; i2v A14B: 3.5)."}),
         }}
 
-    def denoise(self, model, text, latent, steps=20, cfg=5.0, shift=3.0, sampler="unipc", seed=0, strength=1.0):
+    def denoise(self, model, text, latent, steps=20, cfg=5.0, shift=3.0, sampler="unipc", seed=0, strength=1.0,
+                expert_boundary=0.0, expert_switch_step=0, cfg_high_noise=0.0):
         from ..model.sampling import FrameCondition
         s = latent["samples"].float()
         z = model.preset.vae.z_dim
@@ -84,9 +97,17 @@ class SpacetimeDenoise:
         def callback(step, total, x0, x):
             bar.total = total
             bar.update(1, _preview(model, x0))
-        host.use(model, "dit")
+        experts = {}
+        if model.has_experts:                          # one expert on the device at a time, switched mid-run
+            switch = model.expert_switch(expert_boundary or None, expert_switch_step or None)
+            experts = dict(switch=switch, cfg_high_noise=cfg_high_noise or None)
+            if host.in_comfy():
+                experts.update(load=lambda part: host.use(model, part), unload=lambda part: host.release(model, part))
+        else:
+            host.use(model, "dit")
         out = model.sample_latents(text, tuple(s.shape), eff_seed, steps, cfg, shift, sampler, cond,
-                                   init=s if strength < 1.0 else None, strength=strength, callback=callback)
+                                   init=s if strength < 1.0 else None, strength=strength, callback=callback,
+                                   **experts)
         info = {"model": model.preset.name, "checkpoint_sha256": model.checkpoint_sha256(), "seed": eff_seed,
                 "steps": steps, "cfg": cfg, "shift": shift, "sampler": sampler, "strength": strength,
                 "frames": model.preset.vae.temporal_factor * (s.shape[2] - 1) + 1,
@@ -95,6 +116,8 @@ class SpacetimeDenoise:
                 "prompt": text.source[0] if text.source else "", "expanded_prompt": text.prompts[0] if text.prompts
                 else "", "negative": text.negatives[0] if text.negatives else "",
                 "known_frames": int(known[0].sum()), "ingredients": list(latent.get("spacetime_ingredients", []))}
+        if experts:
+            info.update(model.expert_info(steps, shift, experts["switch"], experts["cfg_high_noise"], cfg))
         result = latent_dict(out, spacetime_ingredients=latent.get("spacetime_ingredients"))
         return (result, json.dumps(info))
 
