@@ -270,6 +270,7 @@ def config_from_dict(cls, d: dict):
     return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known})
 
 
-__all__ = ["DiTConfig", "VAEConfig", "VAE22Config", "TextEncoderConfig", "BundlePreset", "DIT_PRESETS", "BUNDLE_PRESETS",
+__all__ = ["DiTConfig", "VAEConfig", "VAE22Config", "TextEncoderConfig", "BundlePreset", "DIT_PRESETS",
+           "BUNDLE_PRESETS",
            "dit_preset", "bundle_preset", "register_bundle", "config_to_dict", "config_from_dict", "replace",
            "WAN_NEGATIVE_PROMPT", "UMT5_XXL", "MINILM_L6", "WAN21_VAE", "WAN22_VAE"]

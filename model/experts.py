@@ -119,9 +119,11 @@ class ExpertPair:
 
     @property
     def device(self) -> torch.device:
-        if self._device is not None:
-            return self._device
-        return next(self.expert(HIGH).parameters()).device
+        """The compute device: as given, or (with ``load`` hooks that place the experts themselves) where the
+        high-noise expert is when first asked."""
+        if self._device is None:
+            self._device = next(self.expert(HIGH).parameters()).device
+        return self._device
 
     def activate(self, which: str):
         """Make ``which`` the one expert on the compute device and return it."""
@@ -188,4 +190,5 @@ class ExpertDenoiser:
         return self.denoiser(x, t)
 
 
-__all__ = ["ExpertSwitch", "ExpertPair", "ExpertDenoiser", "default_switch", "check_expert_files", "DEFAULT_BOUNDARY", "HIGH", "LOW"]
+__all__ = ["ExpertSwitch", "ExpertPair", "ExpertDenoiser", "default_switch", "check_expert_files", "DEFAULT_BOUNDARY",
+           "HIGH", "LOW"]

@@ -289,13 +289,13 @@ class Spacetime:
                         load: Optional[Callable] = None, unload: Optional[Callable] = None):
         """The DiT, or for two experts the ExpertPair that ``sample`` switches between. ``load(part)`` /
         ``unload(part)`` (part "dit" or "dit_low") replace the default device placement (ComfyUI's model
-        management uses them)."""
+        management uses them; the compute device is then wherever ``load("dit")`` put the high-noise expert)."""
         if not self.has_experts:
             return load("dit") if load is not None else self.dit
         parts = {HIGH: "dit", LOW: "dit_low"}
         return ExpertPair(lambda: self._part("dit"), lambda: self._part("dit_low"), switch or self.expert_switch(),
                           cfg_high=self.preset.cfg_high_noise if cfg_high_noise is None else cfg_high_noise,
-                          device=self.device, cfg=self.preset.dit,
+                          device=self.device if load is None else None, cfg=self.preset.dit,
                           load=None if load is None else (lambda w: load(parts[w])),
                           unload=None if unload is None else (lambda w: unload(parts[w])))
 

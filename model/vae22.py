@@ -213,8 +213,8 @@ def infer_vae22_config(sd: Mapping[str, torch.Tensor], latent_mean=None, latent_
     while stage_key.format(i) in sd:
         mults.append(sd[stage_key.format(i)].shape[0] // dim)
         i += 1
-    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"encoder\.downsamples\.0\.downsamples\.(\d+)\.residual", k))}
-    n_res = len(blocks)
+    block = re.compile(r"encoder\.downsamples\.0\.downsamples\.(\d+)\.residual\.")
+    n_res = len({m.group(1) for k in sd if (m := block.match(k))})
     temporal = tuple(f"encoder.downsamples.{s}.downsamples.{n_res}.time_conv.weight" in sd
                      for s in range(len(mults) - 1))
     if latent_mean is None:

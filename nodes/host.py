@@ -114,7 +114,7 @@ class Progress:
 
 MODEL_FOLDERS = {                      # ComfyUI folder key -> what we look for there
     "diffusion_models": "DiT checkpoints (Wan native / ComfyUI repackaged / diffusers)",
-    "vae": "Wan 2.1 VAE files",
+    "vae": "Wan 2.1 / 2.2 VAE files",
     "text_encoders": "umT5-XXL encoder weights and tokenizer.json",
 }
 _models: dict = {}

@@ -32,10 +32,11 @@ class SpacetimeModelLoader:
             return [PRESET_DEFAULT] + host.list_model_files(folder)
         return {"required": {
             "preset": (_presets(), {"default": _presets()[0], "tooltip": "Architecture and sampling defaults. "
-                                    "toyworld = the embedded model (offline); wan2.1-* need their files below."}),
+                                    "toyworld = the embedded model (offline); wan2.* presets need their files below."}),
             "dit_file": (files("diffusion_models"), {"tooltip": "DiT checkpoint (models/diffusion_models). Its "
                                                      "architecture is checked against the preset."}),
-            "vae_file": (files("vae"), {"tooltip": "VAE checkpoint (models/vae), e.g. wan_2.1_vae.safetensors."}),
+            "vae_file": (files("vae"), {"tooltip": "VAE checkpoint (models/vae): wan_2.1_vae.safetensors, or "
+                                        "wan2.2_vae.safetensors for wan2.2-ti2v-5b."}),
             "text_encoder_file": (files("text_encoders"), {"tooltip": "Text encoder weights (models/text_encoders), "
                                                            "e.g. umt5_xxl_fp16.safetensors."}),
             "tokenizer_file": (files("text_encoders"), {"tooltip": "tokenizer.json of the text encoder (umT5-XXL: "

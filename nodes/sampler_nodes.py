@@ -103,8 +103,7 @@ class SpacetimeDenoise:
             experts = dict(switch=switch, cfg_high_noise=cfg_high_noise or None)
             if host.in_comfy():
                 experts.update(load=lambda part: host.use(model, part), unload=lambda part: host.release(model, part))
-        else:
-            host.use(model, "dit")
+        host.use(model, "dit")                         # (two experts: the high-noise one, used first)
         out = model.sample_latents(text, tuple(s.shape), eff_seed, steps, cfg, shift, sampler, cond,
                                    init=s if strength < 1.0 else None, strength=strength, callback=callback,
                                    **experts)

@@ -208,6 +208,12 @@ def test_t2v_pair_through_the_pipeline(tiny_presets):
     log.clear()
     st.generate("a red ball", frames=5, width=32, height=32, seed=1, switch=st.expert_switch(step=2))
     assert [n for n, *_ in log] == [HIGH] * 2 + [LOW] * 6
+    events = []                              # the hooks ComfyUI's model management plugs in (nodes/host.py)
+    text = st.encode_text(["a red ball"], [""])
+    st.sample_latents(text, st.latent_shape(1, 5, 32, 32), steps=4, switch=st.expert_switch(step=1),
+                      load=lambda part: events.append(("load", part)) or st._part(part),
+                      unload=lambda part: events.append(("unload", part)))
+    assert events == [("load", "dit"), ("unload", "dit"), ("load", "dit_low")]
     for h in hooks:
         h.remove()
     info = st.expert_info(8, 12.0, st.expert_switch(), None, 3.0)
