@@ -61,6 +61,20 @@ class DiTConfig:
         return self.dim // self.num_heads
 
 
+def _check_vae_config(cfg, tuple_fields) -> None:
+    """Shared by both VAE configs: list fields become tuples; stage and channel counts must agree."""
+    for name in tuple_fields:
+        object.__setattr__(cfg, name, tuple(getattr(cfg, name)))
+    if len(cfg.temperal_downsample) != len(cfg.dim_mult) - 1:
+        raise SpacetimeValueError(
+            f"VAE temperal_downsample has {len(cfg.temperal_downsample)} entries; "
+            f"it needs len(dim_mult) - 1 = {len(cfg.dim_mult) - 1}")
+    if len(cfg.latent_mean) != cfg.z_dim or len(cfg.latent_std) != cfg.z_dim:
+        raise SpacetimeValueError(
+            f"VAE latent_mean/latent_std need z_dim={cfg.z_dim} entries, got "
+            f"{len(cfg.latent_mean)}/{len(cfg.latent_std)}")
+
+
 @dataclass(frozen=True)
 class VAEConfig:
     """The Wan 2.1 causal video VAE family. ``temperal_downsample`` keeps Wan's spelling of the constructor argument."""
@@ -74,16 +88,7 @@ class VAEConfig:
     latent_std: tuple = WAN21_LATENT_STD
 
     def __post_init__(self):
-        for name in ("dim_mult", "attn_scales", "temperal_downsample", "latent_mean", "latent_std"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
-            raise SpacetimeValueError(
-                f"VAE temperal_downsample has {len(self.temperal_downsample)} entries; "
-                f"it needs len(dim_mult) - 1 = {len(self.dim_mult) - 1}")
-        if len(self.latent_mean) != self.z_dim or len(self.latent_std) != self.z_dim:
-            raise SpacetimeValueError(
-                f"VAE latent_mean/latent_std need z_dim={self.z_dim} entries, got "
-                f"{len(self.latent_mean)}/{len(self.latent_std)}")
+        _check_vae_config(self, ("dim_mult", "attn_scales", "temperal_downsample", "latent_mean", "latent_std"))
 
     @property
     def spatial_factor(self) -> int:
@@ -110,16 +115,7 @@ class VAE22Config:
     latent_std: tuple = WAN22_LATENT_STD
 
     def __post_init__(self):
-        for name in ("dim_mult", "temperal_downsample", "latent_mean", "latent_std"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
-            raise SpacetimeValueError(
-                f"VAE temperal_downsample has {len(self.temperal_downsample)} entries; "
-                f"it needs len(dim_mult) - 1 = {len(self.dim_mult) - 1}")
-        if len(self.latent_mean) != self.z_dim or len(self.latent_std) != self.z_dim:
-            raise SpacetimeValueError(
-                f"VAE latent_mean/latent_std need z_dim={self.z_dim} entries, got "
-                f"{len(self.latent_mean)}/{len(self.latent_std)}")
+        _check_vae_config(self, ("dim_mult", "temperal_downsample", "latent_mean", "latent_std"))
 
     @property
     def spatial_factor(self) -> int:

@@ -93,17 +93,20 @@ class Resample22(Resample):
 # Stages
 # ----------------------------------------------------------------------------------------------------------------------
 
+def _stage_layers(in_ch: int, out_ch: int, blocks: int, resample=None) -> nn.Sequential:
+    """``blocks`` residual blocks (the first one changes the width), then an optional resampler."""
+    layers = [ResidualBlock(in_ch if j == 0 else out_ch, out_ch) for j in range(blocks)]
+    if resample:
+        layers.append(Resample22(out_ch, resample))
+    return nn.Sequential(*layers)
+
+
 class DownStage(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, blocks: int, temporal: bool, down: bool):
         super().__init__()
         self.avg_shortcut = FoldDown(in_ch, out_ch, 2 if temporal else 1, 2 if down else 1)
-        layers = []
-        for _ in range(blocks):
-            layers.append(ResidualBlock(in_ch, out_ch))
-            in_ch = out_ch
-        if down:
-            layers.append(Resample22(out_ch, "downsample3d" if temporal else "downsample2d"))
-        self.downsamples = nn.Sequential(*layers)
+        mode = ("downsample3d" if temporal else "downsample2d") if down else None
+        self.downsamples = _stage_layers(in_ch, out_ch, blocks, mode)
 
     def forward(self, x, state: StreamState):
         return _run(self.downsamples, x, state) + self.avg_shortcut(x)
@@ -113,13 +116,8 @@ class UpStage(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, blocks: int, temporal: bool, up: bool):
         super().__init__()
         self.avg_shortcut = UnfoldUp(in_ch, out_ch, 2 if temporal else 1, 2) if up else None
-        layers = []
-        for _ in range(blocks):
-            layers.append(ResidualBlock(in_ch, out_ch))
-            in_ch = out_ch
-        if up:
-            layers.append(Resample22(out_ch, "upsample3d" if temporal else "upsample2d"))
-        self.upsamples = nn.Sequential(*layers)
+        mode = ("upsample3d" if temporal else "upsample2d") if up else None
+        self.upsamples = _stage_layers(in_ch, out_ch, blocks, mode)
 
     def forward(self, x, state: StreamState):
         y = _run(self.upsamples, x, state)

@@ -134,3 +134,14 @@ def test_parity_detects_a_wrong_model():
         out = model(io["x"][None], io["t"].float(), io["context"][None])
     with pytest.raises(AssertionError):
         check(out[0], io["out"], case)
+
+
+
+def test_parity_detects_a_wrong_vae22(monkeypatch):
+    """The Wan 2.2 VAE comparison can fail too: summing instead of averaging the folded shortcut channels."""
+    from spacetime.model import vae22
+    case = next(c for c in CASES if c.startswith("wan22_vae_5f"))
+    original = vae22.FoldDown.forward
+    monkeypatch.setattr(vae22.FoldDown, "forward", lambda self, x: original(self, x) * self.group)
+    with pytest.raises(AssertionError, match="encode"):
+        run_vae(case)
