@@ -44,6 +44,18 @@ def _length_weights():
     return w / w.sum()
 
 
+def detail_map(clips, x: torch.Tensor, weight: float) -> torch.Tensor:
+    """[B, 1, T, H, W] loss weights: 1 + ``weight`` on pixels that differ from the clip's plain background, grown
+    by two pixels (edges and anti-aliasing included)."""
+    from .world import BACKGROUNDS
+    bg = torch.tensor([BACKGROUNDS[c.scene.background] for c in clips], dtype=torch.float32, device=x.device)
+    bg = bg.div(127.5).sub(1.0)[:, :, None, None, None]
+    m = ((x - bg).abs().amax(1, keepdim=True) > 8 / 127.5).float()
+    b, _, t, h, w = m.shape
+    m = F.max_pool2d(m.transpose(1, 2).reshape(b * t, 1, h, w), 5, stride=1, padding=2)
+    return 1.0 + weight * m.reshape(b, t, 1, h, w).transpose(1, 2)
+
+
 def init_vae(cfg: VAEConfig, seed: int):
     torch.manual_seed(seed)
     vae = build_vae(cfg).train()
@@ -69,8 +81,12 @@ def reconstruct(vae, x, sample: bool):
 
 
 def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float = 1e-4, cfg: VAEConfig = TOY_VAE,
-              batch_scale: float = 1.0, time_limit: float = 0.0, decoder_only_from: Path | None = None):
-    """Train (or, with ``decoder_only_from``, fine-tune the decoder of) the VAE. Resumes from ``out/state.pt``."""
+              batch_scale: float = 1.0, time_limit: float = 0.0, decoder_only_from: Path | None = None,
+              bf16: bool = False, detail_weight: float = 0.0):
+    """Train (or, with ``decoder_only_from``, fine-tune the decoder of) the VAE. Resumes from ``out/state.pt``.
+    ``bf16``: autocast the convolutions to bfloat16 (about 1.5x faster on CPUs with AVX512-BF16; weights, losses
+    and the final measurements stay float32). ``detail_weight``: extra loss weight on pixels that are not plain
+    background (objects, pillar, posts, with a margin), so small objects are learned as early as the backdrop."""
     dev = device_and_threads()
     ck = Checkpointer(out)
     if decoder_only_from is not None:
@@ -94,20 +110,30 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
     t0 = time.time()
     for step in range(start, steps):
         frames, nb, w, h = _batch_plan(rng, batch_scale)
-        x = clips_to_tensor([random_clip(int(rng.integers(2 ** 31)), frames, w, h) for _ in range(nb)]).to(dev)
+        clips = [random_clip(int(rng.integers(2 ** 31)), frames, w, h) for _ in range(nb)]
+        x = clips_to_tensor(clips).to(dev)
+        wmap = detail_map(clips, x, detail_weight) if detail_weight else None
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup=100 if decoder_only_from is None else 20)
-        if decoder_only_from is not None:
-            with torch.no_grad():
-                mu = vae.encode_raw(x)
-            y = torch.cat(list(vae.decode_chunks(mu, normalized=False, clamp=False)), dim=2)
-            kl = torch.zeros(())
-        else:
-            y, mu, logvar = reconstruct(vae, x, sample=True)
-            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
-        l1 = (y - x).abs().mean()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            if decoder_only_from is not None:
+                with torch.no_grad():
+                    mu = vae.encode_raw(x)
+                y = torch.cat(list(vae.decode_chunks(mu, normalized=False, clamp=False)), dim=2)
+                kl = torch.zeros(())
+            else:
+                y, mu, logvar = reconstruct(vae, x, sample=True)
+                mu, logvar = mu.float(), logvar.float()
+                kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
+        y = y.float()
         mse = F.mse_loss(y, x)
-        loss = l1 + mse + kl_weight * kl
+        if wmap is None:
+            l1 = (y - x).abs().mean()
+            loss = l1 + mse + kl_weight * kl
+        else:
+            d = y - x
+            l1 = (d.abs() * wmap).mean()
+            loss = l1 + (d.pow(2) * wmap).mean() + kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
