@@ -1,0 +1,38 @@
+"""The embedded model's evaluation scores a model that draws exactly what is asked as right, and one that ignores
+the prompt as wrong."""
+import numpy as np
+import torch
+
+from spacetime.toyworld.captions import scene_from_prompt
+from spacetime.toyworld.eval import TARGETS, evaluate_seen, report_md
+from spacetime.toyworld.world import render
+
+
+class Renderer:
+    """Stands in for a model: renders the scene the (expanded) prompt describes, or always the same scene."""
+
+    def __init__(self, fixed=None):
+        self.fixed = fixed
+
+    def generate(self, prompt, negative="", width=64, height=64, frames=17, seed=0, **kw):
+        scene = self.fixed or scene_from_prompt(prompt)
+        return torch.from_numpy(render(scene, frames, width, height).frames.astype(np.float32) / 255.0)[None]
+
+
+def test_seen_evaluation_rates_a_faithful_model_right_and_a_deaf_one_wrong():
+    good = evaluate_seen(Renderer(), quick=True, log=lambda *_: None)
+    assert good["seen_color"] == 1.0 and good["seen_shape"] == 1.0 and good["seen_direction"] == 1.0
+    assert good["seen_bounce_grow_shrink"] == 1.0 and good["seen_all"] == 1.0
+    deaf = evaluate_seen(Renderer(scene_from_prompt("a red ball moving right on a gray background")), quick=True,
+                         log=lambda *_: None)
+    assert deaf["seen_color"] < 0.4 and deaf["seen_all"] < 0.1 and deaf["seen_direction"] < 0.4
+
+
+def test_report_marks_targets():
+    res = {k: (v + 0.01 if k not in ("seam", "cold_s") else v - 0.1) for k, v in TARGETS.items()}
+    res.update(motion=0.5, background=1.0, stability=1.0, flicker=0.1, seam_forward=1.0, seam_backward=1.0,
+               seen_relation=1.0, seen_all=0.5, rows=[("p", 0, "red", "ball", "moves left")])
+    md = report_md(res, {"cold_s": 2.0, "warm_s": 1.0}, "toyworld", quick=True)
+    assert md.count("| yes |") == len(TARGETS) and "| no |" not in md
+    res["color"] = 0.5
+    assert "| no |" in report_md(res, {"cold_s": 2.0, "warm_s": 1.0}, "toyworld", quick=True)
