@@ -2,7 +2,8 @@
 
     spacetime generate "PROMPT" [--image PATH] [--extend VIDEO --direction forward|backward|fill [--after VIDEO]]
                        [--frames N] [--width W] [--height H] [--fps F] [--steps S] [--cfg G] [--seed K]
-                       [--model PRESET_OR_PATH [--dit-low-noise PATH]] [--offload-blocks N] --out PATH.mp4
+                       [--model PRESET_OR_PATH [--dit-low-noise PATH]] [--lora FILE[:STRENGTH] ...]
+                       [--offload-blocks N] --out PATH.mp4
     spacetime generate --help        (every option, what it does and its default)
     spacetime run WORKFLOW.json [--set NODE_ID.INPUT=VALUE ...] [--out DIR]
     spacetime verify PATH.mp4 [--json]
@@ -74,7 +75,7 @@ def _resolve_model(spec: str, vae=None, text=None, tokenizer=None, experts: bool
     from .model.config import BUNDLE_PRESETS, bundle_preset
     from .model.errors import SpacetimeValueError
     p = Path(spec)
-    if spec not in BUNDLE_PRESETS and (p.suffix in (".safetensors", ".pth", ".json") or p.is_file()):
+    if spec not in BUNDLE_PRESETS and (p.suffix in (".safetensors", ".pth", ".json", ".gguf") or p.is_file()):
         if not p.exists():
             raise CliError(f"--model {spec!r}: file not found")
         from .model.loading import _closest_dit_preset, normalize_dit_keys
@@ -131,17 +132,14 @@ def _check_numbers(a):
 
 def _shapes_only(path: Path) -> dict:
     """A checkpoint's keys with shape-only (meta) tensors: enough to infer its architecture without reading it.
-    safetensors headers are read directly; other formats are loaded."""
+    safetensors headers (found from the content, whatever the name) are read directly; GGUF tensors stay packed;
+    other formats are loaded."""
     import torch
-    from .model.loading import read_state_dict
-    if path.name.lower().endswith(".safetensors"):
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-        except Exception:       # unreadable header: read_state_dict gives the clear error
-            pass
-    return read_state_dict(path)
+    from .model.loading import read_checkpoint, safetensors_header, sniff
+    if sniff(path) == "safetensors":
+        header, _ = safetensors_header(path)
+        return {k: torch.empty(v["shape"], device="meta") for k, v in header.items()}
+    return read_checkpoint(path, "--model").tensors
 
 
 def cmd_generate(a) -> int:
@@ -180,11 +178,16 @@ def cmd_generate(a) -> int:
     tf = p.vae.temporal_factor
     if not a.extend and (frames - 1) % tf:
         raise CliError(f"--frames {frames}: must be 1 + {tf}*k (e.g. {round_up_frames(frames, tf)})")
+    from .model.lora import LoraSpec
     from .model.pipeline import Spacetime
+    loras = [LoraSpec.parse(x) for x in a.lora or []]
+    for spec in loras:
+        if not Path(spec.path).is_file():
+            raise CliError(f"--lora {spec.path!r}: file not found")
     try:
         st = Spacetime.load(preset, dit=dit_path, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
                             dtype=a.dtype, device=a.device, dit_low_noise=a.dit_low_noise,
-                            offload_blocks=a.offload_blocks)
+                            offload_blocks=a.offload_blocks, loras=loras, lora_mode=a.lora_mode)
     except SpacetimeValueError as exc:
         raise CliError(str(exc)) from None
     st.check_cancel = host.check_interrupted
@@ -195,6 +198,15 @@ def cmd_generate(a) -> int:
     if st.concat_conditioned and not (a.image or a.extend):
         raise CliError(f"--model {a.model!r}: {st.preset.name} is an image-to-video model; give --image (or "
                        f"--extend)")
+    try:
+        dit = st.dit                        # read and check the weights (and LoRAs) before any other work
+    except SpacetimeValueError as exc:
+        raise CliError(str(exc)) from None
+    fmt = getattr(dit, "checkpoint_format", None)
+    if fmt:
+        print(f"DiT {Path(dit_path).name if dit_path else st.preset.name}: {fmt}", file=sys.stderr)
+    for spec in loras:
+        print(f"LoRA {st.lora_file(spec.path).describe()}, strength {spec.strength:g}", file=sys.stderr)
     p = st.preset
     kwargs = {}
     ingredients = []
@@ -241,7 +253,7 @@ def cmd_generate(a) -> int:
     info = {"model": p.name, "checkpoint_sha256": st.checkpoint_sha256(), "seed": a.seed, "steps": steps,
             "cfg": cfg, "shift": shift, "sampler": a.sampler, "frames": int(frames_out.shape[0]),
             "width": int(frames_out.shape[2]), "height": int(frames_out.shape[1]),
-            "expanded_prompt": st.expand(a.prompt) if not a.no_expand else a.prompt}
+            "expanded_prompt": st.expand(a.prompt) if not a.no_expand else a.prompt, **st.weights_record()}
     if st.has_experts:
         info.update(st.expert_info(steps, shift, kwargs["switch"], a.cfg_high_noise, cfg))
     result = stamp_video(frames_out, out, fps=a.fps or p.fps, generation=info, prompt=a.prompt,
@@ -365,7 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "high noise; 0 = the model's default (3 for toyworld)")
     g.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="flow-matching solver")
     g.add_argument("--seed", type=int, default=0, help="noise seed: one seed gives one video on any device")
-    g.add_argument("--model", default="toyworld", help="preset name or a DiT checkpoint file")
+    g.add_argument("--model", default="toyworld", help="preset name or a DiT checkpoint file: safetensors (bf16, "
+                   "fp16, fp8 e4m3fn/e5m2, scaled or not), GGUF or .pth")
+    g.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]", help="apply a LoRA to the DiT at STRENGTH "
+                   "(1 when left out); repeat for several")
+    g.add_argument("--lora-mode", choices=("auto", "merged", "unmerged"), default="auto",
+                   help="auto: merged into full-precision weights, at run time beside quantised ones; merged: "
+                        "always merged; unmerged: at run time, weights untouched")
     g.add_argument("--vae", metavar="PATH", help="VAE file for Wan presets (default: the preset's file)")
     g.add_argument("--text-encoder", metavar="PATH", help="text encoder file for Wan presets (default: the "
                    "preset's file)")
@@ -415,6 +433,15 @@ def main(argv=None) -> int:
     except CliError as exc:
         print(f"spacetime: {exc}", file=sys.stderr)
         return exc.code
+    except OSError as exc:                              # unreadable files and folders
+        print(f"spacetime: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError as exc:                           # our input errors (SpacetimeValueError and kin)
+        from .model.errors import SpacetimeValueError
+        if not isinstance(exc, SpacetimeValueError):
+            raise
+        print(f"spacetime: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("spacetime: cancelled", file=sys.stderr)
         return 130

@@ -26,6 +26,11 @@ from .config import DiTConfig
 DEFAULT_OPS = SimpleNamespace(Linear=nn.Linear, Conv3d=nn.Conv3d, LayerNorm=nn.LayerNorm)
 
 
+def _dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype a layer computes in (a quantised layer keeps bytes and says what it expands to)."""
+    return getattr(layer, "compute_dtype", None) or layer.weight.dtype
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Embeddings
 # ----------------------------------------------------------------------------------------------------------------------
@@ -163,7 +168,7 @@ class Block(nn.Module):
 
     def forward(self, x, e0, rope, context=None, kv=None):
         """x [B, L, D] float32 residual stream; e0 [B, G, 6, D] float32."""
-        dt = self.self_attn.q.weight.dtype
+        dt = _dtype(self.self_attn.q)
         m = (self.modulation.float()[:, None] + e0).unbind(2)        # 6 x [B, G, D]
         h = modulate(layer_norm32(x, self.eps), m[0], m[1])
         x = x + gate(self.self_attn(h.to(dt), rope), m[2])
@@ -185,7 +190,7 @@ class Head(nn.Module):
         """e [B, G, D] (the time embedding itself, not the block projection)."""
         shift, scale = (self.modulation.float()[:, None] + e[:, :, None]).unbind(2)
         h = modulate(layer_norm32(x, self.eps), shift, scale)
-        return self.head(h.to(self.head.weight.dtype))
+        return self.head(h.to(_dtype(self.head)))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -227,7 +232,7 @@ class WanDiT(nn.Module):
 
     @property
     def dtype(self):
-        return self.patch_embedding.weight.dtype
+        return _dtype(self.patch_embedding)
 
     @property
     def device(self):

@@ -1,12 +1,19 @@
-"""Checkpoint loading: safetensors (mmap, lazy) or official .pth through ``torch.load(weights_only=True)``; key-name
+"""Checkpoint loading: safetensors (mmap, lazy), GGUF (``gguf.py``) or official .pth through
+``torch.load(weights_only=True)``, told apart by their first bytes; fp8 weights and their scales (``quant.py``); key-name
 normalisation (native Wan, ComfyUI ``model.diffusion_model.`` prefix, diffusers names, HF T5 names); config
 inference from keys and shapes; mismatch reports naming missing/unexpected keys and the preset that would fit.
+Every key of a file is either used, understood (scales, format markers) or refused with the list: never a silent
+partial load.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
@@ -14,6 +21,9 @@ import torch
 
 from .config import DIT_PRESETS, DiTConfig, TextEncoderConfig, VAEConfig, WAN21_LATENT_MEAN, WAN21_LATENT_STD
 from .errors import CheckpointMismatchError, SpacetimeValueError
+from .quant import PackedWeight, install_packed, split_fp8
+
+log = logging.getLogger("spacetime")
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -46,11 +56,11 @@ def read_state_dict(path, device="cpu") -> dict[str, torch.Tensor]:
             out.update(read_state_dict(path.parent / shard, device))
         return out
     if name.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path), device=str(device))
-        except Exception as exc:   # truncated or not a safetensors file
-            raise SpacetimeValueError(f"checkpoint {path.name!r} could not be read as safetensors: {exc}") from exc
+        return _load_safetensors(path, device)
+    if name.endswith(".gguf"):
+        tensors = read_checkpoint(path).tensors
+        return {k: v.dequantize(torch.float32, device) if isinstance(v, PackedWeight) else v for k, v in
+                tensors.items()}
     if name.endswith((".pth", ".pt", ".bin")):
         try:
             sd = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
@@ -63,7 +73,98 @@ def read_state_dict(path, device="cpu") -> dict[str, torch.Tensor]:
         return sd
     raise SpacetimeValueError(
         f"checkpoint {path.name!r} has an unsupported extension; allowed: .safetensors, "
-        f".safetensors.index.json, .pth/.pt (plain state dict)")
+        f".safetensors.index.json, .gguf, .pth/.pt (plain state dict)")
+
+
+GGUF_MAGIC = b"GGUF"
+_DTYPE_NAMES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F64": "fp64", "F8_E4M3": "fp8 e4m3fn",
+                "F8_E5M2": "fp8 e5m2"}
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint as read: ``tensors`` (dense tensors, or PackedWeight for GGUF blocks), the file's header
+    ``metadata`` and ``format`` (what the file was found to be, in words)."""
+    tensors: dict
+    metadata: dict = field(default_factory=dict)
+    format: str = "state dict"
+    path: Optional[Path] = None
+
+
+def sniff(path) -> Optional[str]:
+    """What a file is from its first bytes: "gguf", "safetensors", "zip" (torch.save) or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] == GGUF_MAGIC:
+        return "gguf"
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) >= 9:
+        n = struct.unpack("<Q", head[:8])[0]
+        if 2 <= n < (1 << 31) and head[8:9] == b"{":
+            return "safetensors"
+    return None
+
+
+def safetensors_header(path) -> tuple[dict, dict]:
+    """(tensor name -> {"dtype", "shape"}, metadata) from a safetensors header, without reading any tensor."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > path.stat().st_size:
+                raise ValueError(f"header length {n} exceeds the file size")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as exc:
+        raise SpacetimeValueError(f"checkpoint {path.name!r} could not be read as safetensors: {exc}") from exc
+    meta = header.pop("__metadata__", None) or {}
+    return header, meta
+
+
+def read_checkpoint(path, what: str = "checkpoint") -> Checkpoint:
+    """Read any supported file, detected from its content (a ``.gguf`` that is not GGUF, or a GGUF named
+    ``.safetensors``, is told apart by its first bytes). safetensors and GGUF tensors stay memory-mapped."""
+    path = Path(path)
+    if not path.exists():
+        raise SpacetimeValueError(f"{what} path {str(path)!r} does not exist")
+    if path.is_dir():
+        raise SpacetimeValueError(f"{what} path {str(path)!r} is a folder; give the file itself")
+    name = path.name.lower()
+    if name.endswith(".safetensors.index.json"):
+        index = json.loads(path.read_text())
+        parts = [read_checkpoint(path.parent / shard, what) for shard in sorted(set(index["weight_map"].values()))]
+        tensors = {k: v for p in parts for k, v in p.tensors.items()}
+        return Checkpoint(tensors, parts[0].metadata if parts else {}, f"sharded {parts[0].format}" if parts else
+                          "sharded safetensors", path)
+    kind = sniff(path)
+    if kind == "gguf":
+        from .gguf import read_gguf
+        tensors, info = read_gguf(path)
+        return Checkpoint(tensors, {"gguf.architecture": info["architecture"]}, info["format"], path)
+    if name.endswith(".gguf"):
+        raise SpacetimeValueError(f"{what} {path.name!r} is not a GGUF file (it does not start with the GGUF magic "
+                                  "bytes); it may be truncated or mislabelled")
+    if kind == "safetensors" and not name.endswith(".safetensors"):
+        name += ".safetensors"
+    if name.endswith(".safetensors") or kind == "safetensors":
+        header, meta = safetensors_header(path)
+        sd = read_state_dict(path) if path.name.lower().endswith(".safetensors") else _load_safetensors(path)
+        counts = Counter(_DTYPE_NAMES.get(v.get("dtype"), str(v.get("dtype")).lower()) for v in header.values())
+        fmt = "safetensors (" + ", ".join(f"{k} x{n}" for k, n in counts.most_common()) + ")"
+        return Checkpoint(sd, dict(meta), fmt, path)
+    sd = read_state_dict(path)
+    return Checkpoint(sd, {}, "torch state dict (weights_only)", path)
+
+
+def _load_safetensors(path, device="cpu"):
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as exc:   # truncated or not a safetensors file
+        raise SpacetimeValueError(f"checkpoint {Path(path).name!r} could not be read as safetensors: {exc}") from exc
 
 
 def write_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path, metadata: Optional[dict] = None,
@@ -125,7 +226,8 @@ _HF_T5 = [
     (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.", r"blocks.\1.ffn.fc2."),
 ]
 
-_IGNORED_KEYS = re.compile(r"(^|\.)(scale_weight|scaled_fp8|position_ids|pooler\..*)$")
+# Text-encoder files from transformers carry position ids and a pooler the encoder does not use.
+_IGNORED_KEYS = re.compile(r"(^|\.)(position_ids|pooler\..*)$")
 
 
 def _apply_map(key: str, rules) -> str:
@@ -136,19 +238,24 @@ def _apply_map(key: str, rules) -> str:
     return key
 
 
-def strip_prefix(sd: Mapping[str, torch.Tensor], anchors: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Remove a wrapper prefix (e.g. ``model.diffusion_model.``) when the anchors are only found under it."""
+def strip_prefix(sd: Mapping[str, torch.Tensor], anchors: Iterable[str], keep_rest: bool = False
+                 ) -> dict[str, torch.Tensor]:
+    """Remove a wrapper prefix (e.g. ``model.diffusion_model.``) when the anchors are only found under it. Keys
+    outside the prefix are dropped, or kept unchanged with ``keep_rest`` (so a strict load names them)."""
     anchors = tuple(anchors)
     if any(k.startswith(anchors) for k in sd):
         return dict(sd)
     for prefix in _STRIP_PREFIXES:
         if any(k.startswith(prefix + a) for k in sd for a in anchors):
-            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()
+                    if keep_rest or k.startswith(prefix)}
     return dict(sd)
 
 
 def normalize_dit_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    sd = strip_prefix(sd, ("patch_embedding.", "blocks.0.", "condition_embedder.", "proj_out."))
+    """Native Wan names. Keys outside a ``model.diffusion_model.``-style prefix stay as they are (a strict load then
+    lists them); fp8 scales and markers stay for ``quant.split_fp8``."""
+    sd = strip_prefix(sd, ("patch_embedding.", "blocks.0.", "condition_embedder.", "proj_out."), keep_rest=True)
     if any(k.startswith("condition_embedder.") or ".attn1." in k for k in sd):
         sd = {_apply_map(k, _DIFFUSERS_DIT): v for k, v in sd.items()}
     return {k: v for k, v in sd.items() if not _IGNORED_KEYS.search(k)}
@@ -282,9 +389,11 @@ def _closest_dit_preset(sd) -> Optional[str]:
 def load_into(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str = "model",
               suggest=None, dtype: Optional[torch.dtype] = None):
     """Strictly load ``sd`` into ``module``; on any mismatch raise CheckpointMismatchError listing the missing,
-    unexpected and wrongly shaped keys, and the preset that would fit when one does."""
+    unexpected and wrongly shaped keys, and the preset that would fit when one does. Layers already holding packed
+    (quantised) weights keep them."""
     own = module.state_dict()
-    missing = sorted(k for k in own if k not in sd)
+    packed = {f"{n}.{b}" for n, m in module.named_modules() if hasattr(m, "codec") for b in ("weight", "weight_scale")}
+    missing = sorted(k for k in own if k not in sd and k not in packed)
     unexpected = sorted(k for k in sd if k not in own)
     mismatched = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
                         for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape))
@@ -301,43 +410,77 @@ def load_into(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str
             msg += f". The checkpoint matches preset {hint!r}"
         raise CheckpointMismatchError(msg, missing, unexpected, mismatched, hint)
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in sd.items()}
+    tensors.update({k: own[k] for k in packed if k in own})
     module.load_state_dict(tensors, strict=True, assign=any(p.is_meta for p in module.parameters()))
     return module
 
 
+def _as_checkpoint(path_or_sd, what: str) -> Checkpoint:
+    if isinstance(path_or_sd, Checkpoint):
+        return path_or_sd
+    if isinstance(path_or_sd, (str, Path)):
+        return read_checkpoint(path_or_sd, what)
+    return Checkpoint(dict(path_or_sd))
+
+
+def _load_weights(model, ckpt: Checkpoint, sd: dict, what: str, dtype, suggest=None) -> str:
+    """fp8 scales understood, packed layers installed, everything else loaded strictly. Returns the format found."""
+    dense, packed, info = split_fp8(sd, ckpt.metadata)
+    n = install_packed(model, packed, dense, dtype)
+    load_into(model, dense, what, suggest=suggest, dtype=dtype)
+    fmt = ckpt.format
+    if info.get("format"):
+        fmt += f"; {info['format']}"
+    if n:
+        fmt += f"; {n} layers kept quantised"
+    return fmt
+
+
 def load_dit(path_or_sd, cfg: Optional[DiTConfig] = None, device="cpu", dtype=torch.float32, ops=None,
              text_len: Optional[int] = None):
-    """Load a DiT from a file or a state dict; the config is inferred from the keys when not given."""
+    """Load a DiT from a file (safetensors, GGUF, .pth), a Checkpoint or a state dict; the config is inferred from
+    the keys when not given. fp8 and GGUF weights stay quantised and expand per layer in ``dtype``; the format found
+    is in ``model.checkpoint_format``."""
     from .dit import DEFAULT_OPS, build_dit
-    sd = read_state_dict(path_or_sd) if isinstance(path_or_sd, (str, Path)) else path_or_sd
-    sd = normalize_dit_keys(sd)
+    ckpt = _as_checkpoint(path_or_sd, "DiT")
+    arch = ckpt.metadata.get("gguf.architecture")
+    if arch not in (None, "wan"):
+        raise SpacetimeValueError(f"DiT file {ckpt.path.name if ckpt.path else ''!r} is a GGUF {arch!r} model; "
+                                  "this loader reads Wan DiTs (GGUF architecture 'wan')")
+    sd = normalize_dit_keys(ckpt.tensors)
     if cfg is None:
         cfg = infer_dit_config(sd, text_len=text_len)
     model = build_dit(cfg, device="meta", ops=ops or DEFAULT_OPS, init=False)
-    load_into(model, sd, "DiT", suggest=_closest_dit_preset, dtype=dtype)
-    return model.to(device=device, dtype=dtype).eval()
+    fmt = _load_weights(model, ckpt, sd, "DiT", dtype, _closest_dit_preset)
+    model = model.to(device=device, dtype=dtype).eval()
+    model.checkpoint_format = fmt
+    log.info("DiT %s: %s", ckpt.path.name if ckpt.path else "(state dict)", fmt)
+    return model
 
 
 def load_vae(path_or_sd, cfg: Optional[VAEConfig] = None, device="cpu", dtype=torch.float32):
     from .vae import build_vae
-    sd = read_state_dict(path_or_sd) if isinstance(path_or_sd, (str, Path)) else path_or_sd
-    sd = normalize_vae_keys(sd)
+    ckpt = _as_checkpoint(path_or_sd, "VAE")
+    sd = normalize_vae_keys(ckpt.tensors)
     if cfg is None:
         cfg = infer_vae_config(sd)
     else:
         from .vae22 import check_vae_family
         check_vae_family(sd, cfg)
     model = build_vae(cfg, device="meta")
-    load_into(model, sd, "VAE", dtype=dtype)
+    fmt = _load_weights(model, ckpt, sd, "VAE", dtype)
     model.latent_mean = torch.tensor(cfg.latent_mean, dtype=torch.float32)
     model.latent_std = torch.tensor(cfg.latent_std, dtype=torch.float32)
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    model.checkpoint_format = fmt
+    return model
 
 
 def load_text_encoder(path_or_sd, tokenizer_path=None, kind: Optional[str] = None, device="cpu",
                       dtype=torch.float32, max_length: Optional[int] = None):
     from .text_encoders import Tokenizer, build_text_encoder
-    sd = read_state_dict(path_or_sd) if isinstance(path_or_sd, (str, Path)) else path_or_sd
+    ckpt = _as_checkpoint(path_or_sd, "text encoder")
+    sd = ckpt.tensors
     if kind is None:
         kind = "bert" if any(k.startswith(("embeddings.word_embeddings", "bert.")) for k in sd) else "umt5"
     if kind == "bert":
@@ -352,8 +495,10 @@ def load_text_encoder(path_or_sd, tokenizer_path=None, kind: Optional[str] = Non
             cfg = replace(cfg, max_length=max_length)
     tok = Tokenizer(tokenizer_path, cfg.max_length) if tokenizer_path else None
     model = build_text_encoder(cfg, tok, device="meta")
-    load_into(model, sd, f"text encoder ({kind})", dtype=dtype)
-    return model.to(device=device, dtype=dtype).eval()
+    fmt = _load_weights(model, ckpt, sd, f"text encoder ({kind})", dtype)
+    model = model.to(device=device, dtype=dtype).eval()
+    model.checkpoint_format = fmt
+    return model
 
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:

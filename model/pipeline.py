@@ -6,14 +6,16 @@
 
     lat = st.sample_latents(...)   # raw VAE latents [B, C, F', H', W'] (the ComfyUI LATENT convention)
     frames = st.decode(lat)        # streamed, one latent frame at a time
+    styled = st.with_lora("style.safetensors", 0.8)    # shares st's parts; the LoRA is active while it is used
 
 Latents passed in and out are *raw* (un-normalised) VAE means, as ComfyUI stores them; normalisation for the DiT
 happens inside.
 """
 from __future__ import annotations
 
+import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -26,6 +28,7 @@ from .config import BundlePreset, bundle_preset
 from .errors import SpacetimeValueError
 from .experts import HIGH, LOW, ExpertPair, ExpertSwitch, check_expert_files, default_switch
 from .loading import file_sha256, load_dit, load_text_encoder, load_vae, parse_dtype
+from .lora import LoraSpec
 from .offload import BlockOffload, check_offload_blocks, place_model
 from .sampling import SAMPLERS, FrameCondition, sample, sigma_schedule
 
@@ -70,6 +73,9 @@ class Spacetime:
     device: torch.device = field(default_factory=default_device)
     prompt_expander: Optional[Callable[[str], str]] = None
     builders: dict = field(default_factory=dict)         # part name -> callable returning a module (overrides)
+    loras: tuple = ()                                    # LoraSpec(path, strength), applied in order
+    lora_mode: str = "auto"                              # auto | merged | unmerged (see model/lora.py)
+    host_merges_loras: bool = False                      # ComfyUI's model patching applies the merged share
     _parts: dict = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     dit_low_path: Optional[Path] = None       # Wan 2.2 A14B: the low-noise expert (dit_path is the high-noise one)
@@ -79,10 +85,12 @@ class Spacetime:
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, preset: str = "toyworld", dit=None, vae=None, text_encoder=None, tokenizer=None, dtype="fp32",
-             device=None, dit_low_noise=None, offload_blocks: int = 0) -> "Spacetime":
+             device=None, dit_low_noise=None, offload_blocks: int = 0, loras=(), lora_mode: str = "auto"
+             ) -> "Spacetime":
         """Build from a preset name; files given here replace the preset's. Nothing is read until first use,
-        except that every path must exist. ``dit_low_noise``: the low-noise expert of a Wan 2.2 A14B pair (``dit``
-        is then the high-noise expert). ``offload_blocks``: DiT blocks kept in CPU memory (low VRAM)."""
+        except that every path must exist and LoRA files are checked. ``dit_low_noise``: the low-noise expert of a
+        Wan 2.2 A14B pair (``dit`` is then the high-noise expert). ``offload_blocks``: DiT blocks kept in CPU memory
+        (low VRAM). ``loras``: paths, ``(path, strength)`` pairs or LoraSpec."""
         p = bundle_preset(preset)
         files = dict(getattr(p, "files", {}) or {})
         for name, given in (("dit", dit), ("vae", vae), ("text", text_encoder), ("tokenizer", tokenizer),
@@ -95,14 +103,20 @@ class Spacetime:
         check_expert_files(files.get("dit"), files.get("dit_low_noise"))
         check_offload_blocks(offload_blocks, p.dit.num_layers)
         dev = torch.device(device) if device not in (None, "auto") else default_device()
-        return cls(p, files.get("dit"), files.get("vae"), files.get("text"), files.get("tokenizer"),
-                   parse_dtype(dtype), dev, getattr(p, "prompt_expander", None), dict(getattr(p, "builders", {})),
-                   dit_low_path=files.get("dit_low_noise"), offload_blocks=int(offload_blocks))
+        st = cls(p, files.get("dit"), files.get("vae"), files.get("text"), files.get("tokenizer"),
+                 parse_dtype(dtype), dev, getattr(p, "prompt_expander", None), dict(getattr(p, "builders", {})),
+                 dit_low_path=files.get("dit_low_noise"), offload_blocks=int(offload_blocks))
+        for item in loras or ():
+            spec = item if isinstance(item, LoraSpec) else (
+                LoraSpec(str(item[0]), float(item[1])) if isinstance(item, (tuple, list)) else LoraSpec(str(item)))
+            st = st.with_lora(spec.path, spec.strength, lora_mode)
+        return st
 
     @property
     def key(self) -> tuple:
         return (self.preset.name, str(self.dit_path), str(self.vae_path), str(self.text_path), str(self.dtype),
-                str(self.device), str(self.dit_low_path), self.offload_blocks)
+                str(self.device), str(self.dit_low_path), self.offload_blocks) + (
+            (tuple(self.loras), self.lora_mode) if self.loras else ())
 
     @property
     def has_experts(self) -> bool:
@@ -113,6 +127,81 @@ class Spacetime:
     def concat_conditioned(self) -> bool:
         """The DiT takes known frames as extra input channels (Wan 2.2 I2V-A14B), see concat.py."""
         return self.preset.dit.model_type == "i2v"
+
+    # ------------------------------------------------------------------ LoRA
+    def with_lora(self, path, strength: float = 1.0, mode: Optional[str] = None) -> "Spacetime":
+        """A bundle sharing this one's loaded parts with one more LoRA on the DiT. The file is read and checked now
+        (every key must be understood); that every change lands on the DiT is checked when the DiT is first used.
+        The LoRA is active only while the returned bundle uses the DiT."""
+        from .lora import MODES
+        mode = mode or self.lora_mode
+        if mode not in MODES:
+            raise SpacetimeValueError(f"LoRA mode {mode!r} is not allowed; allowed: {', '.join(MODES)}")
+        try:
+            strength = float(strength)
+        except (TypeError, ValueError):
+            raise SpacetimeValueError(f"LoRA strength {strength!r} is not a number") from None
+        if not math.isfinite(strength):
+            raise SpacetimeValueError(f"LoRA strength {strength} is not a finite number")
+        self.lora_file(path)
+        return replace(self, loras=self.loras + (LoraSpec(str(path), strength),), lora_mode=mode)
+
+    def lora_file(self, path):
+        """The parsed LoRA file (read once per file version and shared by every bundle of this model)."""
+        from .lora import read_lora
+        p = Path(path)
+        if not p.is_file():
+            raise SpacetimeValueError(f"LoRA file {str(path)!r} does not exist")
+        key = ("lora", str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size)
+        with self._lock:
+            if key not in self._parts:
+                self._parts[key] = read_lora(p)
+            return self._parts[key]
+
+    def lora_changes(self, module) -> dict:
+        """This bundle's LoRAs resolved against ``module``: parameter -> [(strength, Patch)]."""
+        from .lora import combine, resolve
+        key = ("lora-changes", id(module), tuple(self.loras))
+        with self._lock:
+            if key not in self._parts:
+                self._parts[key] = combine((resolve(self.lora_file(s.path), module), s.strength)
+                                           for s in self.loras)
+            return self._parts[key]
+
+    def lora_info(self) -> list:
+        """For generation records: file name, SHA-256, strength, key style and kinds of each LoRA."""
+        out = []
+        for s in self.loras:
+            f = self.lora_file(s.path)
+            key = ("sha", str(Path(s.path).resolve()))
+            if key not in self._parts:
+                self._parts[key] = file_sha256(s.path)
+            out.append({"name": Path(s.path).name, "sha256": self._parts[key], "strength": s.strength,
+                        "style": f.style, "kinds": list(f.kinds)})
+        return out
+
+    def weights_record(self) -> dict:
+        """What a generation record says about the weights beyond the preset: the DiT file's format (once loaded)
+        and the LoRAs."""
+        out = {}
+        fmt = getattr(self._parts.get("dit"), "checkpoint_format", None)
+        if fmt:
+            out["dit_format"] = fmt
+        if self.loras:
+            out["loras"] = self.lora_info()
+        return out
+
+    def base_dit(self):
+        """The DiT as loaded, whatever LoRAs are active on it (for hosts that patch it themselves)."""
+        return self._part("dit")
+
+    def _activate_loras(self, module):
+        from .lora import activate, state_of
+        if not self.loras and not state_of(module).key:
+            return module
+        activate(module, tuple(self.loras), self.lora_changes(module) if self.loras else {}, self.lora_mode,
+                 merge_here=not self.host_merges_loras)
+        return module
 
     @property
     def temporal_factor(self) -> int:
@@ -170,7 +259,9 @@ class Spacetime:
 
     @property
     def dit(self):
-        return self._part("dit")
+        """The DiT with exactly this bundle's LoRAs active."""
+        with self._lock:
+            return self._activate_loras(self._part("dit"))
 
     @property
     def dit_low(self):

@@ -28,7 +28,7 @@ def _folder_paths():
 # Our folder keys and the older names of the same folders: ComfyUI before mid-2024 has no "diffusion_models" and
 # "text_encoders" keys (it calls those folders "unet" and "clip"), and newer releases list both folders per key.
 _FOLDER_NAMES = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip"),
-                 "vae": ("vae",)}
+                 "vae": ("vae",), "loras": ("loras",)}
 
 
 def _register_model_folders(fp):
@@ -113,10 +113,14 @@ class Progress:
 # ----------------------------------------------------------------------------------------------------------------------
 
 MODEL_FOLDERS = {                      # ComfyUI folder key -> what we look for there
-    "diffusion_models": "DiT checkpoints (Wan native / ComfyUI repackaged / diffusers)",
+    "diffusion_models": "DiT checkpoints (Wan native / ComfyUI repackaged / diffusers; bf16, fp16, fp8, GGUF)",
     "vae": "Wan 2.1 / 2.2 VAE files",
     "text_encoders": "umT5-XXL encoder weights and tokenizer.json",
+    "loras": "LoRA files for the DiT",
 }
+# Files ComfyUI's own folder lists leave out (its extension sets are shared with core loaders, so we add ours here
+# rather than to its sets): tokenizers next to text encoders, GGUF DiTs.
+_EXTRA_FILES = {"text_encoders": ("tokenizer.json",), "diffusion_models": ("*.gguf",)}
 _models: dict = {}
 _models_lock = threading.Lock()
 _patchers: dict = {}
@@ -127,23 +131,23 @@ def list_model_files(folder: str) -> list[str]:
     if in_comfy():
         fp = _folder_paths()
         names = list(fp.get_filename_list(folder))
-        if folder == "text_encoders":
-            names += [n for n in _json_files(fp.get_folder_paths(folder)) if n not in names]
+        for pattern in _EXTRA_FILES.get(folder, ()):
+            names += [n for n in _files_matching(fp.get_folder_paths(folder), pattern) if n not in names]
         return sorted(names)
     root = os.environ.get("SPACETIME_MODELS_DIR")
     if not root or not (Path(root) / folder).is_dir():
         return []
     base = Path(root) / folder
     return sorted(str(p.relative_to(base)) for p in base.rglob("*")
-                  if p.suffix in (".safetensors", ".pth", ".pt", ".json") and p.is_file())
+                  if p.suffix in (".safetensors", ".pth", ".pt", ".json", ".gguf") and p.is_file())
 
 
-def _json_files(dirs) -> list[str]:
+def _files_matching(dirs, pattern: str) -> list[str]:
     out = []
     for d in dirs:
         base = Path(d)
         if base.is_dir():
-            out += [str(p.relative_to(base)) for p in base.rglob("tokenizer.json")]
+            out += [str(p.relative_to(base)) for p in base.rglob(pattern)]
     return out
 
 
@@ -183,10 +187,19 @@ def get_model(preset: str, dit=None, vae=None, text_encoder=None, tokenizer=None
 
 def use(bundle, part: str):
     """Make a part ready on its compute device and return it (ComfyUI: through a ModelPatcher and
-    ``load_models_gpu``, so it is offloaded with everything else when memory is needed)."""
+    ``load_models_gpu``, so it is offloaded with everything else when memory is needed; the DiT of a bundle with
+    LoRAs through a clone of that patcher carrying them, so they come off again when another bundle runs)."""
+    if part == "dit" and in_comfy():
+        return _use_dit_comfy(bundle)
     module = getattr(bundle, {"text": "text_encoder"}.get(part, part))
     if not in_comfy():
         return module
+    import comfy.model_management as mm
+    mm.load_models_gpu([_patcher(module, part)])
+    return module
+
+
+def _patcher(module, part: str):
     import comfy.model_management as mm
     import comfy.model_patcher
     patcher = _patchers.get(id(module))
@@ -196,8 +209,48 @@ def use(bundle, part: str):
         patcher = comfy.model_patcher.ModelPatcher(_holder(module), load_device=compute,
                                                    offload_device=mm.unet_offload_device())
         _patchers[id(module)] = patcher
+    return patcher
+
+
+def _use_dit_comfy(bundle):
+    """ComfyUI: LoRA changes to dense weights become patches on a clone of the DiT's ModelPatcher (ComfyUI applies
+    them when it loads the model and restores the weights when it unloads or switches clones); changes to quantised
+    weights (and unmerged mode) run as forward hooks, attached by the bundle itself."""
+    import comfy.model_management as mm
+    module = bundle.base_dit()
+    patcher = _patcher(module, "dit")
+    bundle.host_merges_loras = True
+    if bundle.loras:
+        key = (id(module), tuple(bundle.loras), bundle.lora_mode)
+        clone = _patchers.get(key)
+        if clone is None:
+            clone = _lora_clone(patcher, module, bundle)
+            _patchers[key] = clone
+        patcher = clone
     mm.load_models_gpu([patcher])
-    return module
+    return bundle.dit
+
+
+def _lora_clone(patcher, module, bundle):
+    import inspect
+    import comfy.lora
+    from ..model.lora import LoraError, comfy_patch_dict, plan
+    merged, _ = plan(module, bundle.lora_changes(module), bundle.lora_mode)
+    clone = patcher.clone()
+    quiet = "log_missing" in inspect.signature(comfy.lora.load_lora).parameters
+    for strength, lora_sd, to_load, diffs in comfy_patch_dict(module, merged, prefix="inner."):
+        patches = dict(diffs)
+        if lora_sd:
+            low = comfy.lora.load_lora(lora_sd, to_load, log_missing=False) if quiet else \
+                comfy.lora.load_lora(lora_sd, to_load)
+            if set(low) != set(to_load.values()):
+                lost = sorted(set(to_load.values()) - set(low))
+                raise LoraError(f"ComfyUI did not take the LoRA patches for {', '.join(lost[:6])}")
+            patches.update(low)
+        added = set(clone.add_patches(patches, strength))
+        if added != set(patches):
+            raise LoraError(f"ComfyUI's model patcher has no weights named {', '.join(sorted(set(patches) - added)[:6])}")
+    return clone
 
 
 def release(bundle, part: str):

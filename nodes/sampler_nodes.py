@@ -117,6 +117,7 @@ class SpacetimeDenoise:
                 "known_frames": int(known[0].sum()), "ingredients": list(latent.get("spacetime_ingredients", []))}
         if experts:
             info.update(model.expert_info(steps, shift, experts["switch"], experts["cfg_high_noise"], cfg))
+        info.update(model.weights_record())
         result = latent_dict(out, spacetime_ingredients=latent.get("spacetime_ingredients"))
         return (result, json.dumps(info))
 
