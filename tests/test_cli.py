@@ -87,6 +87,68 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, capsys, args
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_generate_with_loras_and_quantised_models(tmp_path, capsys):
+    """--lora FILE[:STRENGTH] (repeatable) changes the video and is recorded; a GGUF DiT loads and is named."""
+    import torch
+    from spacetime.model.gguf import write_gguf
+    from spacetime.model.loading import read_checkpoint, write_safetensors_atomic
+    from spacetime.model.pipeline import Spacetime
+    g = torch.Generator().manual_seed(1)
+    lora = tmp_path / "style.safetensors"
+    write_safetensors_atomic({f"diffusion_model.blocks.{i}.cross_attn.v.lora_{p}.weight":
+                              torch.randn(*s, generator=g) * 0.5 for i in (0, 3)
+                              for p, s in (("up", (256, 8)), ("down", (8, 256)))}, lora)
+    args = ["a green box moves left on a beige background", "--frames", "5", "--width", "64", "--height", "64",
+            "--steps", "2", "--seed", "3"]
+    assert main(["generate", *args, "--out", str(tmp_path / "a.mp4")]) == 0
+    assert main(["generate", *args, "--lora", f"{lora}:0.7", "--lora", str(lora), "--out",
+                 str(tmp_path / "b.mp4")]) == 0
+    err = capsys.readouterr().err
+    assert "LoRA style.safetensors: 2 changes, ComfyUI (diffusion_model.), LoRA, strength 0.7" in err
+    a, b = _decode(tmp_path / "a.mp4").astype(float), _decode(tmp_path / "b.mp4").astype(float)
+    assert np.abs(a - b).mean() > 1.0
+    capsys.readouterr()
+    main(["verify", str(tmp_path / "b.mp4"), "--json"])
+    gen = json.loads(capsys.readouterr().out)["manifest"]["generation"]
+    assert [x["strength"] for x in gen["loras"]] == [0.7, 1.0]
+    # the embedded DiT as a Q8_0 GGUF file: detected from the file, preset inferred, format named
+    sd = read_checkpoint(Spacetime.load("toyworld").dit_path).tensors
+    gg = write_gguf(tmp_path / "toy-Q8_0.gguf", {k: v.float() for k, v in sd.items()},
+                    lambda n, t: "Q8_0" if t.dim() == 2 and t.shape[-1] % 32 == 0 else "F32")
+    assert main(["generate", *args, "--model", str(gg), "--out", str(tmp_path / "c.mp4")]) == 0
+    assert "DiT toy-Q8_0.gguf: GGUF (" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setup, needle", [
+    (lambda d: (d / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1"),
+     "could not be read as safetensors"),
+    (lambda d: (d / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 8), "could not be read as GGUF"),
+    (lambda d: (d / "cut.gguf").write_bytes(b"junk" * 8), "not a GGUF file"),
+])
+def test_corrupt_model_files_are_one_line_errors(tmp_path, capsys, setup, needle):
+    setup(tmp_path)
+    path = next(p for p in tmp_path.iterdir() if p.name.startswith("cut"))
+    out = tmp_path / "x.mp4"
+    rc = main(["generate", "a red ball", "--model", str(path), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == EXIT_BAD_INPUT and err.startswith("spacetime: ") and "\n" not in err and needle in err, err
+    assert not out.exists()
+
+
+def test_bad_lora_is_a_one_line_error(tmp_path, capsys):
+    import torch
+    from spacetime.model.loading import write_safetensors_atomic
+    lora = tmp_path / "other.safetensors"
+    write_safetensors_atomic({"transformer.single_blocks.0.linear1.lora_A.weight": torch.zeros(4, 8),
+                              "transformer.single_blocks.0.linear1.lora_B.weight": torch.zeros(8, 4)}, lora)
+    for args, needle in ((["--lora", str(lora)], "match no module"),
+                         (["--lora", str(tmp_path / "none.safetensors:0.5")], "none.safetensors")):
+        rc = main(["generate", "a red ball", *args, "--out", str(tmp_path / "x.mp4")])
+        err = capsys.readouterr().err.strip()
+        assert rc == EXIT_BAD_INPUT and "\n" not in err and needle in err, err
+    assert list(tmp_path.iterdir()) == [lora]
+
+
 def test_existing_output_is_never_overwritten(tmp_path, capsys):
     out = tmp_path / "keep.mp4"
     out.write_bytes(b"precious")

@@ -12,7 +12,7 @@ from spacetime.runner import WorkflowError, run_workflow, ui_to_api
 
 DOCUMENTED = {"SpacetimeModelLoader", "SpacetimeTextEncode", "SpacetimeNoiseLatent", "SpacetimeDenoise",
               "SpacetimeVAEDecode", "SpacetimeVAEEncode", "SpacetimeImageToVideo", "SpacetimeExtend",
-              "SpacetimeLoadVideo"}
+              "SpacetimeLoadVideo", "SpacetimeLoRA"}
 SOCKET_OR_WIDGET = {"INT", "FLOAT", "STRING", "BOOLEAN", "IMAGE", "LATENT", "SPACETIME_MODEL", "SPACETIME_TEXT",
                     "SAFETY_REPORT", "MASK", "VIDEO"}
 
@@ -92,6 +92,40 @@ def test_model_loaded_once_across_runs():
     a = run_workflow({"1": MODEL})["1"]["result"][0]
     b = run_workflow({"1": MODEL})["1"]["result"][0]
     assert a is b and len([k for k in host._models if k[0] == "toyworld-random"]) == 1
+
+
+def test_lora_nodes_chain_and_come_off(tmp_path, monkeypatch):
+    """Loader -> LoRA -> LoRA -> Denoise changes the video; the plain graph afterwards gives its old video again."""
+    from spacetime.model.loading import write_safetensors_atomic
+    from spacetime.nodes.lora_nodes import NO_FILES, SpacetimeLoRA
+    monkeypatch.setenv("SPACETIME_MODELS_DIR", str(tmp_path))
+    assert SpacetimeLoRA.INPUT_TYPES()["required"]["lora_name"][0] == [NO_FILES]
+    assert "models/loras" in SpacetimeLoRA.VALIDATE_INPUTS(lora_name=NO_FILES)
+    (tmp_path / "loras").mkdir()
+    g = torch.Generator().manual_seed(3)
+    lora = {f"lora_unet_blocks_{i}_self_attn_o.lora_{p}.weight": torch.randn(*s, generator=g) * 0.3
+            for i in (0, 1) for p, s in (("up", (256, 4)), ("down", (4, 256)))}
+    write_safetensors_atomic(lora, tmp_path / "loras" / "toy.safetensors")
+    assert SpacetimeLoRA.INPUT_TYPES()["required"]["lora_name"][0] == ["toy.safetensors"]
+    plain = run_workflow(_graph())["4"]["result"][0]["samples"]
+    chain = {"8": {"class_type": "SpacetimeLoRA", "inputs": {"model": ["1", 0], "lora_name": "toy.safetensors",
+                                                             "strength": 0.8, "mode": "auto"}},
+             "9": {"class_type": "SpacetimeLoRA", "inputs": {"model": ["8", 0], "lora_name": "toy.safetensors",
+                                                             "strength": 0.4, "mode": "auto"}}}
+    g2 = _graph(**chain)
+    g2["4"]["inputs"]["model"] = ["9", 0]
+    r = run_workflow(g2)
+    styled = r["4"]["result"][0]["samples"]
+    assert (styled - plain).abs().max() > 1e-2
+    info = json.loads(r["4"]["result"][1])
+    assert [x["strength"] for x in info["loras"]] == [0.8, 0.4] and info["loras"][0]["style"] == "kohya (lora_unet_)"
+    assert torch.equal(run_workflow(_graph())["4"]["result"][0]["samples"], plain)
+    bad = tmp_path / "loras" / "bad.safetensors"
+    write_safetensors_atomic({"lora_unet_blocks_9_ffn_0.lora_up.weight": torch.zeros(512, 2),
+                              "lora_unet_blocks_9_ffn_0.lora_down.weight": torch.zeros(2, 256)}, bad)
+    g2["8"]["inputs"]["lora_name"] = "bad.safetensors"
+    with pytest.raises(ValueError, match=r"bad.safetensors.*blocks_9_ffn_0 \(closest: blocks.7.ffn.0"):
+        run_workflow(g2)
 
 
 def test_image_to_video_marks_the_first_frame_known():
