@@ -8,7 +8,8 @@ in a temporary folder, and loads this checkout as the custom node pack ``comfyui
 ``--base-directory``; ComfyUI releases without that option get the link in their own custom_nodes folder, removed
 again afterwards). Checks: the pack imports (no "IMPORT FAILED"), /object_info describes every node as the classes
 do, every workflow in workflows/ (converted to API format with our ``ui_to_api``) runs through /prompt with its
-output files in /history and on disk, and a bad frame count is rejected by validation with our message.
+output files in /history and on disk, a bad frame count is rejected by validation with our message, and a LoRA in
+models/loras changes the video through ComfyUI's model patching and comes off again.
 """
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ def server(tmp_path_factory):
         (base / "user" / "default").mkdir(parents=True)
         (base / "custom_nodes" / PACK_NAME).symlink_to(PACK_DIR, target_is_directory=True)
         args += ["--base-directory", str(base)]
+        dirs["models"] = base / "models"
         for flag, extra in (("--database-url", ["sqlite:///:memory:"]), ("--disable-api-nodes", [])):
             if flag in cli:
                 args += [flag, *extra]
@@ -115,6 +117,7 @@ def server(tmp_path_factory):
         if link.is_symlink():
             link.unlink()
         link.symlink_to(PACK_DIR, target_is_directory=True)
+        dirs["models"] = comfy / "models"
     log = root / "server.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
     with open(log, "wb") as fh:
@@ -288,3 +291,52 @@ def test_bad_frame_count_is_rejected_with_our_message(server, object_info):
     errors = node_errors[latent_id].get("errors", [])
     assert any("frames=16 is not allowed: it must be 1 + 4*k" in e.get("details", "") for e in errors), body
     assert sorted(server.dirs["output"].rglob("*")) == before
+
+
+def test_lora_goes_through_comfy_patching_and_comes_off(server, object_info):
+    """Loader -> Spacetime LoRA -> Denoise in a real server: the LoRA changes the frames; the same video without it
+    afterwards (new inputs, so ComfyUI runs it again) is identical to the one before the LoRA ran."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from spacetime.model.config import bundle_preset
+    from spacetime.model.loading import write_safetensors_atomic
+    api = _api(PACK_DIR / "workflows" / "text_to_video.json", object_info)
+    ids = {n["class_type"]: nid for nid, n in api.items()}
+    loader, denoise, noise = ids["SpacetimeModelLoader"], ids["SpacetimeDenoise"], ids["SpacetimeNoiseLatent"]
+    api[denoise]["inputs"]["steps"] = 3
+    api[noise]["inputs"]["frames"] = 5
+    api.pop(ids["SpacetimeProvenanceStamp"])
+    api["90"] = {"class_type": "PreviewImage", "inputs": {"images": [ids["SpacetimeVAEDecode"], 0]}}
+    dim = bundle_preset(api[loader]["inputs"]["preset"]).dit.dim
+    g = torch.Generator().manual_seed(0)
+    loras = server.dirs["models"] / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    lora = loras / f"spacetime-test-{uuid.uuid4().hex[:8]}.safetensors"
+    write_safetensors_atomic({f"lora_unet_blocks_{i}_cross_attn_o.lora_{p}.weight": torch.randn(*s, generator=g) * 0.4
+                              for i in (0, 1) for p, s in (("up", (dim, 8)), ("down", (8, dim)))}, lora)
+
+    def run(graph):
+        status, body = _queue(server, graph)
+        assert status == 200 and "prompt_id" in body, json.dumps(body)[:3000]
+        entry = _wait_history(server, body["prompt_id"])
+        st = entry.get("status") or {}
+        assert st.get("status_str") != "error", f"{json.dumps(st.get('messages'))[:3000]}\n{server.log_tail()}"
+        files = list(_files(entry["outputs"]["90"]))
+        return np.stack([np.asarray(Image.open(server.dirs["temp"] / "temp" / f.get("subfolder", "") /
+                                               f["filename"])) for f in files])
+    try:
+        api[noise]["inputs"]["seed"], api[denoise]["inputs"]["seed"] = 1, 0
+        before = run(api)
+        styled = json.loads(json.dumps(api))
+        styled["91"] = {"class_type": "SpacetimeLoRA", "inputs": {"model": [loader, 0], "lora_name": lora.name,
+                                                                  "strength": 1.0, "mode": "auto"}}
+        styled[denoise]["inputs"]["model"] = ["91", 0]
+        with_lora = run(styled)
+        api[noise]["inputs"]["seed"], api[denoise]["inputs"]["seed"] = 0, 1        # same effective seed
+        after = run(api)
+    finally:
+        lora.unlink()
+    assert before.shape == (5, 64, 64, 3)
+    assert np.abs(with_lora.astype(float) - before).mean() > 1.0
+    assert np.array_equal(after, before)
