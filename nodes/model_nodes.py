@@ -33,7 +33,9 @@ class SpacetimeModelLoader:
         return {"required": {
             "preset": (_presets(), {"default": _presets()[0], "tooltip": "Architecture and sampling defaults. "
                                     "toyworld = the embedded model (offline); wan2.* presets need their files below."}),
-            "dit_file": (files("diffusion_models"), {"tooltip": "DiT checkpoint (models/diffusion_models). Its "
+            "dit_file": (files("diffusion_models"), {"tooltip": "DiT checkpoint (models/diffusion_models): "
+                                                     "safetensors in bf16 / fp16 / fp8 (scaled or not) or GGUF "
+                                                     "(Q8_0 ... Q2_K; quantised weights stay quantised). Its "
                                                      "architecture is checked against the preset."}),
             "vae_file": (files("vae"), {"tooltip": "VAE checkpoint (models/vae): wan_2.1_vae.safetensors, or "
                                         "wan2.2_vae.safetensors for wan2.2-ti2v-5b."}),
@@ -41,8 +43,9 @@ class SpacetimeModelLoader:
                                                            "e.g. umt5_xxl_fp16.safetensors."}),
             "tokenizer_file": (files("text_encoders"), {"tooltip": "tokenizer.json of the text encoder (umT5-XXL: "
                                                         "google/umt5-xxl/tokenizer.json) in models/text_encoders."}),
-            "dtype": (["fp32", "bf16", "fp16"], {"default": "fp32", "tooltip": "Weight precision. bf16 halves "
-                                                 "memory on GPUs; fp32 is best on CPU."}),
+            "dtype": (["fp32", "bf16", "fp16"], {"default": "fp32", "tooltip": "Weight precision (for fp8 and GGUF "
+                                                 "files: the precision they compute in). bf16 halves memory on "
+                                                 "GPUs; fp32 is best on CPU."}),
             "device": (["auto", "cpu", "cuda"], {"default": "auto", "tooltip": "auto: ComfyUI's model management "
                                                  "(GPU when available, offloaded when memory is needed)."}),
         }, "optional": {

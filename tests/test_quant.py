@@ -234,3 +234,41 @@ def test_five_dimensional_patch_embedding_stored_flat(tmp_path):
     assert q.patch_embedding.weight_shape == (256, 16, 1, 2, 2)
     want = quantize(sd["patch_embedding.weight"].reshape(-1, 256), "Q8_0").dequantize().view(256, 16, 1, 2, 2)
     assert torch.equal(q.patch_embedding.dequantized(torch.float32), want)
+
+
+def test_scaled_fp8_text_encoder_in_comfy_names(tmp_path):
+    """umt5_xxl_fp8_e4m3fn_scaled.safetensors-style: HF T5 names, fp8 Linear weights with scale_weight, a marker."""
+    import re
+    from spacetime.model.config import TextEncoderConfig
+    from spacetime.model.loading import load_text_encoder
+    from spacetime.model.text_encoders import build_text_encoder
+    cfg = TextEncoderConfig(vocab_size=100, dim=64, dim_attn=64, dim_ffn=128, num_heads=2, num_layers=2,
+                            num_buckets=8)
+    torch.manual_seed(0)
+    enc = build_text_encoder(cfg)
+    rules = [(r"^token_embedding\.", "shared."), (r"^norm\.", "encoder.final_layer_norm."),
+             (r"^blocks\.(\d+)\.norm1\.", r"encoder.block.\1.layer.0.layer_norm."),
+             (r"^blocks\.(\d+)\.pos_embedding\.embedding\.",
+              r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias."),
+             (r"^blocks\.(\d+)\.attn\.([qkvo])\.", r"encoder.block.\1.layer.0.SelfAttention.\2."),
+             (r"^blocks\.(\d+)\.norm2\.", r"encoder.block.\1.layer.1.layer_norm."),
+             (r"^blocks\.(\d+)\.ffn\.gate\.0\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_0."),
+             (r"^blocks\.(\d+)\.ffn\.fc1\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_1."),
+             (r"^blocks\.(\d+)\.ffn\.fc2\.", r"encoder.block.\1.layer.1.DenseReluDense.wo.")]
+
+    def hf(k):
+        for pat, rep in rules:
+            k, n = re.subn(pat, rep, k)
+            if n:
+                return k
+        raise AssertionError(k)
+    sd = fp8_state_dict({hf(k): v for k, v in enc.state_dict().items()},
+                        keep=lambda k, v: "SelfAttention" in k or "DenseReluDense" in k)
+    assert "encoder.block.0.layer.0.SelfAttention.q.scale_weight" in sd and "scaled_fp8" in sd
+    path = tmp_path / "umt5_fp8_scaled.safetensors"
+    write_safetensors_atomic(sd, path)
+    got = load_text_encoder(path, kind="umt5")
+    assert "ComfyUI scaled_fp8" in got.checkpoint_format and "14 layers kept quantised" in got.checkpoint_format
+    ids = torch.randint(0, 100, (1, 7))
+    with torch.no_grad():
+        assert _rel(got(ids), enc(ids)) < 0.1
