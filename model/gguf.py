@@ -274,7 +274,8 @@ def _field(reader, key):
 
 
 def read_gguf(path) -> tuple[dict, dict]:
-    """Read a GGUF file -> (tensors, info). Tensors are dense (F32 / F16 / BF16, memory-mapped) or PackedWeight;
+    """Read a GGUF file -> (tensors, info). Tensors are dense (F32 / F16 / BF16, copied out of the file's read-only
+    map so that they can be changed in place, e.g. by a merged LoRA) or PackedWeight (bytes memory-mapped);
     ``info`` has ``architecture``, ``types`` (a Counter of tensor types) and ``format`` (a one-line description)."""
     gguf = _gguf()
     path = Path(path)
@@ -297,7 +298,7 @@ def read_gguf(path) -> tuple[dict, dict]:
             if dense.numel() != shape.numel():
                 raise SpacetimeValueError(f"GGUF tensor {t.name!r}: {dense.numel()} values do not fill its shape "
                                           f"{tuple(shape)}")
-            out[t.name] = dense.reshape(shape)
+            out[t.name] = dense.reshape(shape).clone()      # writing into the read-only map would crash
         elif codec in BLOCKS:
             nvals, nbytes = BLOCKS[codec]
             if shape.numel() % nvals or raw.numel() != shape.numel() // nvals * nbytes:

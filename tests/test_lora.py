@@ -145,7 +145,7 @@ def test_quantised_base_runs_the_lora_beside_the_packed_weights(tmp_path):
     path = tmp_path / "dit-Q8_0.gguf"
     write_gguf(path, m.state_dict(), lambda n, t: "Q8_0" if t.dim() == 2 and t.shape[-1] % 32 == 0 else "F32")
     q = load_dit(path, dit_preset("wan-tiny"))
-    lora = read_lora(CASES["kohya"][0])
+    lora = read_lora({**CASES["kohya"][0], **CASES["diff"][0]})     # layers run beside, norms / biases merged
     changes = combine([(resolve(lora, q), 1.0)])
     with pytest.raises(LoraError, match="quantised"):
         activate(q, ("a",), changes, "merged")
