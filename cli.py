@@ -180,10 +180,17 @@ def cmd_generate(a) -> int:
         raise CliError(f"--frames {frames}: must be 1 + {tf}*k (e.g. {round_up_frames(frames, tf)})")
     from .model.lora import LoraSpec
     from .model.pipeline import Spacetime
-    loras = [LoraSpec.parse(x) for x in a.lora or []]
-    for spec in loras:
-        if not Path(spec.path).is_file():
-            raise CliError(f"--lora {spec.path!r}: file not found")
+    loras = []
+    for flag, values, expert in (("--lora", a.lora, "both"), ("--lora-high-noise", a.lora_high_noise, "high_noise"),
+                                 ("--lora-low-noise", a.lora_low_noise, "low_noise")):
+        for text in values or []:
+            spec = LoraSpec.parse(text)
+            if not Path(spec.path).is_file():
+                raise CliError(f"{flag} {spec.path!r}: file not found")
+            if expert != "both" and not a.dit_low_noise:
+                raise CliError(f"{flag} {text!r}: needs two experts (--model HIGH_NOISE_FILE --dit-low-noise "
+                               f"LOW_NOISE_FILE); use --lora for a single DiT")
+            loras.append(LoraSpec(spec.path, spec.strength, expert))
     try:
         st = Spacetime.load(preset, dit=dit_path, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
                             dtype=a.dtype, device=a.device, dit_low_noise=a.dit_low_noise,
@@ -198,15 +205,20 @@ def cmd_generate(a) -> int:
     if st.concat_conditioned and not (a.image or a.extend):
         raise CliError(f"--model {a.model!r}: {st.preset.name} is an image-to-video model; give --image (or "
                        f"--extend)")
-    try:
-        dit = st.dit                        # read and check the weights (and LoRAs) before any other work
+    try:                                    # read and check the weights (and LoRAs) before any other work
+        dits = [("high-noise expert" if st.has_experts else "DiT", st.dit, dit_path)]
+        if st.has_experts:
+            dits.append(("low-noise expert", st.dit_low, a.dit_low_noise))
     except SpacetimeValueError as exc:
         raise CliError(str(exc)) from None
-    fmt = getattr(dit, "checkpoint_format", None)
-    if fmt:
-        print(f"DiT {Path(dit_path).name if dit_path else st.preset.name}: {fmt}", file=sys.stderr)
+    for label, module, path in dits:
+        fmt = getattr(module, "checkpoint_format", None)
+        if fmt:
+            print(f"{label} {Path(path).name if path else st.preset.name}: {fmt}", file=sys.stderr)
     for spec in loras:
-        print(f"LoRA {st.lora_file(spec.path).describe()}, strength {spec.strength:g}", file=sys.stderr)
+        on = {"both": ", both experts", "high_noise": ", high-noise expert", "low_noise": ", low-noise expert"}
+        print(f"LoRA {st.lora_file(spec.path).describe()}, strength {spec.strength:g}"
+              f"{on[spec.expert] if st.has_experts else ''}", file=sys.stderr)
     p = st.preset
     kwargs = {}
     ingredients = []
@@ -380,7 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="toyworld", help="preset name or a DiT checkpoint file: safetensors (bf16, "
                    "fp16, fp8 e4m3fn/e5m2, scaled or not), GGUF or .pth")
     g.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]", help="apply a LoRA to the DiT at STRENGTH "
-                   "(1 when left out); repeat for several")
+                   "(1 when left out); repeat for several; with two experts (--dit-low-noise) it goes on both "
+                   "(default: none)")
+    g.add_argument("--lora-high-noise", action="append", metavar="FILE[:STRENGTH]", help="two experts: a LoRA on the "
+                   "high-noise expert only (Wan 2.2 LoRAs made per expert); repeat for several (default: none)")
+    g.add_argument("--lora-low-noise", action="append", metavar="FILE[:STRENGTH]", help="two experts: a LoRA on the "
+                   "low-noise expert only; repeat for several (default: none)")
     g.add_argument("--lora-mode", choices=("auto", "merged", "unmerged"), default="auto",
                    help="auto: merged into full-precision weights, at run time beside quantised ones; merged: "
                         "always merged; unmerged: at run time, weights untouched")
@@ -392,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="weights and compute "
                    "precision (bf16 on a GPU)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (a GPU when there is one)")
-    g.add_argument("--dit-low-noise", metavar="PATH", help="Wan 2.2 A14B: the low-noise expert's file; --model is "
-                   "then the high-noise expert's file (default: none, a single DiT)")
+    g.add_argument("--dit-low-noise", metavar="PATH", help="Wan 2.2 A14B: the low-noise expert's file (any format "
+                   "--model takes); --model is then the high-noise expert's file (default: none, a single DiT)")
     g.add_argument("--expert-boundary", type=float, default=0.0, metavar="SIGMA", help="two experts: the noise "
                    "level below which the low-noise expert takes over (default: 0 = the preset's, 0.875 "
                    "text-to-video / 0.9 image-to-video)")

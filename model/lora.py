@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from .errors import SpacetimeValueError
 
 MODES = ("auto", "merged", "unmerged")
+EXPERTS = ("both", "high_noise", "low_noise")     # the experts of a Wan 2.2 A14B model a LoRA goes on
 
 
 class LoraError(SpacetimeValueError):
@@ -411,8 +412,10 @@ def _logical_shape(model, name, tensor):
 
 @dataclass(frozen=True)
 class LoraSpec:
+    """One LoRA of a bundle: its file, strength and, on a two-expert model, the experts it applies to (EXPERTS)."""
     path: str
     strength: float = 1.0
+    expert: str = "both"
 
     @classmethod
     def parse(cls, text: str) -> "LoraSpec":

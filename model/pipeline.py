@@ -33,6 +33,7 @@ from .offload import BlockOffload, check_offload_blocks, place_model
 from .sampling import SAMPLERS, FrameCondition, sample, sigma_schedule
 
 ProgressFn = Optional[Callable[[int, int], None]]
+_EXPERT_OF = {"dit": "high_noise", "dit_low": "low_noise"}      # DiT parts and the LoRA expert names that reach them
 
 
 def default_device() -> torch.device:
@@ -73,7 +74,7 @@ class Spacetime:
     device: torch.device = field(default_factory=default_device)
     prompt_expander: Optional[Callable[[str], str]] = None
     builders: dict = field(default_factory=dict)         # part name -> callable returning a module (overrides)
-    loras: tuple = ()                                    # LoraSpec(path, strength), applied in order
+    loras: tuple = ()                                    # LoraSpec(path, strength, expert), in order
     lora_mode: str = "auto"                              # auto | merged | unmerged (see model/lora.py)
     host_merges_loras: bool = False                      # ComfyUI's model patching applies the merged share
     _parts: dict = field(default_factory=dict, repr=False)
@@ -90,7 +91,8 @@ class Spacetime:
         """Build from a preset name; files given here replace the preset's. Nothing is read until first use,
         except that every path must exist and LoRA files are checked. ``dit_low_noise``: the low-noise expert of a
         Wan 2.2 A14B pair (``dit`` is then the high-noise expert). ``offload_blocks``: DiT blocks kept in CPU memory
-        (low VRAM). ``loras``: paths, ``(path, strength)`` pairs or LoraSpec."""
+        (low VRAM). ``loras``: paths, ``(path, strength[, expert])`` tuples or LoraSpec; on two experts a LoRA
+        applies to both unless its ``expert`` is "high_noise" or "low_noise"."""
         p = bundle_preset(preset)
         files = dict(getattr(p, "files", {}) or {})
         for name, given in (("dit", dit), ("vae", vae), ("text", text_encoder), ("tokenizer", tokenizer),
@@ -108,8 +110,8 @@ class Spacetime:
                  dit_low_path=files.get("dit_low_noise"), offload_blocks=int(offload_blocks))
         for item in loras or ():
             spec = item if isinstance(item, LoraSpec) else (
-                LoraSpec(str(item[0]), float(item[1])) if isinstance(item, (tuple, list)) else LoraSpec(str(item)))
-            st = st.with_lora(spec.path, spec.strength, lora_mode)
+                LoraSpec(str(item[0]), *item[1:]) if isinstance(item, (tuple, list)) else LoraSpec(str(item)))
+            st = st.with_lora(spec.path, spec.strength, lora_mode, spec.expert)
         return st
 
     @property
@@ -129,14 +131,21 @@ class Spacetime:
         return self.preset.dit.model_type == "i2v"
 
     # ------------------------------------------------------------------ LoRA
-    def with_lora(self, path, strength: float = 1.0, mode: Optional[str] = None) -> "Spacetime":
-        """A bundle sharing this one's loaded parts with one more LoRA on the DiT. The file is read and checked now
+    def with_lora(self, path, strength: float = 1.0, mode: Optional[str] = None, expert: str = "both"
+                  ) -> "Spacetime":
+        """A bundle sharing this one's loaded parts with one more LoRA on the DiT (on a two-expert model: on both
+        experts, or on the one named by ``expert``, "high_noise" / "low_noise"). The file is read and checked now
         (every key must be understood); that every change lands on the DiT is checked when the DiT is first used.
         The LoRA is active only while the returned bundle uses the DiT."""
-        from .lora import MODES
+        from .lora import EXPERTS, MODES
         mode = mode or self.lora_mode
         if mode not in MODES:
             raise SpacetimeValueError(f"LoRA mode {mode!r} is not allowed; allowed: {', '.join(MODES)}")
+        if expert not in EXPERTS:
+            raise SpacetimeValueError(f"LoRA expert {expert!r} is not allowed; allowed: {', '.join(EXPERTS)}")
+        if expert != "both" and not self.has_experts:
+            raise SpacetimeValueError(f"LoRA expert {expert!r} needs a two-expert model (Wan 2.2 A14B with a "
+                                      f"low-noise expert file); {self.preset.name} has one DiT: use 'both'")
         try:
             strength = float(strength)
         except (TypeError, ValueError):
@@ -144,7 +153,7 @@ class Spacetime:
         if not math.isfinite(strength):
             raise SpacetimeValueError(f"LoRA strength {strength} is not a finite number")
         self.lora_file(path)
-        return replace(self, loras=self.loras + (LoraSpec(str(path), strength),), lora_mode=mode)
+        return replace(self, loras=self.loras + (LoraSpec(str(path), strength, expert),), lora_mode=mode)
 
     def lora_file(self, path):
         """The parsed LoRA file (read once per file version and shared by every bundle of this model)."""
@@ -158,18 +167,29 @@ class Spacetime:
                 self._parts[key] = read_lora(p)
             return self._parts[key]
 
-    def lora_changes(self, module) -> dict:
-        """This bundle's LoRAs resolved against ``module``: parameter -> [(strength, Patch)]."""
+    def lora_specs(self, part: str = "dit") -> tuple:
+        """The LoRAs that apply to a DiT part: "dit" (the DiT, or the high-noise expert) or "dit_low"."""
+        return tuple(s for s in self.loras if s.expert in ("both", _EXPERT_OF[part]))
+
+    def lora_changes(self, module, part: str = "dit") -> dict:
+        """This bundle's LoRAs for ``part`` resolved against ``module``: parameter -> [(strength, Patch)]."""
         from .lora import combine, resolve
-        key = ("lora-changes", id(module), tuple(self.loras))
+        specs = self.lora_specs(part)
+        key = ("lora-changes", id(module), specs)
         with self._lock:
             if key not in self._parts:
-                self._parts[key] = combine((resolve(self.lora_file(s.path), module), s.strength)
-                                           for s in self.loras)
+                try:
+                    self._parts[key] = combine((resolve(self.lora_file(s.path), module), s.strength)
+                                               for s in specs)
+                except SpacetimeValueError as exc:
+                    if part == "dit" or not self.has_experts:
+                        raise
+                    raise type(exc)(f"low-noise expert: {exc}") from None
             return self._parts[key]
 
     def lora_info(self) -> list:
-        """For generation records: file name, SHA-256, strength, key style and kinds of each LoRA."""
+        """For generation records: file name, SHA-256, strength, key style and kinds of each LoRA (and, on a
+        two-expert model, the experts it applies to)."""
         out = []
         for s in self.loras:
             f = self.lora_file(s.path)
@@ -178,28 +198,42 @@ class Spacetime:
                 self._parts[key] = file_sha256(s.path)
             out.append({"name": Path(s.path).name, "sha256": self._parts[key], "strength": s.strength,
                         "style": f.style, "kinds": list(f.kinds)})
+            if self.has_experts:
+                out[-1]["expert"] = s.expert
         return out
 
     def weights_record(self) -> dict:
-        """What a generation record says about the weights beyond the preset: the DiT file's format (once loaded)
-        and the LoRAs."""
+        """What a generation record says about the weights beyond the preset: the format of each DiT file (once
+        loaded; two experts: both) and the LoRAs."""
         out = {}
-        fmt = getattr(self._parts.get("dit"), "checkpoint_format", None)
-        if fmt:
-            out["dit_format"] = fmt
+        for part, field_name in (("dit", "dit_format"), ("dit_low", "low_noise_dit_format")):
+            fmt = getattr(self._parts.get(part), "checkpoint_format", None)
+            if fmt:
+                out[field_name] = fmt
         if self.loras:
             out["loras"] = self.lora_info()
         return out
 
-    def base_dit(self):
-        """The DiT as loaded, whatever LoRAs are active on it (for hosts that patch it themselves)."""
-        return self._part("dit")
+    def base_dit(self, part: str = "dit"):
+        """A DiT part ("dit" or "dit_low") as loaded, whatever LoRAs are active on it (for hosts that patch it
+        themselves)."""
+        return self._part(part)
 
-    def _activate_loras(self, module):
-        from .lora import activate, state_of
-        if not self.loras and not state_of(module).key:
+    def _activate_loras(self, module, part: str = "dit"):
+        """Make exactly this bundle's LoRAs for ``part`` active on ``module``. Merged weights are written in place,
+        so with block offload attached they land in the CPU copies of the offloaded blocks (no device copy of an
+        offloaded block is kept between forwards; any prefetched one is dropped first)."""
+        from .lora import activate, deactivate, state_of
+        specs = self.lora_specs(part)
+        if not specs and not state_of(module).key:
             return module
-        activate(module, tuple(self.loras), self.lora_changes(module) if self.loras else {}, self.lora_mode,
+        off = getattr(module, "_block_offload", None)
+        if off is not None:
+            off.release_all()
+        if not specs:
+            deactivate(module)
+            return module
+        activate(module, specs, self.lora_changes(module, part), self.lora_mode,
                  merge_here=not self.host_merges_loras)
         return module
 
@@ -215,7 +249,13 @@ class Spacetime:
         with self._lock:
             if name not in self._parts:
                 part = self._build(name)
-                self._parts[name] = self._stage_dit(part) if name in ("dit", "dit_low") else part
+                if name not in _EXPERT_OF:
+                    self._parts[name] = part
+                    return part
+                try:            # LoRAs are merged before block offload attaches and before the DiT is placed
+                    self._activate_loras(part, name)
+                finally:
+                    self._parts[name] = self._stage_dit(part)
             return self._parts[name]
 
     def _stage_dit(self, model):
@@ -259,14 +299,15 @@ class Spacetime:
 
     @property
     def dit(self):
-        """The DiT with exactly this bundle's LoRAs active."""
+        """The DiT (two experts: the high-noise one) with exactly this bundle's LoRAs active."""
         with self._lock:
-            return self._activate_loras(self._part("dit"))
+            return self._activate_loras(self._part("dit"), "dit")
 
     @property
     def dit_low(self):
-        """The low-noise expert of a two-expert model."""
-        return self._part("dit_low")
+        """The low-noise expert of a two-expert model, with exactly this bundle's LoRAs active."""
+        with self._lock:
+            return self._activate_loras(self._part("dit_low"), "dit_low")
 
     @property
     def vae(self):
@@ -384,7 +425,7 @@ class Spacetime:
         if not self.has_experts:
             return load("dit") if load is not None else self.dit
         parts = {HIGH: "dit", LOW: "dit_low"}
-        return ExpertPair(lambda: self._part("dit"), lambda: self._part("dit_low"), switch or self.expert_switch(),
+        return ExpertPair(lambda: self.dit, lambda: self.dit_low, switch or self.expert_switch(),
                           cfg_high=self.preset.cfg_high_noise if cfg_high_noise is None else cfg_high_noise,
                           device=self.device if load is None else None, cfg=self.preset.dit,
                           load=None if load is None else (lambda w: load(parts[w])),

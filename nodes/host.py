@@ -185,12 +185,18 @@ def get_model(preset: str, dit=None, vae=None, text_encoder=None, tokenizer=None
         return _models[key]
 
 
+DIT_PARTS = ("dit", "dit_low")          # the DiT, or the high- and low-noise experts of a two-expert model
+
+
 def use(bundle, part: str):
     """Make a part ready on its compute device and return it (ComfyUI: through a ModelPatcher and
-    ``load_models_gpu``, so it is offloaded with everything else when memory is needed; the DiT of a bundle with
-    LoRAs through a clone of that patcher carrying them, so they come off again when another bundle runs)."""
-    if part == "dit" and in_comfy():
-        return _use_dit_comfy(bundle)
+    ``load_models_gpu``, so it is offloaded with everything else when memory is needed; a DiT part (either expert of
+    a pair) of a bundle with LoRAs through a clone of that part's patcher carrying them, so they come off again when
+    another bundle runs)."""
+    if part in DIT_PARTS and in_comfy():
+        import comfy.model_management as mm
+        mm.load_models_gpu([_dit_patcher(bundle, part)])
+        return getattr(bundle, part)             # the run-time share of the LoRAs is attached here
     module = getattr(bundle, {"text": "text_encoder"}.get(part, part))
     if not in_comfy():
         return module
@@ -212,30 +218,30 @@ def _patcher(module, part: str):
     return patcher
 
 
-def _use_dit_comfy(bundle):
-    """ComfyUI: LoRA changes to dense weights become patches on a clone of the DiT's ModelPatcher (ComfyUI applies
-    them when it loads the model and restores the weights when it unloads or switches clones); changes to quantised
-    weights (and unmerged mode) run as forward hooks, attached by the bundle itself."""
-    import comfy.model_management as mm
-    module = bundle.base_dit()
-    patcher = _patcher(module, "dit")
-    bundle.host_merges_loras = True
-    if bundle.loras:
-        key = (id(module), tuple(bundle.loras), bundle.lora_mode)
+def _dit_patcher(bundle, part: str):
+    """ComfyUI: the patcher that runs a DiT part of this bundle. LoRA changes to dense weights become patches on a
+    clone of the part's ModelPatcher (ComfyUI applies them when it loads the model and restores the weights when it
+    unloads or switches clones); changes to quantised weights (and unmerged mode) run as forward hooks, attached by
+    the bundle itself."""
+    bundle.host_merges_loras = True              # before the part is built: the bundle must not merge itself
+    module = bundle.base_dit(part)
+    patcher = _patcher(module, part)
+    specs = bundle.lora_specs(part)
+    if specs:
+        key = (id(module), specs, bundle.lora_mode)
         clone = _patchers.get(key)
         if clone is None:
-            clone = _lora_clone(patcher, module, bundle)
+            clone = _lora_clone(patcher, module, bundle, part)
             _patchers[key] = clone
         patcher = clone
-    mm.load_models_gpu([patcher])
-    return bundle.dit
+    return patcher
 
 
-def _lora_clone(patcher, module, bundle):
+def _lora_clone(patcher, module, bundle, part: str):
     import inspect
     import comfy.lora
     from ..model.lora import LoraError, comfy_patch_dict, plan
-    merged, _ = plan(module, bundle.lora_changes(module), bundle.lora_mode)
+    merged, _ = plan(module, bundle.lora_changes(module, part), bundle.lora_mode)
     clone = patcher.clone()
     quiet = "log_missing" in inspect.signature(comfy.lora.load_lora).parameters
     for strength, lora_sd, to_load, diffs in comfy_patch_dict(module, merged, prefix="inner."):
@@ -249,17 +255,19 @@ def _lora_clone(patcher, module, bundle):
             patches.update(low)
         added = set(clone.add_patches(patches, strength))
         if added != set(patches):
-            raise LoraError(f"ComfyUI's model patcher has no weights named {', '.join(sorted(set(patches) - added)[:6])}")
+            missing = sorted(set(patches) - added)[:6]
+            raise LoraError(f"ComfyUI's model patcher has no weights named {', '.join(missing)}")
     return clone
 
 
 def release(bundle, part: str):
-    """Take a loaded part off its compute device now (ComfyUI: unload its ModelPatcher), e.g. the high-noise expert
-    when the low-noise one takes over. Headless the pipeline moves parts itself: nothing to do."""
+    """Take a loaded part off its compute device now (ComfyUI: unload its ModelPatcher, the LoRA clone for a DiT
+    part of a bundle with LoRAs), e.g. the high-noise expert when the low-noise one takes over. Headless the
+    pipeline moves parts itself: nothing to do."""
     module = bundle.loaded_parts().get(part)
-    patcher = _patchers.get(id(module)) if module is not None else None
-    if not in_comfy() or patcher is None:
+    if not in_comfy() or module is None:
         return
+    patcher = _dit_patcher(bundle, part) if part in DIT_PARTS else _patchers.get(id(module))
     import comfy.model_management as mm
     for loaded in list(mm.current_loaded_models):
         if getattr(loaded, "model", None) is patcher:

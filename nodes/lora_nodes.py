@@ -6,6 +6,7 @@ from .common import CATEGORY, MODEL
 
 NO_FILES = "(no files in models/loras)"
 MODES = ["auto", "merged", "unmerged"]
+EXPERTS = ["both", "high_noise", "low_noise"]
 
 
 def _loras() -> list[str]:
@@ -17,7 +18,8 @@ class SpacetimeLoRA:
                    "must land on the model or the node fails, naming the keys that did not and the closest layers. "
                    "Inside ComfyUI the change goes through its model patching, so it comes off again when a graph "
                    "without this LoRA runs. Reads kohya, LyCORIS (LoCon, LoHa, LoKr), diffusers / PEFT, ComfyUI and "
-                   "plain Wan key names, alpha and rank-stabilised alpha, full and bias deltas.")
+                   "plain Wan key names, alpha and rank-stabilised alpha, full and bias deltas. On a Wan 2.2 A14B "
+                   "model the LoRA goes on both experts, or on the one chosen in expert.")
     CATEGORY = f"{CATEGORY}/Model"
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)
@@ -35,22 +37,28 @@ class SpacetimeLoRA:
             "mode": (MODES, {"default": "auto", "tooltip": "auto: merged into full-precision weights, run beside "
                              "quantised (fp8 / GGUF) ones. merged: always merged (fast; not for quantised weights). "
                              "unmerged: added at run time, weights untouched (exact)."}),
+        }, "optional": {
+            "expert": (EXPERTS, {"default": "both", "tooltip": "Two-expert models (Wan 2.2 A14B): the expert(s) the "
+                                 "LoRA goes on. Wan 2.2 LoRAs made per expert come as a high-noise and a low-noise "
+                                 "file: chain two nodes. Single-DiT models: both."}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_name, strength=1.0, mode="auto", **kwargs):
+    def VALIDATE_INPUTS(cls, lora_name, strength=1.0, mode="auto", expert="both", **kwargs):
         if lora_name == NO_FILES:
             return "lora_name: no LoRA files found; put .safetensors LoRAs in ComfyUI's models/loras folder"
         if isinstance(mode, str) and mode not in MODES:
             return f"mode={mode!r} is not allowed; allowed: {', '.join(MODES)}"
+        if isinstance(expert, str) and expert not in EXPERTS:
+            return f"expert={expert!r} is not allowed; allowed: {', '.join(EXPERTS)}"
         return True
 
-    def apply(self, model, lora_name, strength=1.0, mode="auto"):
+    def apply(self, model, lora_name, strength=1.0, mode="auto", expert="both"):
         if lora_name == NO_FILES:
             raise ValueError("lora_name: no LoRA files found; put .safetensors LoRAs in ComfyUI's models/loras folder")
         if strength == 0:
             return (model,)
-        return (model.with_lora(host.model_file_path("loras", lora_name), strength, mode),)
+        return (model.with_lora(host.model_file_path("loras", lora_name), strength, mode, expert),)
 
 
 NODE_CLASS_MAPPINGS = {"SpacetimeLoRA": SpacetimeLoRA}

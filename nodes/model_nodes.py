@@ -51,8 +51,9 @@ class SpacetimeModelLoader:
         }, "optional": {
             "dit_low_noise_file": ([NONE] + host.list_model_files("diffusion_models"), {
                 "default": NONE, "tooltip": "Wan 2.2 A14B (presets wan2.2-*-a14b): the low-noise expert (models/"
-                "diffusion_models, e.g. wan2.2_t2v_low_noise_14B_*.safetensors); dit_file is then the high-noise "
-                "expert. Spacetime Denoise switches between them; one is on the GPU at a time."}),
+                "diffusion_models, any format dit_file takes, e.g. wan2.2_t2v_low_noise_14B_*.safetensors or .gguf); "
+                "dit_file is then the high-noise expert. Spacetime Denoise switches between them; one is on the GPU "
+                "at a time. LoRAs go on both unless the LoRA node names one."}),
         }}
 
     @classmethod

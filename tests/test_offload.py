@@ -1,5 +1,6 @@
 """Low VRAM: block-by-block offload of the DiT gives the same samples, streams the blocks, stops between blocks on
-cancel and cleans up; fp16 attention falls back to float32 where its scores would overflow."""
+cancel and cleans up, keeps LoRAs merged before it attaches and changed after; fp16 attention falls back to float32
+where its scores would overflow."""
 from dataclasses import replace
 
 import pytest
@@ -91,6 +92,46 @@ def test_python_api_offload_gives_the_same_video():
     streamed = st.generate("a red ball on navy", **kw)
     assert st.dit._block_offload.copies > 0
     assert (streamed - plain).abs().max().item() <= 1e-6
+
+
+def test_lora_is_merged_before_block_offload_attaches_and_later_changes_reach_offloaded_blocks(tmp_path,
+                                                                                                monkeypatch):
+    import spacetime.model.pipeline as pipeline
+    from spacetime.model.loading import write_safetensors_atomic
+    from spacetime.model.lora import activate, combine, read_lora, resolve, state_of
+    g = torch.Generator().manual_seed(2)
+    lora = {}
+    for i in (0, 3):                                   # a resident block and an offloaded one
+        lora[f"diffusion_model.blocks.{i}.ffn.0.lora_up.weight"] = torch.randn(512, 4, generator=g) * 0.2
+        lora[f"diffusion_model.blocks.{i}.ffn.0.lora_down.weight"] = torch.randn(4, 256, generator=g) * 0.2
+    lora["diffusion_model.blocks.3.norm3.diff_b"] = torch.randn(256, generator=g) * 0.1
+    path = tmp_path / "style.safetensors"
+    write_safetensors_atomic(lora, path)
+    attached = []
+    real = pipeline.BlockOffload
+
+    def spy(model, *args, **kwargs):                   # what the weights are when offload takes the CPU copies
+        attached.append((state_of(model).key, model.blocks[3].norm3.bias.detach().clone()))
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(pipeline, "BlockOffload", spy)
+    st = Spacetime.load("toyworld-random", device="cpu", offload_blocks=2)
+    st = replace(st, builders=dict(st.builders, dit=lambda b: tiny()))
+    styled = st.with_lora(path, 0.9)
+    ref = tiny()                                       # the LoRA merged by hand, no offload
+    activate(ref, ("ref",), combine([(resolve(read_lora(path), ref), 0.9)]), "merged")
+    x, t, ctx = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, 64)
+    with torch.no_grad():
+        out = styled.dit(x, t, ctx)
+        assert len(attached) == 1 and attached[0][0]                 # the LoRA was active when offload attached
+        assert torch.equal(attached[0][1], ref.blocks[3].norm3.bias)
+        assert styled.dit._block_offload.offloaded == [2, 3]
+        assert torch.allclose(out, ref(x, t, ctx), atol=1e-5, rtol=1e-5)
+        plain = tiny()(x, t, ctx)
+        off = st.dit._block_offload                                  # the LoRA comes off the offloaded blocks
+        assert torch.allclose(st.dit(x, t, ctx), plain, atol=1e-5, rtol=1e-5)
+        off._fetch(3)                        # a prefetched device copy of block 3 made before the LoRA goes back on
+        assert torch.allclose(styled.dit(x, t, ctx), ref(x, t, ctx), atol=1e-5, rtol=1e-5)
+        assert not off._live
 
 
 def test_fp16_attention_switches_to_float32_when_scores_would_overflow():

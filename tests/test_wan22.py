@@ -1,5 +1,6 @@
-"""Wan 2.2: the A14B expert pair (switch step, one expert resident, guidance per expert, image channels), the
-TI2V-5B bundle with its 48-channel VAE end to end, presets and clear errors. Small random-weight configurations."""
+"""Wan 2.2: the A14B expert pair (switch step, one expert resident, guidance per expert, image channels; LoRAs on
+both experts or one, quantised expert files), the TI2V-5B bundle with its 48-channel VAE end to end, presets and
+clear errors. Small random-weight configurations."""
 from dataclasses import replace
 from pathlib import Path
 
@@ -264,6 +265,80 @@ def test_expert_file_errors(tmp_path, tiny_presets):
         pair.activate(LOW)
 
 
+def _expert_lora(path, seed=7):
+    """A LoRA on the tiny experts: a low-rank pair on blocks.0.self_attn.q and a full delta on blocks.1.modulation.
+    Returns the path and the weight updates at strength 1."""
+    g = torch.Generator().manual_seed(seed)
+    up, down = torch.randn(256, 4, generator=g) * 0.1, torch.randn(4, 256, generator=g) * 0.1
+    mod = torch.randn(1, 6, 256, generator=g) * 0.01
+    write_safetensors_atomic({"diffusion_model.blocks.0.self_attn.q.lora_up.weight": up,
+                              "diffusion_model.blocks.0.self_attn.q.lora_down.weight": down,
+                              "diffusion_model.blocks.1.modulation.diff": mod}, path)
+    return path, {"blocks.0.self_attn.q.weight": up @ down, "blocks.1.modulation": mod}
+
+
+def test_loras_go_on_both_experts_or_the_one_named(tmp_path, tiny_presets):
+    st = Spacetime.load("test-t2v-a14b", device="cpu")
+    path, delta = _expert_lora(tmp_path / "style.safetensors")
+    base = {part: {k: v.clone() for k, v in st.base_dit(part).state_dict().items()} for part in ("dit", "dit_low")}
+    both, high, low = (st.with_lora(path, 0.5, expert=e) for e in ("both", "high_noise", "low_noise"))
+    text = st.encode_text(["a red ball"], [""])
+    for bundle, changed in ((both, {"dit", "dit_low"}), (high, {"dit"}), (low, {"dit_low"}), (st, set())):
+        seen = {}                            # the weights each expert runs with inside one sampling run
+
+        def spy(part):
+            def hook(mod, args):
+                seen.setdefault(part, {k: mod.get_parameter(k).detach().clone() for k in delta})
+            return hook
+        hooks = [st.base_dit(part).register_forward_pre_hook(spy(part)) for part in ("dit", "dit_low")]
+        bundle.sample_latents(text, st.latent_shape(1, 5, 32, 32), steps=4, switch=st.expert_switch(step=2))
+        for h in hooks:
+            h.remove()
+        for part in ("dit", "dit_low"):
+            for k, d in delta.items():
+                want = base[part][k] + (0.5 * d if part in changed else 0)
+                assert torch.allclose(seen[part][k], want, atol=1e-6), (bundle.lora_specs(part), part, k)
+    record = both.with_lora(path, -0.25, expert="low_noise").weights_record()["loras"]
+    assert [(x["strength"], x["expert"]) for x in record] == [(0.5, "both"), (-0.25, "low_noise")]
+    with pytest.raises(SpacetimeValueError, match="expert 'high_noise' needs a two-expert model"):
+        Spacetime.load("toyworld-random", device="cpu").with_lora(path, expert="high_noise")
+    with pytest.raises(SpacetimeValueError, match="expert 'middle' is not allowed; allowed: both, high_noise"):
+        st.with_lora(path, expert="middle")
+
+
+def test_quantised_experts_with_loras_and_block_offload(tmp_path, expert_files):
+    """fp8 (scaled) high-noise and GGUF Q8_0 low-noise expert files load through the same path as dense ones; a
+    LoRA lands on both (beside the packed weights) with block offload attached; both formats are recorded."""
+    from spacetime.model.gguf import write_gguf
+    from spacetime.model.loading import load_dit
+    from spacetime.model.lora import activate, combine, read_lora, resolve
+    from spacetime.model.quant import fp8_state_dict
+    hi, lo = tmp_path / "high_fp8.safetensors", tmp_path / "low-Q8_0.gguf"
+    write_safetensors_atomic(fp8_state_dict(tiny_dit(seed=1).state_dict()), hi)
+    write_gguf(lo, tiny_dit(seed=2).state_dict(), lambda n, t: "Q8_0" if t.dim() == 2 else "F32")
+    path, _ = _expert_lora(tmp_path / "style.safetensors")
+    st = Spacetime.load("test-t2v-a14b-files", dit=hi, dit_low_noise=lo, device="cpu", offload_blocks=1,
+                        loras=[(path, 0.8)])
+    x, t, ctx = torch.randn(1, 16, 2, 4, 4), torch.tensor([600.0]), torch.randn(1, 6, TINY.text_dim)
+    for part, file in (("dit", hi), ("dit_low", lo)):
+        module = getattr(st, part)
+        assert module._block_offload.offloaded == [1]
+        assert module.blocks[1].self_attn.q.weight.dtype == torch.uint8          # still packed
+        plain = load_dit(file, TINY)         # reference: the file's weights expanded, the LoRA merged, no offload
+        expanded = {f"{n}.weight": m.dequantized(torch.float32) for n, m in plain.named_modules() if hasattr(m, "codec")}
+        dense = tiny_dit()
+        dense.load_state_dict({k: expanded.get(k, v) for k, v in plain.state_dict().items()
+                               if not k.endswith(".weight_scale")})
+        with torch.no_grad():
+            activate(dense, ("ref",), combine([(resolve(read_lora(path), dense), 0.8)]), "merged")
+            assert torch.allclose(module(x, t, ctx), dense(x, t, ctx), atol=1e-5, rtol=1e-5), part
+    record = st.weights_record()
+    assert "fp8 e4m3fn, scaled" in record["dit_format"] and "Q8_0" in record["low_noise_dit_format"]
+    assert record["loras"][0]["expert"] == "both"
+    video = st.generate("a red ball", frames=5, width=32, height=32, steps=2, seed=1)
+    assert video.shape == (1, 5, 32, 32, 3) and torch.isfinite(video).all()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # TI2V-5B end to end
 # ----------------------------------------------------------------------------------------------------------------------
@@ -288,7 +363,8 @@ def test_ti2v_5b_runs_end_to_end_with_its_vae(tiny_presets):
         st.generate("a red ball", frames=9, width=48, height=32)
 
 
-def test_nodes_run_a_two_expert_model(tiny_presets):
+def test_nodes_run_a_two_expert_model(tiny_presets, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPACETIME_MODELS_DIR", str(tmp_path))
     from spacetime.nodes import NODE_CLASS_MAPPINGS as N
     loader = N["SpacetimeModelLoader"]
     assert list(loader.INPUT_TYPES()["optional"]) == ["dit_low_noise_file"]
@@ -305,6 +381,18 @@ def test_nodes_run_a_two_expert_model(tiny_presets):
     assert out["samples"].shape == (1, 16, 2, 4, 4)
     _, info = N["SpacetimeDenoise"]().denoise(model, text, latent, steps=8, cfg=3.0, shift=12.0)
     assert json.loads(info)["expert_switch_step"] == 6
+    # a LoRA on the low-noise expert only, through the LoRA node (models/loras)
+    import os
+    (Path(os.environ["SPACETIME_MODELS_DIR"]) / "loras").mkdir()
+    _expert_lora(Path(os.environ["SPACETIME_MODELS_DIR"]) / "loras" / "low.safetensors")
+    assert list(N["SpacetimeLoRA"].INPUT_TYPES()["optional"]) == ["expert"]
+    assert "expert='middle' is not allowed" in N["SpacetimeLoRA"].VALIDATE_INPUTS("low.safetensors", expert="middle")
+    (styled,) = N["SpacetimeLoRA"]().apply(model, "low.safetensors", 0.5, "auto", "low_noise")
+    out2, info = N["SpacetimeDenoise"]().denoise(styled, text, latent, steps=4, cfg=3.0, shift=12.0,
+                                                 expert_switch_step=1)
+    info = json.loads(info)
+    assert [(x["name"], x["expert"]) for x in info["loras"]] == [("low.safetensors", "low_noise")]
+    assert info["expert_switch_step"] == 1 and (out2["samples"] - out["samples"]).abs().max() > 1e-4
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -327,19 +415,26 @@ def expert_files(tmp_path, tiny_presets):
     DIT_PRESETS.pop("test-t2v-a14b-files", None)
 
 
-def test_cli_generates_with_two_experts_and_offload(tmp_path, capsys, expert_files):
+def test_cli_generates_with_two_experts_offload_and_loras(tmp_path, capsys, expert_files):
     import json
     from spacetime.cli import main
     high, low = expert_files
+    lora, _ = _expert_lora(tmp_path / "style.safetensors")
     out = tmp_path / "pair.mp4"
     rc = main(["generate", "a red ball bounces", "--model", str(high), "--dit-low-noise", str(low), "--steps", "4",
-               "--expert-switch-step", "3", "--cfg-high-noise", "4.5", "--offload-blocks", "1", "--out", str(out)])
-    assert rc == 0, capsys.readouterr().err
-    capsys.readouterr()
+               "--expert-switch-step", "3", "--cfg-high-noise", "4.5", "--offload-blocks", "1", "--lora", str(lora),
+               "--lora-low-noise", f"{lora}:0.5", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "high-noise expert high_noise.safetensors: safetensors (fp32" in err
+    assert "low-noise expert low_noise.safetensors: safetensors (fp32" in err
+    assert "strength 1, both experts" in err and "strength 0.5, low-noise expert" in err
     assert main(["verify", str(out), "--json"]) == 0
-    report = json.dumps(json.loads(capsys.readouterr().out))
-    assert '"expert_switch_step": 3' in report and '"cfg_high_noise": 4.5' in report
-    assert '"low_noise_checkpoint_sha256"' in report
+    gen = json.loads(capsys.readouterr().out)["manifest"]["generation"]
+    assert gen["expert_switch_step"] == 3 and gen["cfg_high_noise"] == 4.5 and gen["low_noise_checkpoint_sha256"]
+    assert gen["dit_format"] == gen["low_noise_dit_format"] == "safetensors (fp32 x69)"
+    assert [(x["name"], x["strength"], x["expert"]) for x in gen["loras"]] == [
+        ("style.safetensors", 1.0, "both"), ("style.safetensors", 0.5, "low_noise")]
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -349,6 +444,7 @@ def test_cli_generates_with_two_experts_and_offload(tmp_path, capsys, expert_fil
     (["--expert-boundary", "1.5"], "--expert-boundary 1.5"),
     (["--model", "wan2.2-t2v-a14b"], "has no DiT file of its own; give the checkpoint instead"),
     (["--model", "wan2.2-i2v-a14b", "--image", str(IMAGE)], "has no DiT file of its own"),
+    (["--lora-high-noise", f"{IMAGE}:0.5"], "--lora-high-noise '" + f"{IMAGE}:0.5': needs two experts"),
 ])
 def test_cli_expert_and_offload_errors_are_one_line(tmp_path, capsys, args, needle):
     from spacetime.cli import EXIT_BAD_INPUT, main
