@@ -82,11 +82,13 @@ def reconstruct(vae, x, sample: bool):
 
 def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float = 1e-4, cfg: VAEConfig = TOY_VAE,
               batch_scale: float = 1.0, time_limit: float = 0.0, decoder_only_from: Path | None = None,
-              bf16: bool = False, detail_weight: float = 0.0):
+              bf16: bool = False, detail_weight: float = 0.0, image_steps: int = 0, image_lr: float = 3e-4):
     """Train (or, with ``decoder_only_from``, fine-tune the decoder of) the VAE. Resumes from ``out/state.pt``.
     ``bf16``: autocast the convolutions to bfloat16 (about 1.5x faster on CPUs with AVX512-BF16; weights, losses
     and the final measurements stay float32). ``detail_weight``: extra loss weight on pixels that are not plain
-    background (objects, pillar, posts, with a margin), so small objects are learned as early as the backdrop."""
+    background (objects, pillar, posts, with a margin), so small objects are learned as early as the backdrop.
+    ``image_steps``: a first stage on single frames only (its own warm-up and cosine decay from ``image_lr``): the
+    spatial code is learned several times faster alone, and the clip stage then only adds time."""
     dev = device_and_threads()
     ck = Checkpointer(out)
     if decoder_only_from is not None:
@@ -109,12 +111,19 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
     rng = np.random.default_rng([seed, start, 17])
     t0 = time.time()
     for step in range(start, steps):
-        frames, nb, w, h = _batch_plan(rng, batch_scale)
+        if step < image_steps:
+            frames, nb, w, h = 1, max(1, int(round(16 * batch_scale))), *TRAIN_SIZES[int(rng.integers(3))]
+        else:
+            frames, nb, w, h = _batch_plan(rng, batch_scale)
         clips = [random_clip(int(rng.integers(2 ** 31)), frames, w, h) for _ in range(nb)]
         x = clips_to_tensor(clips).to(dev)
         wmap = detail_map(clips, x, detail_weight) if detail_weight else None
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup=100 if decoder_only_from is None else 20)
+            if step < image_steps:
+                g["lr"] = lr_at(step, image_steps, image_lr, warmup=50)
+            else:
+                g["lr"] = lr_at(step - image_steps, steps - image_steps, lr,
+                                warmup=100 if decoder_only_from is None else 20)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             if decoder_only_from is not None:
                 with torch.no_grad():
