@@ -24,10 +24,13 @@ def as_uint8(frames) -> np.ndarray:
     return a
 
 
-def background_color(frame: np.ndarray) -> np.ndarray:
-    """Median colour of the frame border (objects rarely touch every edge)."""
+def background_color(frame: np.ndarray, inset: int = 2) -> np.ndarray:
+    """Median colour of a ring ``inset`` pixels inside the frame border (objects rarely touch every edge; decoders
+    often leave the outermost pixels off-colour)."""
     f = frame.astype(np.float64)
-    border = np.concatenate([f[0], f[-1], f[:, 0], f[:, -1]])
+    i = min(inset, (min(f.shape[:2]) - 1) // 2)
+    ring = f[i:f.shape[0] - i, i:f.shape[1] - i]
+    border = np.concatenate([ring[0], ring[-1], ring[:, 0], ring[:, -1]])
     return np.median(border, axis=0)
 
 
