@@ -70,6 +70,32 @@ def init_vae(cfg: VAEConfig, seed: int):
     return vae
 
 
+@torch.no_grad()
+def inflate_to_video(vae):
+    """Turn a VAE trained on single frames into one that starts out coding a clip frame by frame.
+
+    On one frame a causal 3x3x3 convolution only ever sees its last time slice (the earlier ones meet the zero
+    padding), so after the image stage those slices are still random. Zeroing them makes every convolution act per
+    frame; the temporal down-sampling convolutions start by keeping the later frame of each pair and the up-sampling
+    ones by repeating each latent frame. The clip stage then begins at the image stage's picture quality (moving
+    objects excepted) instead of re-learning the spatial code through random time mixing."""
+    for m in vae.modules():
+        if not isinstance(m, torch.nn.Conv3d) or m.weight.shape[2] != 3:
+            continue
+        w = m.weight
+        if w.shape[3:] == (1, 1):                                   # a Resample time convolution
+            out_ch, in_ch = w.shape[:2]
+            w.zero_()
+            eye = torch.eye(in_ch, dtype=w.dtype)
+            for k in range(out_ch // in_ch):                        # 1 (downsample) or 2 (upsample) output frames
+                w[k * in_ch:(k + 1) * in_ch, :, 2, 0, 0] = eye
+            if m.bias is not None:
+                m.bias.zero_()
+        else:
+            w[:, :, :2] = 0.0
+    return vae
+
+
 def reconstruct(vae, x, sample: bool):
     """-> (reconstruction, mu, logvar) with the streamed chunked encode/decode the pipeline uses."""
     mom = torch.cat(list(vae.encode_chunks(x, moments=True)), dim=2)
@@ -82,13 +108,16 @@ def reconstruct(vae, x, sample: bool):
 
 def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float = 1e-4, cfg: VAEConfig = TOY_VAE,
               batch_scale: float = 1.0, time_limit: float = 0.0, decoder_only_from: Path | None = None,
-              bf16: bool = False, detail_weight: float = 0.0, image_steps: int = 0, image_lr: float = 3e-4):
+              bf16: bool = False, detail_weight: float = 0.0, image_steps: int = 0, image_lr: float = 3e-4,
+              init_from: Path | None = None):
     """Train (or, with ``decoder_only_from``, fine-tune the decoder of) the VAE. Resumes from ``out/state.pt``.
     ``bf16``: autocast the convolutions to bfloat16 (about 1.5x faster on CPUs with AVX512-BF16; weights, losses
     and the final measurements stay float32). ``detail_weight``: extra loss weight on pixels that are not plain
     background (objects, pillar, posts, with a margin), so small objects are learned as early as the backdrop.
     ``image_steps``: a first stage on single frames only (its own warm-up and cosine decay from ``image_lr``): the
-    spatial code is learned several times faster alone, and the clip stage then only adds time."""
+    spatial code is learned several times faster alone, and the clip stage then only adds time: it starts from the
+    image VAE inflated to act frame by frame (``inflate_to_video``). ``init_from``: a trained VAE folder to start
+    from instead of a fresh one (inflated first when it has had no clip training and ``image_steps`` is 0)."""
     dev = device_and_threads()
     ck = Checkpointer(out)
     if decoder_only_from is not None:
@@ -97,6 +126,12 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
         trainable = [p for n, p in vae.named_parameters() if n.startswith(("decoder.", "conv2."))]
         for n, p in vae.named_parameters():
             p.requires_grad_(n.startswith(("decoder.", "conv2.")))
+    elif init_from is not None:
+        vae, cfg = load_trained_vae(init_from)
+        vae = vae.to(dev).train()
+        if image_steps == 0 and json.loads((Path(init_from) / "vae.json").read_text()).get("image_only", False):
+            inflate_to_video(vae)
+        trainable = list(vae.parameters())
     else:
         vae = init_vae(cfg, seed).to(dev)
         trainable = list(vae.parameters())
@@ -111,6 +146,8 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
     rng = np.random.default_rng([seed, start, 17])
     t0 = time.time()
     for step in range(start, steps):
+        if image_steps and step == image_steps and decoder_only_from is None:
+            inflate_to_video(vae)
         if step < image_steps:
             frames, nb, w, h = 1, max(1, int(round(16 * batch_scale))), *TRAIN_SIZES[int(rng.integers(3))]
         else:
@@ -168,7 +205,7 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
         meta.update(measure_vae(vae))
         (Path(out) / "vae.json").write_text(json.dumps(meta, indent=1))
     else:
-        finalize_vae(out, vae, seed)
+        finalize_vae(out, vae, seed, image_only=step + 1 <= image_steps)
 
 
 @torch.no_grad()
@@ -201,14 +238,15 @@ def measure_vae(vae, n_clips: int = 24, frames: int = 33, seed: int = 123) -> di
             "recon_psnr_min_33f": round(float(pf.min()), 2), "recon_psnr_mean_33f": round(float(pf.mean()), 2)}
 
 
-def finalize_vae(out: Path, vae, seed: int):
+def finalize_vae(out: Path, vae, seed: int, image_only: bool = False):
     """Per-channel latent statistics (the DiT's normalisation), per-frame PSNR; writes vae.safetensors + vae.json."""
     mean, std = latent_stats(vae, seed)
     cfg = replace(vae.cfg, latent_mean=tuple(round(v, 5) for v in mean.tolist()),
                   latent_std=tuple(round(v, 5) for v in std.tolist()))
     write_safetensors_atomic(vae.state_dict(), Path(out) / "vae.safetensors", overwrite=True)
     m = measure_vae(vae)
-    (Path(out) / "vae.json").write_text(json.dumps({"config": config_to_dict(cfg), **m}, indent=1))
+    (Path(out) / "vae.json").write_text(json.dumps({"config": config_to_dict(cfg), "image_only": image_only, **m},
+                                                       indent=1))
     print(f"VAE recon PSNR on 33-frame clips: min over positions {m['recon_psnr_min_33f']:.2f} dB, "
           f"mean {m['recon_psnr_mean_33f']:.2f} dB; latent std {std.min():.2f}..{std.max():.2f}", flush=True)
 
