@@ -125,8 +125,13 @@ def copy_shipped_vae(out: Path):
     (out / "vae.json").write_text(json.dumps({"config": meta["vae"], **meta.get("vae_recon", {})}, indent=1))
 
 
+# The VAE recipe: single frames first (the spatial code), then the 1-33-frame clip mix from that VAE inflated to code
+# frame by frame, at a fine-tuning learning rate (a higher one undoes the image stage before time is learned).
+VAE_RECIPE = dict(steps=2500, image_steps=1000, image_lr=3e-4, lr=6e-5, detail_weight=5.0)
+
+
 def run_all(out: Path, budget_minutes: float = 0.0, fresh: bool = False, ship: bool = False,
-            vae_steps: int = 3000, decoder_steps: int = 600, clips: int = 24000, dit_steps: int = 40000):
+            decoder_steps: int = 600, clips: int = 24000, dit_steps: int = 40000):
     """vae -> encode -> dit -> decoder -> export, each stage resumable. ``budget_minutes`` (0 = none) splits a
     wall-time budget over the stages (GPU sessions); on a GPU the batches grow 8x."""
     out = Path(out)
@@ -140,9 +145,9 @@ def run_all(out: Path, budget_minutes: float = 0.0, fresh: bool = False, ship: b
             and shipped_vae_fits():
         print("no VAE state: reusing the shipped VAE (warm start)")
         copy_shipped_vae(vae_dir)
-    if not (vae_dir / "vae.json").exists() or ((vae_dir / "state.pt").exists() and not _stage_done(vae_dir,
-                                                                                                   vae_steps)):
-        train_vae(vae_dir, vae_steps, lr=2e-4, batch_scale=scale, time_limit=budget * share["vae"])
+    if not (vae_dir / "vae.json").exists() or ((vae_dir / "state.pt").exists()
+                                                and not _stage_done(vae_dir, VAE_RECIPE["steps"])):
+        train_vae(vae_dir, batch_scale=scale, time_limit=budget * share["vae"], bf16=cuda, **VAE_RECIPE)
     encode_dataset(vae_dir, data_dir, int(clips * (1 if not budget else min(1.0, budget / 3600))))
     r = DitRecipe(steps=dit_steps, tokens=int(4096 * scale), time_limit=budget * share["dit"],
                   probe_every=2000 if cuda else 1000)
@@ -181,9 +186,18 @@ def main(argv=None):
     a.add_argument("--fresh", action="store_true", help="do not warm-start from the shipped weights")
     a.add_argument("--ship", action="store_true", help="write into weights/ when the probe improves")
     a = sub.add_parser("vae", help="train the causal VAE on 1-33-frame toy-world clips")
-    a.add_argument("--out", type=Path, default=run / "vae")
-    a.add_argument("--steps", type=int, default=3000)
-    a.add_argument("--lr", type=float, default=2e-4)
+    a.add_argument("--out", type=Path, default=run / "vae", help="run folder of this stage (default: %(default)s)")
+    a.add_argument("--steps", type=int, default=VAE_RECIPE["steps"], help="all steps (default: %(default)s)")
+    a.add_argument("--image-steps", type=int, default=VAE_RECIPE["image_steps"],
+                   help="first steps on single frames only (default: %(default)s)")
+    a.add_argument("--image-lr", type=float, default=VAE_RECIPE["image_lr"],
+                   help="peak learning rate of the single-frame stage (default: %(default)s)")
+    a.add_argument("--lr", type=float, default=VAE_RECIPE["lr"],
+                   help="peak learning rate of the clip stage (default: %(default)s)")
+    a.add_argument("--detail-weight", type=float, default=VAE_RECIPE["detail_weight"],
+                   help="extra loss weight on object pixels (default: %(default)s)")
+    a.add_argument("--init", type=Path, help="a trained VAE folder to continue from (an image-only one is inflated)")
+    a.add_argument("--bf16", action="store_true", help="bf16 autocast (default: on with CUDA only)")
     a = sub.add_parser("decoder", help="fine-tune the VAE decoder (encoder frozen)")
     a.add_argument("--vae", type=Path, default=run / "vae")
     a.add_argument("--out", type=Path, default=run / "vae_dec")
@@ -214,7 +228,9 @@ def main(argv=None):
     if args.cmd == "all":
         run_all(args.out, args.budget_minutes, args.fresh, args.ship)
     elif args.cmd == "vae":
-        train_vae(args.out, args.steps, args.lr)
+        train_vae(args.out, args.steps, args.lr, image_steps=args.image_steps, image_lr=args.image_lr,
+                  detail_weight=args.detail_weight, init_from=args.init,
+                  bf16=args.bf16 or torch.cuda.is_available())
     elif args.cmd == "decoder":
         train_vae(args.out, args.steps, args.lr, decoder_only_from=args.vae)
     elif args.cmd == "encode":
