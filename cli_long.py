@@ -91,7 +91,7 @@ def _record(a, st, settings, **extra) -> dict:
 
 def _long(a, st, out, width, height, bar) -> int:
     from .model.longvideo import long_video_latents, stream_frames
-    from .nodes.long_nodes import parse_anchor_frames
+    from .nodes.long_nodes import frame_list, parse_anchor_frames
     from .provenance.stamp import StampWriter
     from .safety import FrameReview
     frames = a.frames or st.preset.default_frames
@@ -116,7 +116,7 @@ def _long(a, st, out, width, height, bar) -> int:
                              seed=a.seed, image=img, expand_prompt=not a.no_expand, **settings,
                              callback=lambda k, i, n: bar(i, n, f"window {k + 1}"))
     info = _record(a, st, settings, frames=frames, width=width, height=height, window_frames=window,
-                   overlap_frames=a.overlap_frames, anchor_frames=anchors, prompt="\n".join(prompts))
+                   overlap_frames=a.overlap_frames, anchor_frames=frame_list(anchors), prompt="\n".join(prompts))
     with StampWriter(out, a.fps or st.preset.fps, info, "\n".join(prompts), a.include_prompt, ingredients,
                      verdicts, review=FrameReview()) as writer:
         for piece in stream_frames(st, (r.latents for r in gen)):
@@ -128,6 +128,7 @@ def _long(a, st, out, width, height, bar) -> int:
 
 def _story(a, st, out, width, height, bar) -> int:
     from .model.storyboard import Shot, parse_shots, plan_story, storyboard_latents
+    from .nodes.long_nodes import frame_list
     from .provenance import stamp_video
     from .safety import check_frames
     shots = parse_shots(a.shot)
@@ -146,7 +147,8 @@ def _story(a, st, out, width, height, bar) -> int:
     if report.blocked:
         raise CliError(f"generated frames withheld by the safety policy: {report.summary()}", EXIT_BLOCKED)
     info = _record(a, st, settings, frames=plan.frames, width=width, height=height,
-                   conditioning=a.shot_conditioning, shots=[s.frames for s in plan.shots], cuts=plan.cuts,
+                   conditioning=a.shot_conditioning, shots=frame_list(s.frames for s in plan.shots),
+                   cuts=frame_list(plan.cuts),
                    prompt="\n".join(s.prompt for s in plan.shots))
     res = stamp_video(video, out, fps=a.fps or st.preset.fps, generation=info, prompt=info["prompt"],
                       include_prompt=a.include_prompt, safety_reports=verdicts + [report.to_dict()])

@@ -43,6 +43,11 @@ def parse_anchor_frames(text) -> list[int]:
                          f"separated by commas (e.g. '0'), or empty for none") from None
 
 
+def frame_list(numbers) -> str:
+    """Frame numbers as text for the generation record ('17, 33'): C2PA stores a list of small integers as bytes."""
+    return ", ".join(str(int(n)) for n in numbers)
+
+
 def _check_prompts(prompts):
     from ..safety.prompt import PromptBlockedError, check_prompt
     for p in prompts:
@@ -137,7 +142,7 @@ class SpacetimeLongVideo:
             windows = r.windows
         info = _info(model, seed=int(seed), steps=steps, cfg=cfg, shift=shift, sampler=sampler, frames=frames,
                      width=width, height=height, prompt="\n".join(lines), negative=negative, windows=windows,
-                     window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=anchors)
+                     window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=frame_list(anchors))
         return (latent_dict(latents), info)
 
 
@@ -257,7 +262,8 @@ class SpacetimeStoryboard:
                                        callback=lambda k, i, n: bar.update(1))
         info = _info(model, seed=int(seed), steps=steps, cfg=cfg, shift=shift, sampler=sampler, frames=plan.frames,
                      width=width, height=height, prompt="\n".join(s.prompt for s in plan.shots), negative=negative,
-                     conditioning=conditioning, shots=[s.frames for s in plan.shots], cuts=plan.cuts)
+                     conditioning=conditioning, shots=frame_list(s.frames for s in plan.shots),
+                     cuts=frame_list(plan.cuts))
         return (latent_dict(raw), info)
 
 
