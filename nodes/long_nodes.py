@@ -115,18 +115,19 @@ class SpacetimeLongVideo:
 
     def generate(self, model, prompts, negative, width, height, frames, window_frames, overlap_frames, anchor_frames,
                  seed=0, steps=20, cfg=5.0, shift=3.0, sampler="unipc", expand_prompt=True, image=None):
-        from ..model.longvideo import file_backed_latents, long_video_latents
+        from ..model.longvideo import file_backed_latents, long_video_latents, long_video_plan
         lines = _lines(prompts)
         if not lines:
             raise ValueError("prompts is empty; give one prompt per line (one line per window, the last holds)")
         anchors = parse_anchor_frames(anchor_frames)
         model.check_shape(width, height, frames)
+        windows = len(long_video_plan(frames, window_frames, overlap_frames, anchors, model.temporal_factor))
         _check_prompts(lines)
         img = None
         if image is not None:
             from .latent_nodes import _resize_cover
             img = _resize_cover(image[:1], width, height)[0]
-        bar = host.Progress(1, "long video")
+        bar = host.Progress(windows * steps, "long video")
         host.use(model, "text")
         gen = long_video_latents(model, lines, negative, frames=frames, width=width, height=height,
                                  window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=anchors,
@@ -135,11 +136,8 @@ class SpacetimeLongVideo:
         host.use(model, "vae")
         host.use(model, "dit")
         latents = file_backed_latents(model.latent_shape(1, frames, height, width), host.temp_directory())
-        windows = 0
         for r in gen:
-            bar.total = r.windows * steps
             latents[:, :, r.window.start:r.window.stop] = r.latents
-            windows = r.windows
         info = _info(model, seed=int(seed), steps=steps, cfg=cfg, shift=shift, sampler=sampler, frames=frames,
                      width=width, height=height, prompt="\n".join(lines), negative=negative, windows=windows,
                      window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=frame_list(anchors))

@@ -16,7 +16,9 @@ window is scored for
 Summary per run: identity kept (share of windows after the first), colour drift (the largest object colour drift),
 background drift, size change (largest), seam ratio (mean over seams); a run *drifts* when identity is kept in under
 90 % of the windows, colour drift exceeds 5 Delta E, or the mean seam ratio exceeds 1.5 (the targets of the long-video
-work). Runs with and without an anchor (the first frame re-used as known frames in every window) are compared.
+work). Four modes: the first window made from the prompt alone ("text") or from the scene's true first frame ("image",
+which measures drift apart from prompt following), each without and with an anchor ("+anchor": the first frame
+re-used as known frames in every later window).
 """
 from __future__ import annotations
 
@@ -235,30 +237,39 @@ def inject_colour_drift(frames: np.ndarray, color: str, per_frame: float, toward
 
 
 def generate_long(st, scene: Scene, frames: int, anchors: Sequence[int], seed: int, steps: Optional[int] = None,
-                  window_frames: int = 17, overlap_frames: int = 4, size: int = 64):
-    """The model's long video of a scene (its detailed caption as every window's prompt): uint8 frames and the
-    window plan."""
+                  window_frames: int = 17, overlap_frames: int = 4, size: int = 64, start: str = "text"):
+    """The model's long video of a scene (its detailed caption as every window's prompt; ``start`` "image" gives
+    the scene's true first frame as the first window's known frame): uint8 frames and the window plan."""
+    import torch
     from ..model.longvideo import long_video_latents, long_video_plan, stream_frames
     from .captions import detailed_caption
     plan = long_video_plan(frames, window_frames, overlap_frames, anchors, st.temporal_factor)
+    image = None
+    if start == "image":
+        image = torch.from_numpy(render(scene, 1, size, size).frames[0].astype(np.float32) / 255.0)
     gen = long_video_latents(st, [detailed_caption(scene)], frames=frames, width=size, height=size,
                              window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=anchors,
-                             seed=seed, steps=steps)
+                             seed=seed, steps=steps, image=image)
     out = np.concatenate([as_uint8(f.numpy()) for f in stream_frames(st, (r.latents for r in gen))])
     return out, plan
 
 
+MODES = {"text": ("text", ()), "text+anchor": ("text", (0,)), "image": ("image", ()), "image+anchor": ("image", (0,))}
+
+
 def evaluate(st, windows: int = 10, scenes: Sequence[Scene] = DRIFT_SCENES, seeds: Sequence[int] = (0,),
-             steps: Optional[int] = None, log=print) -> dict:
-    """With and without the first-frame anchor: per run the per-window rows and the summary, and the mean summary
-    of each mode."""
+             steps: Optional[int] = None, modes: Sequence[str] = tuple(MODES), log=print) -> dict:
+    """Per mode (the first window from the prompt alone, or from the scene's true first frame; with or without the
+    first frame as an anchor in every later window): per run the per-window rows and the summary, and the mean
+    summary of the mode."""
     runs = {}
-    for mode, anchors in (("no anchor", ()), ("anchor: first frame", (0,))):
+    for mode in modes:
+        start, anchors = MODES[mode]
         results = []
         for i, scene in enumerate(scenes):
             for s in seeds:
                 frames = frames_for(windows, anchors=len(anchors))
-                video, plan = generate_long(st, scene, frames, anchors, 9000 + 100 * s + i, steps)
+                video, plan = generate_long(st, scene, frames, anchors, 9000 + 100 * s + i, steps, start=start)
                 rows = measure_drift(video, window_segments(plan), scene.main.color, scene.background)
                 summ = summarize(rows)
                 results.append({"scene": f"{scene.main.color} {scene.main.shape} on {scene.background}",
@@ -281,8 +292,10 @@ def _mean(summaries: list[dict]) -> dict:
 def report_md(runs: dict, windows: int, preset: str) -> str:
     lines = [f"# Long-video drift ({preset}, {windows} windows)", "",
              "Each run: windows of 17 frames overlapping by 4 (1 latent frame), the scene's caption as every "
-             "window's prompt, 64x64, the preset's steps and CFG. Figures from the decoded frames; Delta E is "
-             "CIEDE2000.", "",
+             "window's prompt, 64x64, the preset's steps and CFG. text: the first window from the prompt; image: "
+             "from the scene's true first frame; +anchor: the first frame known in every later window. "
+             "Figures from the decoded frames; Delta E is CIEDE2000; drift is measured against the first window.",
+             "",
              "| mode | identity kept | colour drift (Delta E) | background drift | size change | seam ratio | "
              "object Delta E vs prompt, first / last window | runs drifting |",
              "|---|---|---|---|---|---|---|---|"]
@@ -310,15 +323,20 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
     ap.add_argument("--windows", type=int, default=10, help="windows per video (default: 10)")
     ap.add_argument("--quick", action="store_true", help="three scenes instead of six (default: off)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated (default: {','.join(MODES)})")
     ap.add_argument("--steps", type=int, default=0, help="sampling steps (default: 0 = the preset's)")
     ap.add_argument("--report", type=Path, help="write a markdown report here (default: none)")
     ap.add_argument("--json", type=Path, help="write every figure as JSON here (default: none)")
     a = ap.parse_args(argv)
     if a.windows < 2:
         ap.error(f"--windows {a.windows}: allowed 2 or more")
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        ap.error(f"--modes {a.modes!r}: allowed {', '.join(MODES)}")
     from ..model.pipeline import Spacetime
     st = Spacetime.load(a.preset)
-    runs = evaluate(st, a.windows, DRIFT_SCENES[:3] if a.quick else DRIFT_SCENES, steps=a.steps or None)
+    runs = evaluate(st, a.windows, DRIFT_SCENES[:3] if a.quick else DRIFT_SCENES, steps=a.steps or None,
+                    modes=modes)
     for mode, r in runs.items():
         m = r["mean"]
         print(f"{mode}: identity {m['identity']:.0%}, colour drift {m['colour_drift']:.1f}, seam {m['seam']:.2f}")
