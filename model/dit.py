@@ -157,22 +157,30 @@ class ShotText:
             raise ValueError(f"frame_shots holds shot numbers {int(frame_shots.min())}..{int(frame_shots.max())}; "
                              f"allowed: 0..{shots - 1}")
         self.k, self.v, self.frame_shots, self.shots = k, v, frame_shots.long(), shots
+        self._tokens: dict = {}
+
+    def _token_index(self, L: int, device) -> list:
+        """[(shot, token indices)] for L video tokens (computed once per length and device)."""
+        key = (L, str(device))
+        if key not in self._tokens:
+            Fp = self.frame_shots.numel()
+            if L % Fp:
+                raise ValueError(f"{L} video tokens do not split into {Fp} frames (frame_shots has one entry per "
+                                 f"token frame)")
+            token_shots = self.frame_shots.to(device).repeat_interleave(L // Fp)
+            self._tokens[key] = [(s, (token_shots == s).nonzero().squeeze(1))
+                                 for s in torch.unique(self.frame_shots).tolist()]
+        return self._tokens[key]
 
     def attend(self, q: torch.Tensor) -> torch.Tensor:
         """q [B, heads, L, d] with L = F' x tokens per frame -> [B, heads, L, d]."""
-        B, H, L, D = q.shape
-        Fp = self.frame_shots.numel()
-        if L % Fp:
-            raise ValueError(f"{L} video tokens do not split into {Fp} frames (frame_shots has one entry per "
-                             f"token frame)")
+        B = q.shape[0]
         k = self.k.unflatten(0, (-1, self.shots))                # [groups, shots, heads, L_text, d]
         v = self.v.unflatten(0, (-1, self.shots))
         if k.shape[0] != B:
             k, v = k.expand(B, -1, -1, -1, -1), v.expand(B, -1, -1, -1, -1)
-        token_shots = self.frame_shots.to(q.device).repeat_interleave(L // Fp)
         out = torch.empty_like(q)
-        for s in torch.unique(token_shots).tolist():
-            idx = (token_shots == s).nonzero().squeeze(1)
+        for s, idx in self._token_index(q.shape[2], q.device):
             out[:, :, idx] = F.scaled_dot_product_attention(q[:, :, idx], k[:, s], v[:, s])
         return out
 
