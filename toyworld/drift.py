@@ -187,12 +187,13 @@ def measure_drift(frames, segments: Sequence[tuple], color: str, background: str
 
 
 def summarize(rows: list[dict]) -> dict:
-    later = rows[1:]
+    later, nan = rows[1:], float("nan")
     out = {"windows": len(rows),
            "identity": float(np.mean([r["identity"] for r in later])) if later else float(rows[0]["identity"]),
-           "colour_drift": max((r.get("object_drift", 0.0) for r in later), default=0.0),
+           # nan when the first window shows no object to compare with
+           "colour_drift": max((r["object_drift"] for r in later if "object_drift" in r), default=nan),
            "background_drift": max((r.get("background_drift", 0.0) for r in later), default=0.0),
-           "size_change": max((abs(r.get("size_change", 0.0)) for r in later), default=0.0),
+           "size_change": max((abs(r["size_change"]) for r in later if "size_change" in r), default=nan),
            "seam": float(np.mean([r["seam_ratio"] for r in later])) if later else 0.0,
            "object_de_first": rows[0].get("object_de", float("nan")),
            "object_de_last": rows[-1].get("object_de", float("nan")),
@@ -284,7 +285,8 @@ def evaluate(st, windows: int = 10, scenes: Sequence[Scene] = DRIFT_SCENES, seed
 def _mean(summaries: list[dict]) -> dict:
     keys = ("identity", "colour_drift", "background_drift", "size_change", "seam", "object_de_first",
             "object_de_last", "background_de_last")
-    out = {k: float(np.mean([s[k] for s in summaries])) for k in keys}
+    out = {k: float(np.nanmean([s[k] for s in summaries])) if any(np.isfinite(s[k]) for s in summaries)
+           else float("nan") for k in keys}
     out["drifting_runs"] = float(np.mean([s["drifting"] for s in summaries]))
     return out
 
