@@ -1,20 +1,21 @@
 """Long-video benchmark (prints figures; not a test): memory and time of the streamed long-video path.
 
-    python benchmarks/bench_longvideo.py [--preset toyworld] [--frames 961] [--steps 0] [--out-dir DIR]
+    python benchmarks/bench_longvideo.py [--preset toyworld] [--frames 961] [--steps 0]
 
-Each length runs in a fresh process: windows of 17 frames (overlap 4, the first frame as anchor) sampled, decoded,
-reviewed by the frame classifier, watermarked, encoded and signed as they come (what ``spacetime generate
---window-frames`` does). Printed per length: the peak resident memory, the memory after the first window (the model,
-the classifier, the encoder and the decoder state loaded), their difference (what the run added while it grew), the
-signed MP4's size, what the whole video would take as float32 frames, and the time per window. The default long run
-is 2 minutes of 64x64 video at 8 fps (961 frames); a short run of 41 frames is the baseline. Flat memory: the
-resident memory of the long run grows by less from its third window to its end than the output file does (and the
-peak grows less than the file between the short and the long run).
+Each run is a fresh process: windows of 17 frames (overlap 4, the first frame as anchor) sampled, decoded,
+watermarked, encoded and signed as they come (what ``spacetime generate --window-frames`` does), with the frame
+classifier's review of every piece (as the CLI does) and without it. The default long run is 2 minutes of 64x64
+video at 8 fps (961 frames); a 41-frame run is the baseline. Printed per run: the peak resident memory, the resident
+memory after each window (every 10th shown), its change from the 4th window to the end and between the second and
+the last quarter of the run, the signed MP4's size, what the whole video would take as float32 frames, and the time
+per window. Flat memory: from the 4th window on (the model, the decoder state, the encoder and the classifier
+loaded) resident memory grows by less than the output file does.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,13 +26,13 @@ from _checkout import PRELUDE  # noqa: E402  (also imports this checkout as ``sp
 RUN = PRELUDE + """
 import json, resource, sys, time
 from pathlib import Path
-import torch
 from spacetime.model.longvideo import long_video_latents, stream_frames
 from spacetime.model.pipeline import Spacetime
 from spacetime.provenance.stamp import StampWriter
 from spacetime.safety import FrameReview
 
 preset, frames, steps, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) or None, Path(sys.argv[4])
+review = sys.argv[5] == "review"
 
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -47,7 +48,7 @@ def on_step(k, i, n):
 gen = long_video_latents(st, ["a red ball rests on a navy background"], frames=frames, width=64, height=64,
                          window_frames=17, overlap_frames=4, anchor_frames=[0], seed=1, steps=steps,
                          callback=on_step)
-with StampWriter(out, 8, {"model": preset}, review=FrameReview()) as w:
+with StampWriter(out, 8, {"model": preset}, review=FrameReview() if review else None) as w:
     for piece in stream_frames(st, (r.latents for r in gen)):
         w.write(piece)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -60,12 +61,25 @@ print(json.dumps({"frames": w.info["frames"], "windows": len(marks), "peak_mb": 
 """
 
 
-def run(preset: str, frames: int, steps: int, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", RUN, preset, str(frames), str(steps), str(out)], capture_output=True,
-                          text=True)
+def run(preset: str, frames: int, steps: int, out: Path, review: bool) -> dict:
+    proc = subprocess.run([sys.executable, "-c", RUN, preset, str(frames), str(steps), str(out),
+                           "review" if review else "no-review"], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"the run of {frames} frames failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def describe(name: str, r: dict) -> str:
+    marks = r["rss_by_window_mb"]
+    q = max(1, len(marks) // 4)
+    after4 = max(marks[3:], default=marks[-1]) - marks[min(3, len(marks) - 1)]
+    trend = statistics.median(marks[-q:]) - statistics.median(marks[q:2 * q])
+    flat = after4 * 2 ** 20 < r["file_mb"] * 2 ** 20
+    return (f"{name}: {r['frames']} frames, {r['windows']} windows; peak {r['peak_mb']:.0f} MB; resident after "
+            f"windows 1, 11, 21, ...: {marks[::10]} MB; from window 4 to the end +{after4:.1f} MB at most, last "
+            f"quarter vs second quarter {trend:+.1f} MB; MP4 {r['file_mb'] * 1024:.0f} KB; as float32 frames "
+            f"{r['float_frames_mb']:.0f} MB; {r['seconds_per_window']:.2f} s per window -> "
+            f"{'flat' if flat else 'grows by more than the file'}")
 
 
 def main(argv=None) -> int:
@@ -74,29 +88,19 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=961, help="frames of the long run, 1 + 4k (default: 961 = 2 "
                     "minutes at 8 fps)")
     ap.add_argument("--short", type=int, default=41, help="frames of the baseline run (default: 41)")
-    ap.add_argument("--steps", type=int, default=0, help="sampling steps per window (default: 0 = the preset's)")
-    ap.add_argument("--out-dir", type=Path, help="keep the MP4s here (default: a temporary folder)")
+    ap.add_argument("--steps", type=int, default=0, help="sampling steps per window; memory does not depend on "
+                    "them (default: 0 = the preset's)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = a.out_dir or Path(tmp)
-        res = {n: run(a.preset, n, a.steps, folder / f"long_{n}.mp4") for n in (a.short, a.frames)}
-    for n, r in res.items():
-        added = r["peak_mb"] - r["after_first_window_mb"]
-        print(f"{n} frames ({r['windows']} windows): peak {r['peak_mb']:.0f} MB, after the first window "
-              f"{r['after_first_window_mb']:.0f} MB, added while running {added:.1f} MB; MP4 "
-              f"{r['file_mb'] * 1024:.0f} KB; as float32 frames {r['float_frames_mb']:.0f} MB; "
-              f"{r['seconds_per_window']:.2f} s per window, {r['seconds']:.0f} s in all")
-    s, l_ = res[a.short], res[a.frames]
-    growth = l_["peak_mb"] - s["peak_mb"]
-    file_growth = l_["file_mb"] - s["file_mb"]
-    floats = l_["float_frames_mb"] - s["float_frames_mb"]
-    print(f"peak memory grew by {growth:.1f} MB from {a.short} to {a.frames} frames; the output file by "
-          f"{file_growth * 1024:.0f} KB; the frames as float32 by {floats:.0f} MB")
-    marks = l_["rss_by_window_mb"]
-    within = max(marks[2:]) - marks[2] if len(marks) > 2 else 0.0
-    print(f"resident memory every 10th window of the long run (MB): {marks[::10]}")
-    print(f"within the long run, resident memory grew by {within * 1024:.0f} KB after window 3 while the MP4 grew to "
-          f"{l_['file_mb'] * 1024:.0f} KB: {'flat' if within < l_['file_mb'] else 'GROWS'}")
+        short = run(a.preset, a.short, a.steps, Path(tmp) / "short.mp4", True)
+        long_review = run(a.preset, a.frames, a.steps, Path(tmp) / "long.mp4", True)
+        long_plain = run(a.preset, a.frames, a.steps, Path(tmp) / "long_plain.mp4", False)
+    print(describe("short run, frames reviewed", short))
+    print(describe("long run, frames reviewed", long_review))
+    print(describe("long run, no frame review", long_plain))
+    print(f"peak memory, short -> long run (reviewed): {long_review['peak_mb'] - short['peak_mb']:+.1f} MB; output "
+          f"file {short['file_mb'] * 1024:.0f} -> {long_review['file_mb'] * 1024:.0f} KB; the frames as float32 "
+          f"{short['float_frames_mb']:.0f} -> {long_review['float_frames_mb']:.0f} MB")
     return 0
 
 
