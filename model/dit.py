@@ -181,7 +181,7 @@ class ShotText:
             k, v = k.expand(B, -1, -1, -1, -1), v.expand(B, -1, -1, -1, -1)
         out = torch.empty_like(q)
         for s, idx in self._token_index(q.shape[2], q.device):
-            out[:, :, idx] = F.scaled_dot_product_attention(q[:, :, idx], k[:, s], v[:, s])
+            out[:, :, idx] = attention(q[:, :, idx], k[:, s], v[:, s])
         return out
 
 

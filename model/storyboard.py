@@ -166,6 +166,9 @@ def sample_shots(st, text, frame_shots: torch.Tensor, shape: tuple, seed: int, s
     one prompt per shot (encoded with a negative each), ``frame_shots`` [F'] the shot of every latent frame.
     Returns raw latents."""
     from .pipeline import noise_for
+    if getattr(st, "has_experts", False) or getattr(st, "concat_conditioned", False):
+        raise SpacetimeValueError(f"per-shot text conditioning needs a single text-to-video DiT; {st.preset.name} "
+                                  f"has two experts or image channels; allowed: conditioning='reference'")
     dit = st.dit
     dev = dit.device
     if cond is not None:
