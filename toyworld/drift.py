@@ -10,7 +10,7 @@ window is scored for
                            window, an area within 0.5-2x of it, in at least half of the window's frames
   seam ratio               the frame change across the window's first new frame over the median change around it
 
-    python -m spacetime.toyworld.drift [--windows 10] [--quick] [--report docs/drift.md] [--json out.json]
+    python -m spacetime.toyworld.drift [--windows 10] [--quick | --scenes N] [--report docs/drift.md] [--json out.json]
     spacetime eval --drift ...
 
 Summary per run: identity kept (share of windows after the first), colour drift (the largest object colour drift),
@@ -325,6 +325,8 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
     ap.add_argument("--windows", type=int, default=10, help="windows per video (default: 10)")
     ap.add_argument("--quick", action="store_true", help="three scenes instead of six (default: off)")
+    ap.add_argument("--scenes", type=int, default=0,
+                    help=f"the first N of the {len(DRIFT_SCENES)} scenes (default: 0 = all, or three with --quick)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated (default: {','.join(MODES)})")
     ap.add_argument("--steps", type=int, default=0, help="sampling steps (default: 0 = the preset's)")
     ap.add_argument("--report", type=Path, help="write a markdown report here (default: none)")
@@ -332,22 +334,29 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.windows < 2:
         ap.error(f"--windows {a.windows}: allowed 2 or more")
+    if not 0 <= a.scenes <= len(DRIFT_SCENES):
+        ap.error(f"--scenes {a.scenes}: allowed 1 to {len(DRIFT_SCENES)} (0 = all)")
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
         ap.error(f"--modes {a.modes!r}: allowed {', '.join(MODES)}")
     from ..model.pipeline import Spacetime
     st = Spacetime.load(a.preset)
-    runs = evaluate(st, a.windows, DRIFT_SCENES[:3] if a.quick else DRIFT_SCENES, steps=a.steps or None,
-                    modes=modes)
+    scenes = DRIFT_SCENES[:a.scenes or (3 if a.quick else len(DRIFT_SCENES))]
+    runs = evaluate(st, a.windows, scenes, steps=a.steps or None, modes=modes)
     for mode, r in runs.items():
         m = r["mean"]
         print(f"{mode}: identity {m['identity']:.0%}, colour drift {m['colour_drift']:.1f}, seam {m['seam']:.2f}")
-    if a.report:
-        a.report.write_text(report_md(runs, a.windows, a.preset))
-        print("report:", a.report)
-    if a.json:
-        a.json.write_text(json.dumps(runs, indent=1, default=float))
+    write_reports(a.report, lambda: report_md(runs, a.windows, a.preset), a.json, runs)
     return 0
+
+
+def write_reports(report: Optional[Path], markdown, json_path: Optional[Path], figures) -> None:
+    """Write the Markdown report (``markdown()`` makes it) and every figure as JSON where paths were given."""
+    if report:
+        report.write_text(markdown())
+        print("report:", report)
+    if json_path:
+        json_path.write_text(json.dumps(figures, indent=1, default=float))
 
 
 if __name__ == "__main__":

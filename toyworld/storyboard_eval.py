@@ -18,14 +18,13 @@ a camera pan is not a cut) that stand out from the differences around them.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from .analysis import as_uint8, nearest_background
-from .drift import object_summary, window_views
+from .drift import object_summary, window_views, write_reports
 from .shots import Story, sample_story
 
 CUT_RATIO = 3.0               # a cut changes the picture 3x more than the frames around it ...
@@ -207,11 +206,7 @@ def main(argv=None) -> int:
     from ..model.pipeline import Spacetime
     st = Spacetime.load(a.preset)
     res = evaluate(st, a.stories, modes, steps=a.steps or None)
-    if a.report:
-        a.report.write_text(report_md(res, a.preset))
-        print("report:", a.report)
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=1, default=float))
+    write_reports(a.report, lambda: report_md(res, a.preset), a.json, res)
     return 0
 
 
