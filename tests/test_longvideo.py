@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from isolation import isolate_dirs
 from spacetime.cli import EXIT_BAD_INPUT, main
 from spacetime.model.errors import SpacetimeValueError
 from spacetime.model.longvideo import (file_backed_latents, long_video_latents, long_video_plan, plan_windows,
@@ -19,14 +20,7 @@ from spacetime.toyworld.drift import window_segments
 
 @pytest.fixture(autouse=True)
 def dirs(tmp_path, tmp_path_factory, monkeypatch):
-    out = tmp_path / "output"
-    out.mkdir()
-    monkeypatch.setenv("SPACETIME_OUTPUT_DIR", str(out))
-    monkeypatch.setenv("SPACETIME_TEMP_DIR", str(tmp_path / "temp"))
-    monkeypatch.setenv("SPACETIME_CONFIG_DIR", str(tmp_path_factory.getbasetemp() / "long-config"))
-    for var in ("SPACETIME_SIGN_CERT", "SPACETIME_SIGN_KEY", "SPACETIME_TRUST_ANCHORS", "SPACETIME_SAFETY_POLICY"):
-        monkeypatch.delenv(var, raising=False)
-    return {"output": out, "temp": tmp_path / "temp"}
+    return isolate_dirs(tmp_path, tmp_path_factory, monkeypatch, "long-config")
 
 
 @pytest.fixture(scope="module")
