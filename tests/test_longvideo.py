@@ -363,3 +363,21 @@ def test_drift_evaluation_tells_steady_from_drifting(scene_index):
     drifted = summarize(measure_drift(inject_colour_drift(gt, scene.main.color, 0.004), segs, scene.main.color,
                                       scene.background))
     assert drifted["drifting"] and drifted["colour_drift"] > 5.0
+
+
+def test_evaluation_reports_never_overwrite(dirs):
+    from spacetime.toyworld.drift import main as drift_main, write_reports
+    from spacetime.toyworld.storyboard_eval import main as storyboard_main
+    folder = dirs["output"]
+    kept = folder / "drift.md"
+    kept.write_text("kept")
+    for run, opt in ((drift_main, "--report"), (storyboard_main, "--json")):   # refused before the model loads
+        with pytest.raises(SystemExit) as e:
+            run([opt, str(kept)])
+        assert e.value.code == 2
+    new = folder / "new.json"
+    write_reports(None, None, new, {"identity": 1.0})
+    with pytest.raises(FileExistsError):
+        write_reports(None, None, new, {"identity": 0.5})
+    assert kept.read_text() == "kept" and json.loads(new.read_text()) == {"identity": 1.0}
+    assert sorted(p.name for p in folder.iterdir()) == ["drift.md", "new.json"]

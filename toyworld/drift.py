@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -332,6 +333,7 @@ def main(argv=None) -> int:
     ap.add_argument("--report", type=Path, help="write a markdown report here (default: none)")
     ap.add_argument("--json", type=Path, help="write every figure as JSON here (default: none)")
     a = ap.parse_args(argv)
+    refuse_existing(ap, a)
     if a.windows < 2:
         ap.error(f"--windows {a.windows}: allowed 2 or more")
     if not 0 <= a.scenes <= len(DRIFT_SCENES):
@@ -350,13 +352,31 @@ def main(argv=None) -> int:
     return 0
 
 
+def refuse_existing(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Stop before any work when ``--report`` or ``--json`` names a file that exists (reports never overwrite)."""
+    for opt in ("report", "json"):
+        path = getattr(a, opt)
+        if path is not None and path.exists():
+            ap.error(f"--{opt} {path}: the file exists; give a new path (reports never overwrite a file)")
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, linked into place only if ``path`` does not exist."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+    finally:
+        tmp.unlink()
+
+
 def write_reports(report: Optional[Path], markdown, json_path: Optional[Path], figures) -> None:
     """Write the Markdown report (``markdown()`` makes it) and every figure as JSON where paths were given."""
     if report:
-        report.write_text(markdown())
+        _write_new(report, markdown())
         print("report:", report)
     if json_path:
-        json_path.write_text(json.dumps(figures, indent=1, default=float))
+        _write_new(json_path, json.dumps(figures, indent=1, default=float))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .analysis import as_uint8, nearest_background
-from .drift import object_summary, window_views, write_reports
+from .drift import object_summary, refuse_existing, window_views, write_reports
 from .shots import Story, sample_story
 
 CUT_RATIO = 3.0               # a cut changes the picture 3x more than the frames around it ...
@@ -194,6 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--report", type=Path, help="write a markdown report here (default: none)")
     ap.add_argument("--json", type=Path, help="write every figure as JSON here (default: none)")
     a = ap.parse_args(argv)
+    refuse_existing(ap, a)
     if a.quick:
         a.stories = min(a.stories, 3)
     from ..model.storyboard import MODES
