@@ -40,19 +40,19 @@ class CliError(Exception):
 
 class TerminalProgress:
     def __init__(self, stream=None):
-        self.stream = stream or sys.stderr                # the stderr of the moment, not of import time
-        self.tty = self.stream.isatty()
+        self.stream = stream                              # None: the stderr of each write's moment
         self.last = ""
 
     def __call__(self, done: int, total: int, label: str):
+        stream = self.stream or sys.stderr
         width = 30
         fill = int(width * done / max(1, total))
         line = f"{label:>8} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}"
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if done >= total else ""))
-            self.stream.flush()
+        if stream.isatty():
+            stream.write("\r" + line + ("\n" if done >= total else ""))
+            stream.flush()
         elif done >= total and line != self.last:
-            self.stream.write(line + "\n")
+            stream.write(line + "\n")
         self.last = line
 
 
@@ -482,6 +482,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("spacetime: cancelled", file=sys.stderr)
         return 130
+    finally:                                            # the terminal bar is the progress hook of one command only
+        host = sys.modules.get(f"{__package__}.nodes.host")
+        if host is not None:
+            host.set_progress_hook(None)
 
 
 if __name__ == "__main__":

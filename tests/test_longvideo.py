@@ -308,14 +308,7 @@ def test_long_video_node_validation_and_cancel(dirs):
     assert list(dirs["output"].rglob("*.mp4")) == [] and list(dirs["output"].rglob(".*")) == []
 
 
-@pytest.fixture
-def no_progress_hook():
-    from spacetime.nodes import host
-    yield
-    host.set_progress_hook(None)                    # the CLI leaves its terminal bar as the progress hook
-
-
-def test_cli_long_video(dirs, capsys, no_progress_hook):
+def test_cli_long_video(dirs, capsys):
     out = dirs["output"] / "cli_long.mp4"
     rc = main(["generate", "a red ball rests on a navy background", "--frames", "41", "--window-frames", "17",
                "--anchor-frames", "0", "--window-prompt", "a red ball bounces on a navy background", "--steps", "1",
@@ -323,6 +316,8 @@ def test_cli_long_video(dirs, capsys, no_progress_hook):
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "window 3" in err                                       # progress per window
+    from spacetime.nodes import host
+    assert host._progress_hook is None                              # the CLI's bar does not outlive the command
     from spacetime.provenance import verify_file
     rep = verify_file(out)
     assert rep["manifest"]["state"] == "trusted" and rep["manifest"]["generation"]["frames"] == 41

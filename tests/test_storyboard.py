@@ -181,14 +181,7 @@ def test_storyboard_node_and_its_validation():
     assert r["3"]["result"][0].shape == (17, 64, 64, 3)
 
 
-@pytest.fixture
-def no_progress_hook():
-    from spacetime.nodes import host
-    yield
-    host.set_progress_hook(None)                    # the CLI leaves its terminal bar as the progress hook
-
-
-def test_cli_storyboard(tmp_path, capsys, no_progress_hook):
+def test_cli_storyboard(tmp_path, capsys):
     out = tmp_path / "story.mp4"
     rc = main(["generate", "--shot", "9: a red ball on a navy background", "--shot", "8: a red ball on beige",
                "--shot-conditioning", "reference", "--steps", "1", "--model", "toyworld-random", "--out", str(out)])
