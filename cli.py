@@ -4,10 +4,12 @@
                        [--frames N] [--width W] [--height H] [--fps F] [--steps S] [--cfg G] [--seed K]
                        [--model PRESET_OR_PATH [--dit-low-noise PATH]] [--lora FILE[:STRENGTH] ...]
                        [--offload-blocks N] --out PATH.mp4
+    spacetime generate "PROMPT" --frames 961 --window-frames 17 [--anchor-frames 0] [--window-prompt TEXT ...] ...
+    spacetime generate --shot "17: PROMPT" --shot "16: PROMPT" [--shot-conditioning text|reference] ...
     spacetime generate --help        (every option, what it does and its default)
     spacetime run WORKFLOW.json [--set NODE_ID.INPUT=VALUE ...] [--out DIR]
     spacetime verify PATH.mp4 [--json]
-    spacetime eval [--quick] [--report PATH]
+    spacetime eval [--quick] [--report PATH] [--drift | --storyboard]
 
 Bad input or blocked content: a one-line reason on stderr and a non-zero exit; nothing is written.
 """
@@ -37,20 +39,20 @@ class CliError(Exception):
 # ----------------------------------------------------------------------------------------------------------------------
 
 class TerminalProgress:
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None):
+        self.stream = stream                              # None: the stderr of each write's moment
         self.last = ""
 
     def __call__(self, done: int, total: int, label: str):
+        stream = self.stream or sys.stderr
         width = 30
         fill = int(width * done / max(1, total))
         line = f"{label:>8} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}"
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if done >= total else ""))
-            self.stream.flush()
+        if stream.isatty():
+            stream.write("\r" + line + ("\n" if done >= total else ""))
+            stream.flush()
         elif done >= total and line != self.last:
-            self.stream.write(line + "\n")
+            stream.write(line + "\n")
         self.last = line
 
 
@@ -149,6 +151,8 @@ def cmd_generate(a) -> int:
     from .nodes import host
     out = _check_out(a.out)
     _check_numbers(a)
+    from . import cli_long
+    cli_long.check(a)
     if a.image and a.extend:
         raise CliError("--image and --extend cannot be combined")
     if a.after and a.direction != "fill":
@@ -161,7 +165,7 @@ def cmd_generate(a) -> int:
             raise CliError(f"{flag} {path!r}: file not found")
 
     from .safety import check_prompt
-    verdict = check_prompt(a.prompt)
+    verdict = check_prompt(a.prompt or "")
     if verdict.blocked:
         raise CliError(f"prompt blocked by the safety policy: {verdict.summary()}", EXIT_BLOCKED)
 
@@ -220,6 +224,10 @@ def cmd_generate(a) -> int:
         print(f"LoRA {st.lora_file(spec.path).describe()}, strength {spec.strength:g}"
               f"{on[spec.expert] if st.has_experts else ''}", file=sys.stderr)
     p = st.preset
+    if cli_long.wanted(a):
+        bar = TerminalProgress()
+        host.set_progress_hook(bar)
+        return cli_long.run(a, st, out, width, height, bar)
     kwargs = {}
     ingredients = []
     from .nodes.latent_nodes import _resize_cover
@@ -326,7 +334,13 @@ def cmd_verify(a) -> int:
 
 
 def cmd_eval(a) -> int:
+    if a.drift and a.storyboard:
+        raise CliError("--drift and --storyboard are separate evaluations; give one")
     from .toyworld.eval import main as eval_main
+    if a.drift:
+        from .toyworld.drift import main as eval_main
+    elif a.storyboard:
+        from .toyworld.storyboard_eval import main as eval_main
     args = []
     if a.quick:
         args.append("--quick")
@@ -363,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=HelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     g = _parser(sub, "generate", "text/image-to-video or extension, written as a C2PA-signed MP4")
-    g.add_argument("prompt", help="what the video shows")
+    g.add_argument("prompt", nargs="?", help="what the video shows (with --shot: a caption put before every shot)")
     g.add_argument("--negative", default="", help="what the video should not show (the model's own negative "
                    "prompt is used when empty)")
     g.add_argument("--image", metavar="PATH", help="animate this image (png/jpg)")
@@ -425,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(otherwise only its SHA-256)")
     g.add_argument("--out", required=True, metavar="PATH.mp4", help="the video to write; an existing file is "
                    "never overwritten (required)")
+    from .cli_long import add_arguments
+    add_arguments(g)
     g.set_defaults(func=cmd_generate)
     r = _parser(sub, "run", "run a workflow JSON (UI or API format) headless")
     r.add_argument("workflow", help="workflow JSON file")
@@ -439,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = _parser(sub, "eval", "evaluate the embedded model on held-out prompts")
     e.add_argument("--quick", action="store_true", help="fewer prompts and one seed")
     e.add_argument("--report", metavar="PATH", help="also write the results as Markdown to PATH")
+    e.add_argument("--drift", action="store_true", help="evaluate long-video drift over 10 windows, from the prompt "
+                   "or the first frame, with and without an anchor frame, instead")
+    e.add_argument("--storyboard", action="store_true", help="evaluate multi-shot videos (cuts, per-shot prompts, "
+                   "identity across cuts) instead")
     e.set_defaults(func=cmd_eval)
     return ap
 
@@ -462,6 +482,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("spacetime: cancelled", file=sys.stderr)
         return 130
+    finally:                                            # the terminal bar is the progress hook of one command only
+        host = sys.modules.get(f"{__package__}.nodes.host")
+        if host is not None:
+            host.set_progress_hook(None)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ Timesteps may be one per sample ``[B]`` (Wan 2.1), one per latent frame ``[B, F'
 per token ``[B, L]`` (the Wan 2.2 form). Internally tokens are grouped into G contiguous runs that share a timestep
 (G = 1, F' or L) so the per-token modulation is never materialised larger than it has to be.
 
+Multi-shot video: ``text_kv(..., frame_shots=...)`` gives each token frame its own shot's caption (``ShotText``), an
+optional input that changes no weight; without it the cross-attention is Wan's, unchanged.
+
 State-dict keys are the native Wan ones, so official checkpoints load without renaming.
 """
 from __future__ import annotations
@@ -140,6 +143,48 @@ class SelfAttention(nn.Module):
         return self.o(out.transpose(1, 2).flatten(2))
 
 
+class ShotText:
+    """Per-shot text for one block's cross-attention (multi-shot video): keys/values of ``shots`` texts per video,
+    rows grouped by video (video b reads rows b*shots .. b*shots+shots-1; one group serves every video), and the
+    shot of every token frame ``frame_shots`` [F'] (long). The tokens of a frame attend only to their shot's text:
+    the same as one cross-attention over all texts with a block mask, without computing the masked part. Nothing
+    in the weights changes, so any Wan-layout DiT takes it."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, frame_shots: torch.Tensor, shots: int):
+        if k.shape[0] % shots:
+            raise ValueError(f"{k.shape[0]} texts are not a whole number of groups of shots={shots}")
+        if int(frame_shots.min()) < 0 or int(frame_shots.max()) >= shots:
+            raise ValueError(f"frame_shots holds shot numbers {int(frame_shots.min())}..{int(frame_shots.max())}; "
+                             f"allowed: 0..{shots - 1}")
+        self.k, self.v, self.frame_shots, self.shots = k, v, frame_shots.long(), shots
+        self._tokens: dict = {}
+
+    def _token_index(self, L: int, device) -> list:
+        """[(shot, token indices)] for L video tokens (computed once per length and device)."""
+        key = (L, str(device))
+        if key not in self._tokens:
+            Fp = self.frame_shots.numel()
+            if L % Fp:
+                raise ValueError(f"{L} video tokens do not split into {Fp} frames (frame_shots has one entry per "
+                                 f"token frame)")
+            token_shots = self.frame_shots.to(device).repeat_interleave(L // Fp)
+            self._tokens[key] = [(s, (token_shots == s).nonzero().squeeze(1))
+                                 for s in torch.unique(self.frame_shots).tolist()]
+        return self._tokens[key]
+
+    def attend(self, q: torch.Tensor) -> torch.Tensor:
+        """q [B, heads, L, d] with L = F' x tokens per frame -> [B, heads, L, d]."""
+        B = q.shape[0]
+        k = self.k.unflatten(0, (-1, self.shots))                # [groups, shots, heads, L_text, d]
+        v = self.v.unflatten(0, (-1, self.shots))
+        if k.shape[0] != B:
+            k, v = k.expand(B, -1, -1, -1, -1), v.expand(B, -1, -1, -1, -1)
+        out = torch.empty_like(q)
+        for s, idx in self._token_index(q.shape[2], q.device):
+            out[:, :, idx] = attention(q[:, :, idx], k[:, s], v[:, s])
+        return out
+
+
 class CrossAttention(SelfAttention):
     """Queries from video tokens, keys/values from the (padded, unmasked) text tokens. No RoPE."""
 
@@ -148,6 +193,8 @@ class CrossAttention(SelfAttention):
 
     def forward(self, x, context=None, kv=None):
         q = self._heads(self.norm_q(self.q(x)))
+        if isinstance(kv, ShotText):
+            return self.o(kv.attend(q).transpose(1, 2).flatten(2))
         k, v = kv if kv is not None else self.text_kv(context)
         if k.shape[0] != q.shape[0]:                      # one text for several videos
             k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
@@ -254,9 +301,14 @@ class WanDiT(nn.Module):
             ctx = torch.cat([ctx, ctx.new_zeros(B, tl - L, ctx.shape[-1])], dim=1)
         return self.text_embedding(ctx)
 
-    def text_kv(self, text_emb: torch.Tensor):
-        """Per-block cross-attention keys/values for embedded text (reused across sampling steps)."""
-        return [blk.cross_attn.text_kv(text_emb) for blk in self.blocks]
+    def text_kv(self, text_emb: torch.Tensor, frame_shots: Optional[torch.Tensor] = None, shots: int = 1):
+        """Per-block cross-attention keys/values for embedded text (reused across sampling steps). With
+        ``frame_shots`` [F'] the text holds ``shots`` captions per video and each token frame reads its own shot's
+        caption (see ``ShotText``); without it, every token reads the one text as in Wan."""
+        kv = [blk.cross_attn.text_kv(text_emb) for blk in self.blocks]
+        if frame_shots is None:
+            return kv
+        return [ShotText(k, v, frame_shots, shots) for k, v in kv]
 
     def rope(self, grid, device, offsets=(0, 0, 0)):
         key = (tuple(grid), str(device), tuple(offsets))

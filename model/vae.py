@@ -10,7 +10,7 @@ Pixels are in [-1, 1]. ``encode`` returns *normalised* latents (mu - mean) / std
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -307,17 +307,26 @@ class WanVAE(nn.Module):
     def decode_chunks(self, z: torch.Tensor, normalized: bool = True, clamp: bool = True) -> Iterator[torch.Tensor]:
         """Yield decoded pixel chunks in [-1, 1]: 1 frame for latent 0, ``temporal_factor`` for each later one
         (``clamp=False`` keeps the raw output, for training)."""
-        if z.dim() != 5 or z.shape[1] != self.cfg.z_dim:
-            raise SpacetimeValueError(f"latent must be [B, {self.cfg.z_dim}, T, H, W]; got {tuple(z.shape)}")
+        return self.decode_stream([z], normalized, clamp)
+
+    def decode_stream(self, pieces: Iterable[torch.Tensor], normalized: bool = True,
+                      clamp: bool = True) -> Iterator[torch.Tensor]:
+        """``decode_chunks`` over a latent that arrives in pieces [B, z, n, H, W] (a long video, window by window):
+        one causal state runs through every piece, so the frames equal decoding the pieces concatenated, and only
+        the piece at hand is ever held."""
         state = StreamState()
-        for i in range(z.shape[2]):
-            zi = z[:, :, i:i + 1].float()
-            if normalized:
-                zi = self.denormalize(zi)
-            x = self.conv2(zi.to(self.device, self.dtype))
-            state[FIRST_CHUNK] = i == 0
-            y = self.from_channels(self.decoder(x, state)).float()
-            yield y.clamp(-1, 1) if clamp else y
+        first = True
+        for z in pieces:
+            if z.dim() != 5 or z.shape[1] != self.cfg.z_dim:
+                raise SpacetimeValueError(f"latent must be [B, {self.cfg.z_dim}, T, H, W]; got {tuple(z.shape)}")
+            for i in range(z.shape[2]):
+                zi = z[:, :, i:i + 1].float()
+                if normalized:
+                    zi = self.denormalize(zi)
+                x = self.conv2(zi.to(self.device, self.dtype))
+                state[FIRST_CHUNK], first = first, False
+                y = self.from_channels(self.decoder(x, state)).float()
+                yield y.clamp(-1, 1) if clamp else y
 
     def decode(self, z: torch.Tensor, normalized: bool = True, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Normalised latent -> [B, 3, T, H, W] in [-1, 1], written chunk by chunk into one output tensor."""

@@ -3,7 +3,7 @@ NODE_DISPLAY_NAME_MAPPINGS; this package merges them. Nothing heavy is imported 
 from importlib import import_module
 
 GROUPS = ("model_nodes", "lora_nodes", "latent_nodes", "sampler_nodes", "media_nodes", "safety_nodes",
-          "provenance_nodes")
+          "provenance_nodes", "long_nodes")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

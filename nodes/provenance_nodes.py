@@ -76,18 +76,7 @@ class SpacetimeProvenanceStamp:
     def stamp(self, frames, fps=8.0, filename_prefix="spacetime", include_prompt=False, generation_info="",
               prompt_report="", frame_report="", prompt=""):
         from ..provenance.stamp import stamp_video
-        generation = _json_input(generation_info, "generation_info") or {}
-        reports = []
-        p_report = _json_input(prompt_report, "prompt_report")
-        text = prompt or generation.get("prompt") or ""
-        if p_report is None and text:                      # no Safety Filter upstream: check here
-            from ..safety.prompt import PromptBlockedError, check_prompt
-            verdict = check_prompt(text)
-            if verdict.blocked:
-                raise PromptBlockedError(verdict)
-            p_report = verdict.to_dict()
-        if p_report is not None:
-            reports.append(p_report)
+        target = StampTarget(filename_prefix, generation_info, prompt_report, prompt)
         f_report = _json_input(frame_report, "frame_report")
         if f_report is None:                               # every frame is reviewed before it is written
             from ..safety.frames import FramesWithheldError, check_frames
@@ -95,23 +84,46 @@ class SpacetimeProvenanceStamp:
             if review.blocked:
                 raise FramesWithheldError(review)
             f_report = review.to_dict()
-        reports.append(f_report)
-        ingredients = [p for p in generation.get("ingredients") or [] if Path(str(p)).is_file()]
-        sub, name = _split_prefix(filename_prefix)
-        out_root = host.output_directory()
-        folder = out_root / sub
+        target.reports.append(f_report)
+        info = stamp_video(frames, target.path, fps=float(fps), generation=target.generation,
+                           prompt=target.text or None, include_prompt=bool(include_prompt),
+                           ingredients=target.ingredients, safety_reports=target.reports, numbered=True,
+                           preview_path=target.preview)
+        return target.result(info)
+
+
+class StampTarget:
+    """What a saving node needs before it writes: the generation record, the prompt's safety report (checked here
+    when none is linked; a blocked prompt stops the node), the ingredients, the output path from
+    ``filename_prefix`` and a preview path; ``result`` makes the node's output and UI entries."""
+
+    def __init__(self, filename_prefix, generation_info="", prompt_report="", prompt=""):
+        self.generation = _json_input(generation_info, "generation_info") or {}
+        self.reports = []
+        p_report = _json_input(prompt_report, "prompt_report")
+        self.text = prompt or self.generation.get("prompt") or ""
+        if p_report is None and self.text:                 # no Safety Filter upstream: check here
+            from ..safety.prompt import PromptBlockedError, check_prompt
+            verdict = check_prompt(self.text)
+            if verdict.blocked:
+                raise PromptBlockedError(verdict)
+            p_report = verdict.to_dict()
+        if p_report is not None:
+            self.reports.append(p_report)
+        self.ingredients = [p for p in self.generation.get("ingredients") or [] if Path(str(p)).is_file()]
+        self.sub, name = _split_prefix(filename_prefix)
+        folder = host.output_directory() / self.sub
         folder.mkdir(parents=True, exist_ok=True)
-        preview_dir = host.temp_directory()
+        self.path = folder / f"{name}.mp4"
         import secrets
-        preview = preview_dir / f"{name}_preview_{secrets.token_hex(4)}.webp"
-        info = stamp_video(frames, folder / f"{name}.mp4", fps=float(fps), generation=generation,
-                           prompt=text or None, include_prompt=bool(include_prompt), ingredients=ingredients,
-                           safety_reports=reports, numbered=True, preview_path=preview)
+        self.preview = host.temp_directory() / f"{name}_preview_{secrets.token_hex(4)}.webp"
+
+    def result(self, info: dict) -> dict:
         final = Path(info["path"])
-        info["safety"] = [{k: r.get(k) for k in ("kind", "verdict", "categories", "summary")} for r in reports]
-        ui_video = {"filename": final.name, "subfolder": str(sub).replace("\\", "/") if str(sub) != "." else "",
-                    "type": "output", "format": "video/mp4"}
-        ui_preview = {"filename": preview.name, "subfolder": "", "type": "temp"}
+        info["safety"] = [{k: r.get(k) for k in ("kind", "verdict", "categories", "summary")} for r in self.reports]
+        ui_video = {"filename": final.name, "type": "output", "format": "video/mp4",
+                    "subfolder": str(self.sub).replace("\\", "/") if str(self.sub) != "." else ""}
+        ui_preview = {"filename": self.preview.name, "subfolder": "", "type": "temp"}
         return {"ui": {"images": [ui_preview], "animated": (True,), "videos": [ui_video]},
                 "result": (str(final), json.dumps(info))}
 

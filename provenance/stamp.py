@@ -6,6 +6,12 @@ temporary file (the signature is the last write of the content), then hard-link 
 fails rather than replaces when the name exists. If the target exists the next free numbered name
 (``name_00001.mp4``, ``name_00002.mp4``, ...) is used, or ``on_exists="raise"`` refuses. On file systems without
 hard links the name is reserved with an exclusive create and the signed file is renamed onto that reservation.
+
+Streaming (``StampWriter``, for long videos): the same steps, piece by piece. Every piece is reviewed, watermarked
+(the pattern is per frame, so a piece needs nothing from the others) and appended to the temporary H.264 file as it
+arrives; after the last piece the manifest is built (it records the review of every frame and the watermark
+payload) and signed, which remains the last write of the content, then published as above. Until then no file with
+the target's name exists, and an abort removes the temporary file.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import secrets
 import time
 from pathlib import Path
 from typing import Iterable, Optional
+
+import numpy as np
 
 from ..model.errors import SpacetimeValueError
 from . import manifest, video, watermark
@@ -157,67 +165,161 @@ def stamp_video(frames, path, fps: float, generation: Optional[dict] = None, pro
     in place.
     Returns path, sha256, bytes, frames, width, height, fps, content_id, generator_id, watermark_psnr, signer, seconds.
     """
-    t0 = time.perf_counter()
-    from .identity import signing_identity
-    if on_exists not in ON_EXISTS:
-        raise SpacetimeValueError(f"on_exists={on_exists!r} is not allowed; allowed: {', '.join(ON_EXISTS)}")
-    reports = [_report_dict(r) for r in safety_reports or ()]
-    for r in reports:
-        if r.get("blocked") or r.get("verdict") == "block":
-            raise WithheldError(f"not written: the {r.get('kind', 'safety')} report says blocked "
-                                f"({r.get('summary') or ', '.join(r.get('categories', [])) or 'policy violation'})")
-    target = Path(path)
-    if target.suffix.lower() != ".mp4":
-        raise SpacetimeValueError(f"path={str(path)!r} is not allowed: the output must be an .mp4 file")
-    if not target.parent.is_dir():
-        raise SpacetimeValueError(f"path={str(path)!r}: folder {str(target.parent)!r} does not exist")
-    if generation is not None and not isinstance(generation, dict):
-        raise SpacetimeValueError(f"generation of type {type(generation).__name__} is not allowed; allowed: a dict")
-    ingredients = [Path(p) for p in ingredients or ()]
-    for p in ingredients:
-        if not p.is_file():
-            raise SpacetimeValueError(f"ingredient {str(p)!r} was not found; allowed: existing image or video files")
-    rgb = video.pad_even(video.to_uint8_rgb(frames))
-    t, h, w, _ = rgb.shape
-    content_id = secrets.randbits(watermark.CONTENT_BITS) if content_id is None else int(content_id)
-    luma, u, v = video.rgb_to_yuv420(rgb)
-    marked = watermark.embed_luma(luma, generator_id, content_id)
-    mse = float(((marked - luma) ** 2).mean())
-    psnr = round(10 * math.log10(255.0 ** 2 / mse), 2) if mse > 0 else float("inf")
-    wm_info = {"scheme": watermark.scheme_for(*luma.shape[1:]), "generator_id": generator_id,
-               "content_id": content_id}
-    record = generation_record(generation, prompt, include_prompt, reports, fps, wm_info)
-    _check_json(record)
+    with StampWriter(path, fps, generation, prompt, include_prompt, ingredients, safety_reports,
+                     content_id=content_id, generator_id=generator_id, crf=crf, on_exists=on_exists,
+                     numbered=numbered, identity=identity, preview_path=preview_path) as writer:
+        writer.write(frames)
+    return writer.info
 
-    identity = identity or signing_identity()
-    token = secrets.token_hex(4)
-    encoded = target.with_name(f".{target.stem}.{token}.encoded.mp4")
-    signed = target.with_name(f".{target.stem}.{token}.signed.mp4")
-    if on_exists == "raise" and target.exists():
-        raise OutputExistsError(f"path={str(path)!r} already exists; outputs are never overwritten (choose a new "
-                                f"name, or on_exists='rename')")
-    try:
-        video.encode_yuv(str(encoded), marked, u, v, fps, crf)
-        final = None
-        for name in candidate_names(target, first_numbered=numbered):
-            if name.exists():
-                if on_exists == "raise":
-                    raise OutputExistsError(f"path={str(path)!r} already exists; outputs are never overwritten")
-                continue
-            manifest.sign(encoded, signed, name.name, record, ingredients, identity)
-            if _publish(signed, name):
-                final = name
-                break
-            signed.unlink(missing_ok=True)
-    finally:
-        for p in (encoded, signed):
-            p.unlink(missing_ok=True)
-    if preview_path is not None:
-        write_preview(preview_path, video.yuv420_to_rgb(marked, u, v), fps)
-    return {"path": str(final), "sha256": _file_sha256(final), "bytes": final.stat().st_size, "frames": t,
-            "width": w, "height": h, "fps": float(fps), "content_id": content_id, "generator_id": generator_id,
-            "watermark_psnr": psnr, "signer": identity.source,
-            "seconds": round(time.perf_counter() - t0, 3)}
+
+class StampWriter:
+    """``stamp_video`` for frames that arrive in pieces (a long video, written as it is generated), so no more
+    than one piece is ever held: each piece is reviewed (when a ``review`` such as ``safety.FrameReview`` is given:
+    a blocked piece stops the write before it is encoded), watermarked and encoded into a temporary file next to the
+    target as it comes; ``finish`` then builds the manifest (with the review of every frame), signs (still the last
+    write of the content) and publishes atomically under a name that never replaces a file. ``abort`` (or an
+    exception inside ``with``) removes the temporary files: a cancelled run leaves nothing behind.
+
+        with StampWriter("out.mp4", fps=8, generation=info) as w:
+            for piece in pieces:          # [n, H, W, C] float 0..1 or uint8
+                w.write(piece)
+        print(w.info["path"])
+
+    ``preview_stride``: the WebP preview keeps every n-th frame (long videos)."""
+
+    def __init__(self, path, fps: float, generation: Optional[dict] = None, prompt: Optional[str] = None,
+                 include_prompt: bool = False, ingredients: Iterable = (), safety_reports: Iterable = (), *,
+                 content_id: Optional[int] = None, generator_id: int = watermark.DEFAULT_GENERATOR,
+                 crf: int = video.DEFAULT_CRF, on_exists: str = "rename", numbered: bool = False,
+                 identity=None, preview_path=None, review=None, preview_stride: int = 1):
+        self.t0 = time.perf_counter()
+        from .identity import signing_identity
+        if on_exists not in ON_EXISTS:
+            raise SpacetimeValueError(f"on_exists={on_exists!r} is not allowed; allowed: {', '.join(ON_EXISTS)}")
+        self.reports = [_report_dict(r) for r in safety_reports or ()]
+        for r in self.reports:
+            if r.get("blocked") or r.get("verdict") == "block":
+                raise WithheldError(f"not written: the {r.get('kind', 'safety')} report says blocked "
+                                    f"({r.get('summary') or ', '.join(r.get('categories', [])) or 'policy violation'})")
+        target = Path(path)
+        if target.suffix.lower() != ".mp4":
+            raise SpacetimeValueError(f"path={str(path)!r} is not allowed: the output must be an .mp4 file")
+        if not target.parent.is_dir():
+            raise SpacetimeValueError(f"path={str(path)!r}: folder {str(target.parent)!r} does not exist")
+        if generation is not None and not isinstance(generation, dict):
+            raise SpacetimeValueError(f"generation of type {type(generation).__name__} is not allowed; allowed: a "
+                                      f"dict")
+        video._fps(fps)
+        if int(preview_stride) < 1:
+            raise SpacetimeValueError(f"preview_stride={preview_stride} is not allowed; allowed: 1 or more")
+        self.ingredients = [Path(p) for p in ingredients or ()]
+        for p in self.ingredients:
+            if not p.is_file():
+                raise SpacetimeValueError(f"ingredient {str(p)!r} was not found; allowed: existing image or video "
+                                          f"files")
+        self.target, self.fps, self.crf, self.on_exists, self.numbered = target, fps, crf, on_exists, numbered
+        self.generation, self.prompt, self.include_prompt = generation, prompt, include_prompt
+        self.generator_id = generator_id
+        self.content_id = secrets.randbits(watermark.CONTENT_BITS) if content_id is None else int(content_id)
+        # the scheme follows the frame size (watermark.scheme_for), known with the first piece
+        self.wm_info = {"scheme": None, "generator_id": generator_id, "content_id": self.content_id}
+        _check_json(self._record())
+        self.identity = identity or signing_identity()
+        token = secrets.token_hex(4)
+        self.encoded = target.with_name(f".{target.stem}.{token}.encoded.mp4")
+        self.signed = target.with_name(f".{target.stem}.{token}.signed.mp4")
+        if on_exists == "raise" and target.exists():
+            raise OutputExistsError(f"path={str(path)!r} already exists; outputs are never overwritten (choose a "
+                                    f"new name, or on_exists='rename')")
+        self.review, self.preview_path, self.preview_stride = review, preview_path, int(preview_stride)
+        self.frames, self.size, self.info = 0, None, None
+        self._writer = None
+        self._sse, self._count = 0.0, 0
+        self._preview: list = []
+
+    def _record(self) -> dict:
+        reports = self.reports + ([self.review.report().to_dict()] if getattr(self, "review", None) else [])
+        return generation_record(self.generation, self.prompt, self.include_prompt, reports, self.fps, self.wm_info)
+
+    def write(self, frames):
+        """Review, watermark and encode a piece of frames [n, H, W, C] (float 0..1 or uint8)."""
+        rgb = video.pad_even(video.to_uint8_rgb(frames))
+        if self.size is not None and rgb.shape[1:3] != self.size:
+            raise SpacetimeValueError(f"frames of {rgb.shape[2]}x{rgb.shape[1]} do not match the earlier frames' "
+                                      f"{self.size[1]}x{self.size[0]}")
+        if self.review is not None:
+            self.review.add(rgb)                       # raises before a blocked frame is encoded
+        luma, u, v = video.rgb_to_yuv420(rgb)
+        if self.wm_info["scheme"] is None:
+            self.wm_info["scheme"] = watermark.scheme_for(*luma.shape[1:])
+        marked = watermark.embed_luma(luma, self.generator_id, self.content_id, scheme=self.wm_info["scheme"])
+        self._sse += float(((marked - luma) ** 2).sum())
+        self._count += marked.size
+        if self._writer is None:
+            self.size = rgb.shape[1:3]
+            self._writer = video.YuvWriter(str(self.encoded), rgb.shape[2], rgb.shape[1], self.fps, self.crf)
+        self._writer.write(marked, u, v)
+        if self.preview_path is not None:
+            keep = [i for i in range(len(rgb)) if (self.frames + i) % self.preview_stride == 0]
+            if keep:
+                self._preview.append(video.yuv420_to_rgb(marked[keep], u[keep], v[keep]))
+        self.frames += len(rgb)
+
+    def finish(self) -> dict:
+        """Sign and publish; returns what ``stamp_video`` returns."""
+        if self._writer is None:
+            self.abort()
+            raise SpacetimeValueError("no frames were written; a video needs at least one frame")
+        try:
+            self._writer.close()
+            record = self._record()
+            final = None
+            for name in candidate_names(self.target, first_numbered=self.numbered):
+                if name.exists():
+                    if self.on_exists == "raise":
+                        raise OutputExistsError(f"path={str(self.target)!r} already exists; outputs are never "
+                                                f"overwritten")
+                    continue
+                manifest.sign(self.encoded, self.signed, name.name, record, self.ingredients, self.identity)
+                if _publish(self.signed, name):
+                    final = name
+                    break
+                self.signed.unlink(missing_ok=True)
+        finally:
+            self._cleanup()
+        if self.preview_path is not None:
+            write_preview(self.preview_path, np.concatenate(self._preview), self.fps)
+            self._preview = []
+        mse = self._sse / max(1, self._count)
+        psnr = round(10 * math.log10(255.0 ** 2 / mse), 2) if mse > 0 else float("inf")
+        h, w = self.size
+        self.info = {"path": str(final), "sha256": _file_sha256(final), "bytes": final.stat().st_size,
+                     "frames": self.frames, "width": w, "height": h, "fps": float(self.fps),
+                     "content_id": self.content_id, "generator_id": self.generator_id, "watermark_psnr": psnr,
+                     "signer": self.identity.source, "seconds": round(time.perf_counter() - self.t0, 3)}
+        return self.info
+
+    def abort(self):
+        """Stop without publishing: the temporary files are removed."""
+        self._cleanup(flush=False)
+        self._preview = []
+
+    def _cleanup(self, flush: bool = True):
+        try:
+            if self._writer is not None:
+                self._writer.close(flush=flush)
+        finally:
+            for p in (self.encoded, self.signed):
+                p.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            self.abort()
+        elif self.info is None:
+            self.finish()
 
 
 def write_preview(path, rgb, fps: float, max_side: int = 512):

@@ -87,20 +87,52 @@ def _fps(fps: float) -> Fraction:
 def encode_yuv(path, luma: np.ndarray, u: np.ndarray, v: np.ndarray, fps: float, crf: int = DEFAULT_CRF,
                preset: str = "medium"):
     """Write an H.264 (yuv420p, BT.601 limited range) MP4 from our planes. ``path`` may be a file object."""
-    import av
-    t, h, w = luma.shape
-    if h % 2 or w % 2:
-        raise SpacetimeValueError(f"frame size {w}x{h}: width and height must be even (pad first)")
-    rate = _fps(fps)
-    with av.open(path, "w", format="mp4") as container:
-        stream = _video_stream(container, w, h, rate, crf, preset)
-        for i, plane in enumerate(_planes(luma, u, v)):
+    with YuvWriter(path, luma.shape[2], luma.shape[1], fps, crf, preset) as writer:
+        writer.write(luma, u, v)
+
+
+class YuvWriter:
+    """An H.264 MP4 written frame by frame from our planes (the ``encode_yuv`` encoder, for videos that arrive in
+    pieces): ``write`` any number of times, then ``close`` (or use it as a context manager)."""
+
+    def __init__(self, path, width: int, height: int, fps: float, crf: int = DEFAULT_CRF, preset: str = "medium"):
+        import av
+        if height % 2 or width % 2:
+            raise SpacetimeValueError(f"frame size {width}x{height}: width and height must be even (pad first)")
+        self.rate = _fps(fps)
+        self.size = (height, width)
+        self.frames = 0
+        self.container = av.open(path, "w", format="mp4")
+        self.stream = _video_stream(self.container, width, height, self.rate, crf, preset)
+
+    def write(self, luma: np.ndarray, u: np.ndarray, v: np.ndarray):
+        import av
+        if tuple(luma.shape[1:]) != self.size:
+            raise SpacetimeValueError(f"frames of {luma.shape[2]}x{luma.shape[1]} do not match the video's "
+                                      f"{self.size[1]}x{self.size[0]}")
+        for plane in _planes(luma, u, v):
             frame = av.VideoFrame.from_ndarray(plane, format="yuv420p")
-            frame.pts, frame.time_base = i, 1 / rate       # without timestamps x264's rate control misjudges
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            frame.pts, frame.time_base = self.frames, 1 / self.rate   # without timestamps x264 misjudges the rate
+            self.frames += 1
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+
+    def close(self, flush: bool = True):
+        if self.container is None:
+            return
+        try:
+            if flush:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+        finally:
+            self.container.close()
+            self.container = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.close(flush=exc_type is None)
 
 
 def _video_stream(container, w, h, fps, crf, preset):

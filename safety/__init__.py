@@ -12,12 +12,12 @@ torch and onnxruntime are imported when a check first needs them.
 """
 
 __all__ = ["check_prompt", "check_frames", "load_policy", "PromptVerdict", "FrameReport", "PromptBlockedError",
-           "FramesWithheldError", "OnnxImageClassifier", "default_classifiers", "PolicyError"]
+           "FramesWithheldError", "FrameReview", "OnnxImageClassifier", "default_classifiers", "PolicyError"]
 
 _WHERE = {"check_prompt": "prompt", "PromptVerdict": "prompt", "PromptBlockedError": "prompt",
           "check_frames": "frames", "FrameReport": "frames", "FramesWithheldError": "frames",
-          "OnnxImageClassifier": "frames", "default_classifiers": "frames", "load_policy": "policy",
-          "PolicyError": "policy"}
+          "FrameReview": "frames", "OnnxImageClassifier": "frames", "default_classifiers": "frames",
+          "load_policy": "policy", "PolicyError": "policy"}
 
 
 def __getattr__(name):

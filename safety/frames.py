@@ -228,9 +228,14 @@ def check_frames(frames, policy: PolicySpec = None, classifiers: Optional[list] 
                  progress: Optional[Callable[[int, int], None]] = None) -> FrameReport:
     """Score every frame [T, H, W, C] with the policy's classifiers (or ``classifiers``) and decide."""
     pol = load_policy(policy)
-    rgb = to_uint8_frames(frames)
     clfs = default_classifiers(pol) if classifiers is None else list(classifiers)
-    bs = int(batch_size or pol.frames.get("batch_size", 16))
+    rgb = to_uint8_frames(frames)
+    scores = _score(rgb, clfs, int(batch_size or pol.frames.get("batch_size", 16)), progress)
+    return _decide(scores, pol, [c.name for c in clfs], len(rgb))
+
+
+def _score(rgb: np.ndarray, clfs: list, bs: int, progress=None) -> dict:
+    """{category: [T] highest score over the classifiers}."""
     t = len(rgb)
     scores: dict = {}
     done = 0
@@ -243,6 +248,10 @@ def check_frames(frames, policy: PolicySpec = None, classifiers: Optional[list] 
             done += len(rgb[i:i + bs])
             if progress:
                 progress(done, t * len(clfs))
+    return scores
+
+
+def _decide(scores: dict, pol: PolicySpec, names: list, t: int) -> FrameReport:
     flagged, fired, actions, thresholds = {}, [], {}, {}
     for cat, s in scores.items():
         c = pol.categories.get(cat)
@@ -257,5 +266,38 @@ def check_frames(frames, policy: PolicySpec = None, classifiers: Optional[list] 
     fired.sort(key=lambda c: (-SEVERITY[actions[c]], -len(flagged[c])))
     verdict = max((actions[c] for c in fired), key=SEVERITY.get, default="allow")
     return FrameReport(verdict, fired, {c: s for c, s in scores.items() if c in thresholds}, flagged, t,
-                       [c.name for c in clfs], {c: pol.label(c) for c in thresholds}, actions, thresholds,
+                       list(names), {c: pol.label(c) for c in thresholds}, actions, thresholds,
                        pol.name, pol.version)
+
+
+class FrameReview:
+    """Review a video that arrives in pieces (a long video written as it is generated): ``add(frames)`` scores a
+    piece and raises ``FramesWithheldError`` as soon as it holds a blocked frame, before the piece goes anywhere;
+    ``report()`` is the review of every frame so far, numbered across pieces, as ``check_frames`` would give for the
+    whole clip. Only the per-frame scores are kept, never the frames."""
+
+    def __init__(self, policy: PolicySpec = None, classifiers: Optional[list] = None,
+                 batch_size: Optional[int] = None):
+        self.policy = load_policy(policy)
+        self.classifiers = default_classifiers(self.policy) if classifiers is None else list(classifiers)
+        self.batch_size = int(batch_size or self.policy.frames.get("batch_size", 16))
+        self._parts: list = []
+        self.frames = 0
+
+    def add(self, frames) -> FrameReport:
+        rgb = to_uint8_frames(frames)
+        part = _score(rgb, self.classifiers, self.batch_size)
+        self._parts.append((len(rgb), part))
+        self.frames += len(rgb)
+        piece = _decide(part, self.policy, self._names(), len(rgb))
+        if piece.blocked:
+            raise FramesWithheldError(self.report())
+        return piece
+
+    def _names(self) -> list:
+        return [c.name for c in self.classifiers]
+
+    def report(self) -> FrameReport:
+        cats = {c for _, p in self._parts for c in p}
+        scores = {c: np.concatenate([p.get(c, np.zeros(n)) for n, p in self._parts]) for c in cats}
+        return _decide(scores, self.policy, self._names(), self.frames)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from isolation import isolate_dirs
 from spacetime.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from spacetime.runner import run_workflow
 
@@ -16,15 +17,7 @@ IDS = ("SpacetimeSafetyPromptFilter", "SpacetimeSafetyFrameFilter", "SpacetimePr
 
 @pytest.fixture(autouse=True)
 def dirs(tmp_path, tmp_path_factory, monkeypatch):
-    out = tmp_path / "output"
-    out.mkdir()
-    monkeypatch.setenv("SPACETIME_OUTPUT_DIR", str(out))
-    monkeypatch.setenv("SPACETIME_TEMP_DIR", str(tmp_path / "temp"))
-    monkeypatch.setenv("SPACETIME_CONFIG_DIR", str(tmp_path_factory.getbasetemp() / "node-config"))
-    monkeypatch.delenv("SPACETIME_SAFETY_POLICY", raising=False)
-    for var in ("SPACETIME_SIGN_CERT", "SPACETIME_SIGN_KEY", "SPACETIME_TRUST_ANCHORS"):
-        monkeypatch.delenv(var, raising=False)
-    return {"output": out, "temp": tmp_path / "temp"}
+    return isolate_dirs(tmp_path, tmp_path_factory, monkeypatch, "node-config")
 
 
 def node(node_id):

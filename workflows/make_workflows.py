@@ -54,6 +54,7 @@ class Workflow:
     summary: str
     nodes: list
     groups: list                                 # [(title, [node key, ...])]
+    frames: int = 17                             # frames of the video it saves (checked by tests/test_comfyui.py)
 
 
 def _model(preset, column=0):
@@ -99,6 +100,39 @@ def _extend(direction, title, column=1, after=False):
     if after:
         links["after_frames"] = "after.frames"
     return Node("extend", "SpacetimeExtend", column, title, {"direction": direction, "new_frames": 8}, links)
+
+
+def _long_video(preset) -> Workflow:
+    prompts = "a red ball stays still on a navy background\na red ball bounces on a navy background"
+    return Workflow(
+        "long_video", "Long video: 41 frames as 3 overlapping windows over one latent timeline, the first frame as "
+        "an anchor, a prompt per window; saved as a signed MP4 while it decodes.",
+        [_model(preset),
+         Node("long", "SpacetimeLongVideo", 1, "Long video (windows)",
+              {"prompts": prompts, **SIZE, "frames": 41, "window_frames": 17, "overlap_frames": 4,
+               "anchor_frames": "0", "seed": 7, "steps": 20, "cfg": 5.0, "shift": 3.0, "sampler": "unipc"},
+              {"model": "model.model"}),
+         Node("save", "SpacetimeSaveLongVideo", 2, "Decode, sign, save (streamed)",
+              {"filename_prefix": "spacetime_long"}, {"model": "model.model", "latent": "long.latent",
+                                                      "generation_info": "long.generation_info"})],
+        [("Model", ["model"]), ("Long video", ["long"]), ("Save while decoding", ["save"])], frames=41)
+
+
+def _multi_shot(preset) -> Workflow:
+    shots = ("17: a red ball stays still on a navy background\n"
+             "16: a red ball bounces on a beige background")
+    return Workflow(
+        "multi_shot", "Multi-shot: a storyboard of two shots (17 + 16 frames) in one video with a hard cut at frame "
+        "17; each shot's frames read their own prompt.",
+        [_model(preset),
+         Node("story", "SpacetimeStoryboard", 1, "Storyboard (one shot per line)",
+              {"shots": shots, **SIZE, "frames": 0, "conditioning": "text", "seed": 7, "steps": 20, "cfg": 5.0,
+               "shift": 3.0, "sampler": "unipc"}, {"model": "model.model"}),
+         Node("decode", "SpacetimeVAEDecode", 2, "Decode frames", links={"model": "model.model",
+                                                                         "latent": "story.latent"}),
+         Node("stamp", "SpacetimeProvenanceStamp", 2, "Save signed MP4", {"filename_prefix": "spacetime_story"},
+              {"frames": "decode.frames", "generation_info": "story.generation_info"})],
+        [("Model", ["model"]), ("Storyboard", ["story"]), SAVE], frames=33)
 
 
 SAMPLE = ("Sample", ["denoise"])
@@ -152,6 +186,8 @@ def workflows(preset: str = DEFAULT_PRESET) -> list[Workflow]:
                  [("Model", ["model"]), ("Prompt safety check", ["prompt_check"]), ("Prompt", ["text"]),
                   ("Video size", ["latent"]), SAMPLE, ("Decode, check frames", ["decode", "frame_check"]),
                   ("Sign and save", ["stamp"])]),
+        _long_video(preset),
+        _multi_shot(preset),
     ]
 
 
@@ -291,7 +327,7 @@ def build(wf: Workflow) -> dict:
         groups.append({"id": gi + 1, "title": f"{gi + 1}. {title}", "bounding": [x0, y0, x1 - x0, y1 - y0],
                        "color": GROUP_COLORS[gi % len(GROUP_COLORS)], "font_size": 22, "flags": {}})
     return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": groups, "config": {}, "extra": {"ds": _fit_view(groups), "spacetime": {"summary": wf.summary}},
+            "groups": groups, "config": {}, "extra": {"ds": _fit_view(groups), "spacetime": {"summary": wf.summary, "frames": wf.frames}},
             "version": 0.4}
 
 
