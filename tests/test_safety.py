@@ -212,10 +212,14 @@ def test_eval_set_is_large_enough_and_separate_from_the_exemplars():
     data = load_eval()
     pol = load_policy()
     exemplars = set(pol.benign) | {e for c in pol.categories.values() for e in c.exemplars}
-    for split in ("dev", "test"):
-        assert len(data[split]["benign"]) >= 100 and len(data[split]["violating"]) >= 60
-        texts = data[split]["benign"] + [v["text"] for v in data[split]["violating"]]
+    seen = set()
+    for split in ("dev", "test", "test2"):
+        benign = data[split]["benign"] + [c["text"] for c in data[split]["benign_context"]]
+        assert len(benign) >= 100 and len(data[split]["violating"]) >= 40
+        texts = benign + [v["text"] for v in data[split]["violating"]]
         assert not exemplars & set(texts)
+        assert not seen & set(texts), f"{split} repeats prompts of another split"
+        seen |= set(texts)
         kinds = {v["kind"] for v in data[split]["violating"]}
         assert kinds == {"plain", "paraphrase", "obfuscated"}
         assert {v["category"] for v in data[split]["violating"]} == set(pol.categories)
