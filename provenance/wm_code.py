@@ -2,6 +2,7 @@
 Chase decoding (flip subsets of the least reliable bits until the CRC holds and the generator id is known)."""
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from typing import Optional
 
@@ -96,7 +97,6 @@ def chase(soft: np.ndarray) -> tuple[Optional[np.ndarray], int]:
 def keyed_layout(key: bytes, slots: int) -> tuple[np.ndarray, np.ndarray]:
     """(code bit per slot [slots], dither per slot [slots] in [0, 1)) from a key: a keyed interleaver spreads every
     bit over the slots (``slots / 64`` times each), so neighbouring slots carry unrelated bits."""
-    import hashlib
     stream = hashlib.shake_256(key).digest(8 * slots)
     order = np.argsort(np.frombuffer(stream[:4 * slots], dtype="<u4"), kind="stable")
     bit = np.empty(slots, dtype=np.int64)
