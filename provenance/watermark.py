@@ -52,21 +52,35 @@ def _check_luma(luma) -> np.ndarray:
 # Embed
 # ----------------------------------------------------------------------------------------------------------------------
 
+def settled(height: int, width: int, frames: int) -> bool:
+    """True when every longer clip of this frame size is marked as ``frames`` frames are (same scheme, same cells):
+    a clip that arrives in pieces can be marked from here on without knowing its final length."""
+    return wm_smooth.plan(height, width, frames) == wm_smooth.CELLS[0]
+
+
 def embed_luma(luma, generator_id: int = DEFAULT_GENERATOR, content_id: int = 0, iterations: int = 3,
-               scheme: Optional[str] = None) -> np.ndarray:
+               scheme: Optional[str] = None, start: int = 0, frames: Optional[int] = None) -> np.ndarray:
     """Watermarked copy of full-range luma frames [T, H, W] (float, 0..255), with ``scheme`` (default:
-    ``scheme_for`` the clip; v1 and v2 can still be asked for, e.g. to compare)."""
+    ``scheme_for`` the clip; v1 and v2 can still be asked for, e.g. to compare).
+
+    A clip marked piece by piece (``StampWriter``): ``start`` is the index of the piece's first frame in the clip
+    (v3: a multiple of its segment length, 4) and ``frames`` the clip's length, or any length at which it is
+    ``settled``; the pieces then carry exactly the mark of the whole clip."""
     y = _check_luma(luma).copy()
     t, h, w = y.shape
-    scheme = scheme or scheme_for(h, w, t)
+    frames = t if frames is None else int(frames)
+    scheme = scheme or scheme_for(h, w, frames)
     word = encode_payload(generator_id, content_id)
     if scheme == SCHEME_V3:
-        cell = wm_smooth.plan(h, w, t)
+        cell = wm_smooth.plan(h, w, frames)
         if cell is None:
-            raise WatermarkError(f"{t} frame(s) of {w}x{h} cannot carry {SCHEME_V3}; allowed: a single frame of at "
-                                 f"least 64x64, or clips of at least 32x32 with enough frames (13 at 32x32 and at "
-                                 f"64x64 with 16x16 cells)")
-        return wm_smooth.embed(y, word, cell, passes=iterations)
+            raise WatermarkError(f"{frames} frame(s) of {w}x{h} cannot carry {SCHEME_V3}; allowed: a single frame "
+                                 f"of at least 64x64, or clips of at least 32x32 with enough frames (13 at 32x32 "
+                                 f"and at 64x64 with 16x16 cells)")
+        if start % wm_smooth.SEGMENT:
+            raise WatermarkError(f"start={start} is not allowed for {SCHEME_V3}; allowed: a multiple of "
+                                 f"{wm_smooth.SEGMENT} (its segment length)")
+        return wm_smooth.embed(y, word, cell, passes=iterations, first_segment=start // wm_smooth.SEGMENT)
     if scheme == SCHEME_V2:
         return wm_legacy.embed_v2(y, word, iterations)
     if scheme == SCHEME_V1:

@@ -186,11 +186,13 @@ def _guarded(field: np.ndarray) -> np.ndarray:
     return field * scale
 
 
-def embed(y: np.ndarray, word: np.ndarray, cell: int, passes: int = 3) -> np.ndarray:
-    """Mark full-range luma frames ``y`` [T, H, W] (float, 0..255) in place."""
+def embed(y: np.ndarray, word: np.ndarray, cell: int, passes: int = 3, first_segment: int = 0) -> np.ndarray:
+    """Mark full-range luma frames ``y`` [T, H, W] (float, 0..255) in place. ``first_segment``: the index of the
+    segment ``y`` starts with, for a clip marked piece by piece (each piece but the last a whole number of
+    segments); the pieces then carry exactly the mark of the whole clip."""
     t, h, w = y.shape
     lay = layout(h, w, cell)
-    for k, start in enumerate(range(0, t, SEGMENT)):
+    for k, start in enumerate(range(0, t, SEGMENT), start=first_segment):
         host = y[start:start + SEGMENT].copy()
         phase = k % lay.phases
         offset = ((lay.dither[phase] + 0.5 * word[lay.bit[phase]]) * lay.step).reshape(lay.rows, lay.cols)

@@ -305,3 +305,16 @@ def test_marks_of_the_earlier_schemes_are_still_read():
         wm.embed_luma(np.zeros((1, 64, 64)), scheme=wm.SCHEME_V2)
     with pytest.raises(wm.WatermarkError, match="cannot carry"):
         wm.embed_luma(np.zeros((1, 32, 32)), scheme=wm.SCHEME_V3)
+
+def test_v3_marked_piece_by_piece_equals_the_whole_clip():
+    """Pieces starting on segment boundaries, marked with the clip's settled length, carry exactly the whole clip's
+    mark (the streamed stamp writer relies on it)."""
+    from spacetime.provenance import watermark as wm
+    luma = wm.rgb_luma(toy_clip(21, 64, 64, seed=5))
+    whole = wm.embed_luma(luma, wm.DEFAULT_GENERATOR, 31337)
+    assert not wm.settled(64, 64, 12) and wm.settled(64, 64, 13)       # 64x64: 16x16 cells from 13 frames on
+    pieces = [wm.embed_luma(luma[a:b], wm.DEFAULT_GENERATOR, 31337, start=a, frames=13) for a, b in
+              ((0, 8), (8, 20), (20, 21))]
+    assert np.array_equal(np.concatenate(pieces), whole)
+    with pytest.raises(wm.WatermarkError, match="start=2 is not allowed"):
+        wm.embed_luma(luma[2:6], start=2, frames=21)
