@@ -373,6 +373,13 @@ LOAD_JS = """(async () => {
 })()"""
 
 
+# before a screenshot: close the dialogs newer frontends open on a first visit (templates), zoom out to the graph
+SHOW_JS = """(() => {
+  document.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close').forEach(b => b.click());
+  app.canvas.ds.scale = 0.6; app.graph.setDirtyCanvas(true, true);
+})()"""
+
+
 @pytest.fixture(scope="module")
 def frontend(server, object_info):
     from browser import Browser, BrowserError, find_chromium
@@ -464,6 +471,6 @@ def test_workflow_loads_in_the_frontend(frontend, object_info, path):
     except BrowserError as exc:
         problems = [f"the frontend raised: {exc}"]
     if problems:
-        frontend.evaluate("(() => { app.canvas.ds.scale = 0.6; app.graph.setDirtyCanvas(true, true); })()")
+        frontend.evaluate(SHOW_JS)
         frontend.screenshot(shot)
         pytest.fail(f"{path.name} in the frontend (screenshot {shot}):\n" + "\n".join(problems[:20]))
