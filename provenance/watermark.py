@@ -52,6 +52,14 @@ def _check_luma(luma) -> np.ndarray:
 # Embed
 # ----------------------------------------------------------------------------------------------------------------------
 
+SEGMENT_FRAMES = wm_smooth.SEGMENT     # v3 marks runs of this many frames alike: pieces start on their boundaries
+
+
+def check_size(height: int, width: int):
+    """Refuses frames too small for any scheme (the block scheme v1 takes the smallest)."""
+    wm_legacy.cell_shape(height, width)
+
+
 def settled(height: int, width: int, frames: int) -> bool:
     """True when every longer clip of this frame size is marked as ``frames`` frames are (same scheme, same cells):
     a clip that arrives in pieces can be marked from here on without knowing its final length."""
