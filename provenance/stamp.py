@@ -8,10 +8,11 @@ fails rather than replaces when the name exists. If the target exists the next f
 hard links the name is reserved with an exclusive create and the signed file is renamed onto that reservation.
 
 Streaming (``StampWriter``, for long videos): the same steps, piece by piece. Every piece is reviewed, watermarked
-(the pattern is per frame, so a piece needs nothing from the others) and appended to the temporary H.264 file as it
-arrives; after the last piece the manifest is built (it records the review of every frame and the watermark
-payload) and signed, which remains the last write of the content, then published as above. Until then no file with
-the target's name exists, and an abort removes the temporary file.
+(in whole segments of 4 frames counted from the clip's start, a few frames held over to the next piece, so the
+pieces carry exactly the mark of the whole clip) and appended to the temporary H.264 file as it arrives; after the
+last piece the manifest is built (it records the review of every frame and the watermark payload) and signed, which
+remains the last write of the content, then published as above. Until then no file with the target's name exists,
+and an abort removes the temporary file.
 """
 from __future__ import annotations
 
@@ -221,7 +222,7 @@ class StampWriter:
         self.generation, self.prompt, self.include_prompt = generation, prompt, include_prompt
         self.generator_id = generator_id
         self.content_id = secrets.randbits(watermark.CONTENT_BITS) if content_id is None else int(content_id)
-        # the scheme follows the frame size (watermark.scheme_for), known with the first piece
+        # the scheme and cells follow the frame size and length (watermark.scheme_for), known once settled
         self.wm_info = {"scheme": None, "generator_id": generator_id, "content_id": self.content_id}
         _check_json(self._record())
         self.identity = identity or signing_identity()
@@ -234,6 +235,9 @@ class StampWriter:
         self.review, self.preview_path, self.preview_stride = review, preview_path, int(preview_stride)
         self.frames, self.size, self.info = 0, None, None
         self._writer = None
+        self._held: Optional[tuple] = None         # (luma, u, v) of frames not yet marked
+        self._marked = 0                           # frames marked and encoded so far
+        self._plan_frames = 0                      # the clip length the watermark is planned for, once settled
         self._sse, self._count = 0.0, 0
         self._preview: list = []
 
@@ -242,35 +246,57 @@ class StampWriter:
         return generation_record(self.generation, self.prompt, self.include_prompt, reports, self.fps, self.wm_info)
 
     def write(self, frames):
-        """Review, watermark and encode a piece of frames [n, H, W, C] (float 0..1 or uint8)."""
+        """Review, watermark and encode a piece of frames [n, H, W, C] (float 0..1 or uint8). The watermark's
+        segments run across pieces: frames are held until a whole segment (4 frames) is there, and at the start
+        until the clip is long enough to know its cells (13 frames at 64x64, 1 from 128x128), so the file carries
+        exactly the mark of the whole clip whatever the pieces."""
         rgb = video.pad_even(video.to_uint8_rgb(frames))
-        if self.size is not None and rgb.shape[1:3] != self.size:
+        if self.size is None:
+            watermark.check_size(*rgb.shape[1:3])
+            self.size = rgb.shape[1:3]
+        elif rgb.shape[1:3] != self.size:
             raise SpacetimeValueError(f"frames of {rgb.shape[2]}x{rgb.shape[1]} do not match the earlier frames' "
                                       f"{self.size[1]}x{self.size[0]}")
         if self.review is not None:
             self.review.add(rgb)                       # raises before a blocked frame is encoded
-        luma, u, v = video.rgb_to_yuv420(rgb)
-        if self.wm_info["scheme"] is None:
-            self.wm_info["scheme"] = watermark.scheme_for(*luma.shape[1:])
-        marked = watermark.embed_luma(luma, self.generator_id, self.content_id, scheme=self.wm_info["scheme"])
+        planes = video.rgb_to_yuv420(rgb)
+        self._held = planes if self._held is None else tuple(np.concatenate(p) for p in zip(self._held, planes))
+        self.frames += len(rgb)
+        if not self._plan_frames and watermark.settled(*self.size, self.frames):
+            self._plan_frames = self.frames
+            self.wm_info["scheme"] = watermark.scheme_for(*self.size, self.frames)
+        if self._plan_frames:
+            self._encode(len(self._held[0]) // watermark.SEGMENT_FRAMES * watermark.SEGMENT_FRAMES)
+
+    def _encode(self, n: int):
+        """Watermark and encode the first ``n`` held frames."""
+        if n == 0:
+            return
+        luma, u, v = (p[:n] for p in self._held)
+        self._held = tuple(p[n:] for p in self._held)
+        marked = watermark.embed_luma(luma, self.generator_id, self.content_id, scheme=self.wm_info["scheme"],
+                                      start=self._marked, frames=self._plan_frames)
         self._sse += float(((marked - luma) ** 2).sum())
         self._count += marked.size
         if self._writer is None:
-            self.size = rgb.shape[1:3]
-            self._writer = video.YuvWriter(str(self.encoded), rgb.shape[2], rgb.shape[1], self.fps, self.crf)
+            self._writer = video.YuvWriter(str(self.encoded), self.size[1], self.size[0], self.fps, self.crf)
         self._writer.write(marked, u, v)
         if self.preview_path is not None:
-            keep = [i for i in range(len(rgb)) if (self.frames + i) % self.preview_stride == 0]
+            keep = [i for i in range(n) if (self._marked + i) % self.preview_stride == 0]
             if keep:
                 self._preview.append(video.yuv420_to_rgb(marked[keep], u[keep], v[keep]))
-        self.frames += len(rgb)
+        self._marked += n
 
     def finish(self) -> dict:
         """Sign and publish; returns what ``stamp_video`` returns."""
-        if self._writer is None:
+        if self.frames == 0:
             self.abort()
             raise SpacetimeValueError("no frames were written; a video needs at least one frame")
         try:
+            if not self._plan_frames:                  # a short clip: its length decides the scheme and cells
+                self._plan_frames = self.frames
+                self.wm_info["scheme"] = watermark.scheme_for(*self.size, self.frames)
+            self._encode(len(self._held[0]))
             self._writer.close()
             record = self._record()
             final = None
@@ -302,7 +328,7 @@ class StampWriter:
     def abort(self):
         """Stop without publishing: the temporary files are removed."""
         self._cleanup(flush=False)
-        self._preview = []
+        self._preview, self._held = [], None
 
     def _cleanup(self, flush: bool = True):
         try:

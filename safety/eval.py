@@ -1,8 +1,9 @@
 """Evaluate the prompt classifier on the labelled prompts in eval_prompts.json.
 
-    python -m spacetime.safety.eval [--split test|dev|all] [--policy FILE] [--lexical-only] [--cv] [--show-errors]
+    python -m spacetime.safety.eval [--split test|test2|dev|all] [--policy FILE] [--lexical-only] [--cv]
+                                    [--show-errors]
 
-Prints, for the "test" split (or ``--split dev|all``), recall on violating prompts (blocked at all, and blocked with
+Prints, for the held-out "test" split (or ``--split test2|dev|all``: "test2" is a second held-out batch), recall on violating prompts (blocked at all, and blocked with
 the labelled category among those named), per category and per kind (plain / paraphrase / obfuscated), the
 false-block rate on benign prompts (the plain creative ones together with those that name a harm in an acceptable
 frame: counter-speech, news, history, education, medical, art; each part also on its own), and the time per
@@ -22,6 +23,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 EVAL_FILE = HERE / "eval_prompts.json"
 TARGET_RECALL, TARGET_FALSE_BLOCKS = 0.95, 0.02
+SPLITS = ("dev", "test", "test2")        # "all" is every one of them
 
 
 def load_eval(path=EVAL_FILE) -> dict:
@@ -29,11 +31,11 @@ def load_eval(path=EVAL_FILE) -> dict:
 
 
 def evaluate(policy=None, semantic=None, data=None, log=print, show_errors=False, split="test") -> dict:
-    """Figures for one split of the labelled prompts ("dev", "test" or "all")."""
+    """Figures for one split of the labelled prompts ("dev", "test", "test2" or "all")."""
     from . import check_prompt
     full = load_eval()
     if data is None:
-        splits = ("dev", "test") if split == "all" else (split,)
+        splits = SPLITS if split == "all" else (split,)
         data = {"benign": [p for s in splits for p in full[s]["benign"]],
                 "benign_context": [c for s in splits for c in full[s].get("benign_context", [])],
                 "violating": [v for s in splits for v in full[s]["violating"]]}
@@ -125,8 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cv", action="store_true", help="also cross-validate the semantic layer on the exemplars")
     ap.add_argument("--show-errors", action="store_true", help="list false blocks and missed prompts")
     ap.add_argument("--json", action="store_true", help="print the results as JSON at the end")
-    ap.add_argument("--split", choices=("test", "dev", "all"), default="test",
-                    help="test (default; never looked at while building), dev (used for error analysis) or all")
+    ap.add_argument("--split", choices=SPLITS + ("all",), default="test",
+                    help="test (default: held out), test2 (a second held-out batch), dev (used for error analysis) "
+                    "or all")
     a = ap.parse_args(argv)
     res = evaluate(a.policy, False if a.lexical_only else None, show_errors=a.show_errors, split=a.split)
     if a.cv and not a.lexical_only:

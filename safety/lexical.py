@@ -87,17 +87,52 @@ def views(normalized: str) -> list[str]:
     return [normalized] if sq == normalized else [normalized, sq]
 
 
-def match_category(normalized: str, category, opposing=(), window: int = 3) -> list[dict]:
+@dataclass(frozen=True)
+class Negation:
+    """``[prompt] negations``: a negation ("no", "without", "nobody") followed by at most ``window`` words, all of
+    them ``gap`` words ("any", "a", "is", "or" ...) and no punctuation, negates the term that comes next ("no
+    nudity", "without any blood or gore", "nobody is naked"), so "no mercy killing", "nothing but naked bodies"
+    and "nothing, naked" negate nothing."""
+    words: tuple = ()
+    gap: frozenset = frozenset()
+    window: int = 3
+
+    def spans(self, view: str, hits: list[Hit]) -> list[tuple[int, int]]:
+        """(start, end) of every negated hit, with the negation in front of it."""
+        if not self.words or not hits:
+            return []
+        tokens = [(m.start(), m.end(), m.group(0)) for m in re.finditer(r"[a-z0-9'*]+", view)]
+        negs = find_terms(view, self.words)
+        out, reach = [], []                  # reach: where a negation's scope may go on (after a negated term)
+        for h in sorted(hits, key=lambda x: x.start):
+            for start, end in [(n.start, n.end) for n in negs] + reach:
+                between = [w for a, b, w in tokens if a >= end and b <= h.start]
+                if (end <= h.start and len(between) <= self.window and all(w in self.gap for w in between)
+                        and not re.search(r"[,.;:!?]", view[end:h.start])):
+                    out.append((start, h.end))
+                    reach.append((start, h.end))
+                    break
+        return out
+
+
+def negated(h: Hit, spans) -> bool:
+    return any(s <= h.start and h.end <= e for s, e in spans)
+
+
+def match_category(normalized: str, category, opposing=(), window: int = 3, negation: Negation = Negation()
+                   ) -> list[dict]:
     """Evidence dicts for every term and combination of ``category`` found in the normalised text. A hit inside
     one of the category's exceptions does not count, nor one that an ``opposing`` term ("against", "anti",
-    "prevention", ...) precedes by at most ``window`` words: the harm is named in order to oppose it."""
+    "prevention", ...) precedes by at most ``window`` words (the harm is named in order to oppose it), nor, in a
+    category whose ``negatable`` is not false, one that ``negation`` negates ("no nudity")."""
     evidence, seen = [], set()
     for view in views(normalized):
         excepted = [(h.start, h.end) for h in find_terms(view, category.exceptions)]
         opposed = [(_word_index(view, h.end), h.end) for h in find_terms(view, opposing)] if opposing else []
+        negs = negation.spans(view, find_terms(view, category_terms(category))) if category.negatable else []
 
         def allowed(h: Hit) -> bool:
-            if any(s <= h.start < e or s < h.end <= e for s, e in excepted):
+            if any(s <= h.start < e or s < h.end <= e for s, e in excepted) or negated(h, negs):
                 return False
             first = _word_index(view, h.start)
             return not any(end <= h.start and first - word < window for word, end in opposed)
@@ -122,6 +157,10 @@ def match_category(normalized: str, category, opposing=(), window: int = 3) -> l
                                      "match": " + ".join(h.text for h in best),
                                      "term": " + ".join(h.term for h in best), "score": 1.0})
     return evidence
+
+
+def category_terms(category) -> tuple:
+    return tuple(category.terms) + tuple(t for combo in category.combos for g in combo.groups for t in g)
 
 
 def _closest(found: list, window: int):

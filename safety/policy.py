@@ -23,14 +23,16 @@ SEVERITY = {"allow": 0, "warn": 1, "block": 2}
 TOP_KEYS = {"name", "version", "exemplars", "prompt", "frames", "categories", "benign_exemplars", "replace",
             "description"}
 PROMPT_KEYS = {"semantic", "l2", "steps", "benign_weight", "gate", "chunk_words", "opposing", "opposing_window",
-               "frames", "frame_breakers", "frame_lexical", "frame_semantic"}
+               "frames", "frame_breakers", "frame_lexical", "frame_semantic", "negations", "negation_gap",
+               "negation_window", "negatable", "benign_margin"}
 FRAME_KEYS = {"batch_size", "classifiers"}
 CATEGORY_KEYS = {"label", "action", "threshold", "frame_threshold", "terms", "except", "combos", "exemplars",
-                 "enabled", "description", "framable"}
+                 "enabled", "description", "framable", "negatable"}
 COMBO_KEYS = {"groups", "window"}
 PROMPT_DEFAULTS = {"semantic": True, "l2": 1e-4, "steps": 400, "benign_weight": 2.0, "gate": [0.25, 0.35],
                    "chunk_words": 24, "opposing": [], "opposing_window": 3, "frames": [], "frame_breakers": [],
-                   "frame_lexical": 1.0, "frame_semantic": 1.0}
+                   "frame_lexical": 1.0, "frame_semantic": 1.0, "negations": [], "negation_gap": [],
+                   "negation_window": 3, "negatable": [], "benign_margin": [1.0, 2.0]}
 
 
 class PolicyError(SpacetimeValueError):
@@ -55,6 +57,7 @@ class Category:
     combos: list = field(default_factory=list)
     exemplars: list = field(default_factory=list)
     framable: bool = True             # an acceptable frame ([prompt] frames) may lower its scores
+    negatable: bool = True            # a negated term ("no nudity") does not count ([prompt] negations)
 
     @property
     def frame_limit(self) -> float:
@@ -167,22 +170,24 @@ def _build(data: dict, sources: list) -> Policy:
     prompt = dict(PROMPT_DEFAULTS)
     prompt.update(data.get("prompt") or {})
     _check_keys(prompt, PROMPT_KEYS, "[prompt]")
-    for k in ("opposing", "frames", "frame_breakers"):
+    for k in ("opposing", "frames", "frame_breakers", "negations", "negation_gap", "negatable"):
         if not (isinstance(prompt[k], list) and all(isinstance(t, str) and t.strip() for t in prompt[k])):
             raise PolicyError(f"[prompt] {k}={prompt[k]!r} is not allowed; allowed: a list of terms")
     for k in ("frame_lexical", "frame_semantic"):
         if not (isinstance(prompt[k], (int, float)) and 0 <= prompt[k] <= 1):
             raise PolicyError(f"[prompt] {k}={prompt[k]!r} is not allowed; allowed: a number in [0, 1]")
-    for k in ("steps", "chunk_words", "opposing_window"):
+    for k in ("steps", "chunk_words", "opposing_window", "negation_window"):
         if not isinstance(prompt[k], int) or prompt[k] < 1:
             raise PolicyError(f"[prompt] {k}={prompt[k]!r} is not allowed; allowed: an integer >= 1")
     for k in ("l2", "benign_weight"):
         if not isinstance(prompt[k], (int, float)) or prompt[k] < 0:
             raise PolicyError(f"[prompt] {k}={prompt[k]!r} is not allowed; allowed: a number >= 0")
-    gate = prompt["gate"]
-    if not (isinstance(gate, list) and len(gate) == 2 and all(isinstance(g, (int, float)) for g in gate)
-            and -1 <= gate[0] <= gate[1] <= 1):
-        raise PolicyError(f"[prompt] gate={gate!r} is not allowed; allowed: [low, high] cosines, low <= high")
+    for k, lo_hi in (("gate", (-1, 1)), ("benign_margin", (0, 2))):
+        pair = prompt[k]
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(g, (int, float)) for g in pair)
+                and lo_hi[0] <= pair[0] <= pair[1] <= lo_hi[1]):
+            raise PolicyError(f"[prompt] {k}={pair!r} is not allowed; allowed: [low, high] cosines, "
+                              f"{lo_hi[0]} <= low <= high <= {lo_hi[1]}")
     frames = dict(data.get("frames") or {})
     _check_keys(frames, FRAME_KEYS, "[frames]")
     frames.setdefault("batch_size", 16)
@@ -225,7 +230,7 @@ def _build(data: dict, sources: list) -> Policy:
         categories[cid] = Category(cid, str(t.get("label", cid)), action, float(t.get("threshold", 0.5)),
                                    None if t.get("frame_threshold") is None else float(t["frame_threshold"]),
                                    [str(x) for x in t.get("terms") or []], [str(x) for x in t.get("except") or []],
-                                   combos, exemplars, bool(t.get("framable", True)))
+                                   combos, exemplars, bool(t.get("framable", True)), bool(t.get("negatable", True)))
     for c in classifiers:
         for idx, cat in (c.get("outputs") or {}).items():
             if cat not in categories and cat not in (data.get("categories") or {}):

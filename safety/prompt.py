@@ -65,12 +65,23 @@ def _vocabulary(pol) -> set:
     return _vocab_cache[key]
 
 
-def _without_exceptions(text: str, pol) -> str:
+def _negation(pol) -> lexical.Negation:
+    p = pol.prompt
+    gap = frozenset(w for t in p["negation_gap"] for w in t.lower().split())
+    return lexical.Negation(tuple(p["negations"]), gap, int(p["negation_window"]))
+
+
+def _semantic_text(text: str, pol) -> str:
     """The text the semantic layer embeds: phrases the policy declares harmless ("naked eye", "nude heels") are
-    taken out, so their words do not pull the embedding towards a category."""
+    taken out, so their words do not pull the embedding towards a category, and so are negated harms ("no
+    nudity", "without any blood or gore": a negation, then a term of a negatable category or a ``[prompt]
+    negatable`` word), which the encoder would otherwise read as naming them."""
     spans = []
     for cat in pol.categories.values():
         spans += [(h.start, h.end) for h in lexical.find_terms(text, cat.exceptions)]
+    harms = tuple(pol.prompt["negatable"]) + tuple(t for c in pol.categories.values() if c.negatable
+                                                   for t in lexical.category_terms(c))
+    spans += _negation(pol).spans(text, lexical.find_terms(text, harms))
     if not spans:
         return text
     out, pos = [], 0
@@ -105,14 +116,15 @@ def check_prompt(text: str, policy: PolicySpec = None, semantic: Optional[bool] 
         norm = segment(norm, runs, _vocabulary(pol))
     use_sem = pol.prompt.get("semantic", True) if semantic is None else bool(semantic)
     lex_scores, evidence = {}, []
+    negation = _negation(pol)
     for cid, cat in pol.categories.items():
-        ev = lexical.match_category(norm, cat, pol.prompt["opposing"], pol.prompt["opposing_window"])
+        ev = lexical.match_category(norm, cat, pol.prompt["opposing"], pol.prompt["opposing_window"], negation)
         lex_scores[cid] = max((e["score"] for e in ev), default=0.0)
         evidence += ev
     sem_scores = {c: 0.0 for c in pol.categories}
     if use_sem and norm.strip():
         from .semantic import semantic_scores
-        sem_scores, sem_ev = semantic_scores(_without_exceptions(norm, pol), pol)
+        sem_scores, sem_ev = semantic_scores(_semantic_text(norm, pol), pol)
         evidence += [e for e in sem_ev if e["score"] >= 0.05]
     frame = _frame(norm, pol)
     if frame:

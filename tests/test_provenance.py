@@ -46,10 +46,10 @@ def smooth_clip(frames=9, size=64, seed=0):
 def test_code_word_round_trip_and_crc():
     word = watermark.encode_payload(0x53, 0xDEADBEEF)
     assert word.shape == (64,) and set(np.unique(word)) <= {0, 1}
-    assert watermark._valid_words(word[None])[0]
+    assert watermark.valid_words(word[None])[0]
     bad = word.copy()
     bad[20] ^= 1
-    assert not watermark._valid_words(bad[None])[0]
+    assert not watermark.valid_words(bad[None])[0]
     with pytest.raises(watermark.WatermarkError, match="content_id"):
         watermark.encode_payload(0x53, 2 ** 32)
 
@@ -251,20 +251,70 @@ def test_verify_report_is_json(tmp_path):
     json.dumps(verify_file(info["path"]))
 
 
-def test_smooth_watermark_v2_is_invisible_and_read_back():
-    """v2 on a flat navy clip: no change larger than 1 level between neighbouring pixels (no block edges), PSNR
-    >= 42 dB, exact payload back; marks of the block scheme v1 are still read."""
+NAVY = 0.299 * 20 + 0.587 * 30 + 0.114 * 80
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_smooth_watermark_v3_is_invisible_and_read_back(size):
+    """v3 on a flat navy 17-frame clip: no change larger than 1 level between neighbouring pixels (no block edges),
+    PSNR >= 42 dB, exact payload back; an unmarked clip reads as unmarked."""
     from spacetime.provenance import watermark as wm
-    luma = np.full((5, 256, 256), 0.299 * 20 + 0.587 * 30 + 0.114 * 80)
-    assert wm.scheme_for(256, 256) == wm.SCHEME_V2 and wm.scheme_for(64, 64) == wm.SCHEME
+    luma = np.full((17, size, size), NAVY)
+    assert wm.scheme_for(size, size, 17) == wm.SCHEME_V3
     marked = wm.embed_luma(luma, wm.DEFAULT_GENERATOR, 0xC0FFEE)
     d = marked - luma
     assert max(np.abs(np.diff(d, axis=1)).max(), np.abs(np.diff(d, axis=2)).max()) <= 1.0
     assert 10 * np.log10(255 ** 2 / np.mean(d ** 2)) >= 42
     got = wm.detect_luma(np.round(marked))
-    assert got.detected and got.content_id == 0xC0FFEE and got.scheme == wm.SCHEME_V2
-    old = wm.detect_luma(np.round(wm.embed_luma(luma, wm.DEFAULT_GENERATOR, 77, scheme=wm.SCHEME)))
-    assert old.detected and old.content_id == 77 and old.scheme == wm.SCHEME
+    assert got.detected and got.content_id == 0xC0FFEE and got.scheme == wm.SCHEME_V3
     assert not wm.detect_luma(np.round(luma)).detected
+
+
+def test_v3_is_static_over_segments_and_spreads_the_word_over_time_on_small_frames():
+    from spacetime.provenance import watermark as wm
+    luma = np.full((17, 64, 64), NAVY)
+    d = wm.embed_luma(luma, wm.DEFAULT_GENERATOR, 5) - luma
+    assert all(np.array_equal(d[0], d[k]) for k in (1, 2, 3))         # one field per segment of 4 frames
+    assert not np.allclose(d[0], d[4])                                 # the next segment carries other bits
+    big = np.full((9, 128, 128), NAVY)
+    e = wm.embed_luma(big, wm.DEFAULT_GENERATOR, 5) - big
+    assert np.array_equal(e[0], e[4])                                  # 128x128: every segment holds the word
+
+
+def test_v3_reads_trimmed_clips_and_single_frames():
+    from spacetime.provenance import watermark as wm
+    rgb = toy_clip(17, 64, 64, seed=3)
+    marked = wm.embed_rgb(rgb, content_id=424242)
+    navy = wm.embed_rgb(np.full((17, 64, 64, 3), (20, 30, 80), np.uint8), content_id=424242)
+    for cut in (marked[4:], marked[1:], navy[2:15], navy[3:]):         # the reader finds the segments again
+        got = wm.detect_rgb(cut)
+        assert got.detected and got.content_id == 424242 and got.scheme == wm.SCHEME_V3
+    still = wm.embed_rgb(rgb[:1], content_id=99)                       # one 64x64 frame: 8x8 cells
+    got = wm.detect_rgb(still)
+    assert got.detected and got.content_id == 99 and got.scheme == wm.SCHEME_V3
+
+
+def test_marks_of_the_earlier_schemes_are_still_read():
+    from spacetime.provenance import watermark as wm
+    for scheme, size in ((wm.SCHEME_V1, 64), (wm.SCHEME_V2, 256)):
+        luma = np.full((5, size, size), NAVY)
+        old = wm.detect_luma(np.round(wm.embed_luma(luma, wm.DEFAULT_GENERATOR, 77, scheme=scheme)))
+        assert old.detected and old.content_id == 77 and old.scheme == scheme
+    assert wm.scheme_for(32, 32, 1) == wm.SCHEME_V1                   # too small for v3: blocks
     with pytest.raises(wm.WatermarkError, match="too small"):
-        wm.embed_luma(luma[:, :64, :64], scheme=wm.SCHEME_V2)
+        wm.embed_luma(np.zeros((1, 64, 64)), scheme=wm.SCHEME_V2)
+    with pytest.raises(wm.WatermarkError, match="cannot carry"):
+        wm.embed_luma(np.zeros((1, 32, 32)), scheme=wm.SCHEME_V3)
+
+def test_v3_marked_piece_by_piece_equals_the_whole_clip():
+    """Pieces starting on segment boundaries, marked with the clip's settled length, carry exactly the whole clip's
+    mark (the streamed stamp writer relies on it)."""
+    from spacetime.provenance import watermark as wm
+    luma = wm.rgb_luma(toy_clip(21, 64, 64, seed=5))
+    whole = wm.embed_luma(luma, wm.DEFAULT_GENERATOR, 31337)
+    assert not wm.settled(64, 64, 12) and wm.settled(64, 64, 13)       # 64x64: 16x16 cells from 13 frames on
+    pieces = [wm.embed_luma(luma[a:b], wm.DEFAULT_GENERATOR, 31337, start=a, frames=13) for a, b in
+              ((0, 8), (8, 20), (20, 21))]
+    assert np.array_equal(np.concatenate(pieces), whole)
+    with pytest.raises(wm.WatermarkError, match="start=2 is not allowed"):
+        wm.embed_luma(luma[2:6], start=2, frames=21)
