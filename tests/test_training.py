@@ -46,3 +46,15 @@ def test_inflation_only_touches_time_slices():
     for n, p in vae.named_parameters():
         if p.dim() == 5 and p.shape[2] == 3 and p.shape[3:] != (1, 1):
             assert torch.equal(p[:, :, 2], before[n][:, :, 2]) and p[:, :, :2].abs().sum() == 0
+
+
+def test_a_stop_signal_during_training_is_deferred_to_the_end_of_the_step():
+    import os
+    import signal
+    from spacetime.toyworld.runs import StopOnSignal
+    before = signal.getsignal(signal.SIGTERM)
+    with StopOnSignal() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)                 # would end the test process without the handler
+        assert stop.requested
+    assert signal.getsignal(signal.SIGTERM) is before

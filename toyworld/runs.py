@@ -49,6 +49,33 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 200, floor: float = 
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+class StopOnSignal:
+    """While active, SIGTERM and SIGINT only set ``requested``: a training loop then saves its state at the end of
+    the current step and returns, so stopping a run loses no finished step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._set)
+        return self
+
+    def _set(self, signum, frame):
+        self.requested = True
+        print("stop requested: saving after this step", flush=True)
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+        return False
+
+
 class Checkpointer:
     """Resumable training state: ``state.pt`` (written atomically) + ``log.jsonl`` + plots."""
 

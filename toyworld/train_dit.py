@@ -31,7 +31,7 @@ from ..model.config import DiTConfig, config_to_dict
 from ..model.dit import build_dit
 from ..model.embedded import TOY_DIT
 from ..model.loading import read_state_dict, write_safetensors_atomic
-from .runs import Checkpointer, clips_to_tensor, device_and_threads, lr_at
+from .runs import Checkpointer, StopOnSignal, clips_to_tensor, device_and_threads, lr_at
 from .world import Obj, Scene, random_clip, render
 
 TRAIN_SIZES = ((64, 64), (96, 64), (64, 96))
@@ -306,6 +306,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
         print(f"probe @ {step} ({time.time() - tp:.0f}s): {line}", flush=True)
 
     step = start
+    stop = StopOnSignal().__enter__()
     for step in range(start, r.steps):
         img_step = step < r.image_steps or (not video) or rng.random() < r.image_frac
         if img_step:
@@ -352,12 +353,13 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
         if step % 100 == 0:
             print(f"dit step {step} loss {loss.item():.4f} gn {float(gn):.2f} {b.name}{' img' if img_step else ''} "
                   f"B={B} {time.time() - t0:.0f}s", flush=True)
-        last = step + 1 == r.steps or (r.time_limit and time.time() - t0 > r.time_limit)
-        if (step + 1) % 250 == 0 or last:
+        last = step + 1 == r.steps or (r.time_limit and time.time() - t0 > r.time_limit) or stop.requested
+        probe_now = bool(r.probe_every) and (step + 1) % r.probe_every == 0
+        if (step + 1) % 250 == 0 or last or probe_now:        # probed weights can always be taken back
             ck.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                      "step": step + 1})
             ck.plot(["loss"], "toy DiT training loss (flow matching, object-weighted)")
-        if r.probe_every and ((step + 1) % r.probe_every == 0 or last):
+        if r.probe_every and (probe_now or (last and not stop.requested)):
             probe(step + 1)
             if stop_when_all and all(s["all"] == 1.0 for s in summary.values()):
                 ck.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -365,6 +367,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
                 break
         if last:
             break
+    stop.__exit__(None, None, None)
     write_safetensors_atomic(ema.state_dict(), Path(out) / "dit_ema.safetensors", overwrite=True)
     (Path(out) / "dit.json").write_text(json.dumps({"config": config_to_dict(cfg), "step": step + 1,
                                                     "probe": summary}, indent=1))
