@@ -306,68 +306,67 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
         print(f"probe @ {step} ({time.time() - tp:.0f}s): {line}", flush=True)
 
     step = start
-    stop = StopOnSignal().__enter__()
-    for step in range(start, r.steps):
-        img_step = step < r.image_steps or (not video) or rng.random() < r.image_frac
-        if img_step:
-            bi = int(rng.choice(len(data), p=counts / counts.sum()))
-        else:
-            vc = counts[video]
-            bi = video[int(rng.choice(len(video), p=vc / vc.sum()))]
-        b = data[bi]
-        Fp = 1 if img_step else b.frames
-        Hp, Wp = b.latents.shape[3:]
-        n_tok = Fp * (Hp // cfg.patch_size[1]) * (Wp // cfg.patch_size[2])
-        B = int(np.clip(r.tokens // n_tok, 2, r.max_batch))
-        idx = rng.integers(0, b.latents.shape[0], B)
-        x0 = b.latents[idx][:, :, :Fp].float().to(dev)
-        objw = b.objects[idx][:, :Fp].float().div(255).to(dev)                        # B F' H' W'
-        caps = [training_caption(b.scenes[i], rng, r.p_short) if rng.random() >= r.p_drop else "" for i in idx]
-        ctx, lens = text(caps, dev)
-        m = torch.from_numpy(np.stack([sample_mask(Fp, rng, r.t2v_only)[0] for _ in range(B)])).to(dev)
-        sigma = sample_sigma(B, gen).to(dev)
-        noise = torch.randn(x0.shape, generator=gen).to(dev)
-        s5 = sigma.view(B, 1, 1, 1, 1)
-        known = m.view(B, 1, Fp, 1, 1)
-        xs = ((1 - s5) * x0 + s5 * noise) * (1 - known) + x0 * known
-        t = (1 - m) * sigma.view(B, 1) * 1000.0
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, r.steps, r.lr, warmup=r.warmup)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            v = model(xs, t, ctx, lens)
-        err = (v.float() - (noise - x0)) ** 2
-        w = (1 - known) * (1 + (r.obj_weight - 1) * objw[:, None])
-        n_unknown = ((1 - known).sum() * x0.shape[1] * Hp * Wp).clamp(min=1)
-        loss = (err * w).sum() / n_unknown
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(r.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
-        if step % 10 == 0:
-            ck.log({"step": step, "loss": loss.item(), "grad_norm": float(gn), "bucket": b.name,
-                    "image": bool(img_step), "batch": B, "time": time.time() - t0})
-        if step % 100 == 0:
-            print(f"dit step {step} loss {loss.item():.4f} gn {float(gn):.2f} {b.name}{' img' if img_step else ''} "
-                  f"B={B} {time.time() - t0:.0f}s", flush=True)
-        last = step + 1 == r.steps or (r.time_limit and time.time() - t0 > r.time_limit) or stop.requested
-        probe_now = bool(r.probe_every) and (step + 1) % r.probe_every == 0
-        if (step + 1) % 250 == 0 or last or probe_now:        # probed weights can always be taken back
-            ck.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                     "step": step + 1})
-            ck.plot(["loss"], "toy DiT training loss (flow matching, object-weighted)")
-        if r.probe_every and (probe_now or (last and not stop.requested)):
-            probe(step + 1)
-            if stop_when_all and all(s["all"] == 1.0 for s in summary.values()):
+    with StopOnSignal() as stop:
+        for step in range(start, r.steps):
+            img_step = step < r.image_steps or (not video) or rng.random() < r.image_frac
+            if img_step:
+                bi = int(rng.choice(len(data), p=counts / counts.sum()))
+            else:
+                vc = counts[video]
+                bi = video[int(rng.choice(len(video), p=vc / vc.sum()))]
+            b = data[bi]
+            Fp = 1 if img_step else b.frames
+            Hp, Wp = b.latents.shape[3:]
+            n_tok = Fp * (Hp // cfg.patch_size[1]) * (Wp // cfg.patch_size[2])
+            B = int(np.clip(r.tokens // n_tok, 2, r.max_batch))
+            idx = rng.integers(0, b.latents.shape[0], B)
+            x0 = b.latents[idx][:, :, :Fp].float().to(dev)
+            objw = b.objects[idx][:, :Fp].float().div(255).to(dev)                        # B F' H' W'
+            caps = [training_caption(b.scenes[i], rng, r.p_short) if rng.random() >= r.p_drop else "" for i in idx]
+            ctx, lens = text(caps, dev)
+            m = torch.from_numpy(np.stack([sample_mask(Fp, rng, r.t2v_only)[0] for _ in range(B)])).to(dev)
+            sigma = sample_sigma(B, gen).to(dev)
+            noise = torch.randn(x0.shape, generator=gen).to(dev)
+            s5 = sigma.view(B, 1, 1, 1, 1)
+            known = m.view(B, 1, Fp, 1, 1)
+            xs = ((1 - s5) * x0 + s5 * noise) * (1 - known) + x0 * known
+            t = (1 - m) * sigma.view(B, 1) * 1000.0
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, r.steps, r.lr, warmup=r.warmup)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                v = model(xs, t, ctx, lens)
+            err = (v.float() - (noise - x0)) ** 2
+            w = (1 - known) * (1 + (r.obj_weight - 1) * objw[:, None])
+            n_unknown = ((1 - known).sum() * x0.shape[1] * Hp * Wp).clamp(min=1)
+            loss = (err * w).sum() / n_unknown
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                d = min(r.ema, (1 + step) / (10 + step))
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - d)
+            if step % 10 == 0:
+                ck.log({"step": step, "loss": loss.item(), "grad_norm": float(gn), "bucket": b.name,
+                        "image": bool(img_step), "batch": B, "time": time.time() - t0})
+            if step % 100 == 0:
+                print(f"dit step {step} loss {loss.item():.4f} gn {float(gn):.2f} {b.name}{' img' if img_step else ''} "
+                      f"B={B} {time.time() - t0:.0f}s", flush=True)
+            last = step + 1 == r.steps or (r.time_limit and time.time() - t0 > r.time_limit) or stop.requested
+            probe_now = bool(r.probe_every) and (step + 1) % r.probe_every == 0
+            if (step + 1) % 250 == 0 or last or probe_now:        # probed weights can always be taken back
                 ck.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                          "step": step + 1})
+                ck.plot(["loss"], "toy DiT training loss (flow matching, object-weighted)")
+            if r.probe_every and (probe_now or (last and not stop.requested)):
+                probe(step + 1)
+                if stop_when_all and all(s["all"] == 1.0 for s in summary.values()):
+                    ck.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                             "step": step + 1})
+                    break
+            if last:
                 break
-        if last:
-            break
-    stop.__exit__(None, None, None)
     write_safetensors_atomic(ema.state_dict(), Path(out) / "dit_ema.safetensors", overwrite=True)
     (Path(out) / "dit.json").write_text(json.dumps({"config": config_to_dict(cfg), "step": step + 1,
                                                     "probe": summary}, indent=1))

@@ -33,8 +33,8 @@ TOY_VAE = VAEConfig(dim=16, z_dim=16, dim_mult=(1, 2, 4), num_res_blocks=1, attn
                     temperal_downsample=(True, True), latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
 
 
-def _batch_plan(rng, scale: float = 1.0):
-    frames, nb, _ = VAE_LENGTHS[int(rng.choice(len(VAE_LENGTHS), p=_length_weights()))]
+def _batch_plan(rng, scale: float = 1.0, images_only: bool = False):
+    frames, nb, _ = VAE_LENGTHS[0 if images_only else int(rng.choice(len(VAE_LENGTHS), p=_length_weights()))]
     w, h = TRAIN_SIZES[int(rng.integers(len(TRAIN_SIZES)))]
     return frames, max(1, int(round(nb * scale))), w, h
 
@@ -148,10 +148,7 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
     for step in range(start, steps):
         if image_steps and step == image_steps and decoder_only_from is None:
             inflate_to_video(vae)
-        if step < image_steps:
-            frames, nb, w, h = 1, max(1, int(round(16 * batch_scale))), *TRAIN_SIZES[int(rng.integers(3))]
-        else:
-            frames, nb, w, h = _batch_plan(rng, batch_scale)
+        frames, nb, w, h = _batch_plan(rng, batch_scale, images_only=step < image_steps)
         clips = [random_clip(int(rng.integers(2 ** 31)), frames, w, h) for _ in range(nb)]
         x = clips_to_tensor(clips).to(dev)
         wmap = detail_map(clips, x, detail_weight) if detail_weight else None
