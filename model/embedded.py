@@ -15,8 +15,10 @@ DIT_FILE = WEIGHTS_DIR / "embedded_dit.safetensors"
 VAE_FILE = WEIGHTS_DIR / "embedded_vae.safetensors"
 
 # Architecture of the embedded model (the trained weights' json repeats it, with the VAE's latent statistics).
-TOY_VAE = VAEConfig(dim=16, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=1, attn_scales=(),
-                    temperal_downsample=(False, True, True), latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
+# The VAE compresses 4x4 in space and 4x in time to 16 channels, so an object of the toy world spans several latent
+# cells (with the DiT's 2x2 patches: sizes are multiples of 8).
+TOY_VAE = VAEConfig(dim=16, z_dim=16, dim_mult=(1, 2, 4), num_res_blocks=1, attn_scales=(),
+                    temperal_downsample=(True, True), latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
 TOY_DIT = DiTConfig(model_type="ti2v", patch_size=(1, 2, 2), text_len=48, in_dim=16, out_dim=16, dim=256,
                     ffn_dim=768, freq_dim=256, text_dim=384, num_heads=4, num_layers=8)
 SAMPLING = dict(steps=20, shift=3.0, cfg=5.0, fps=8, default_size=(64, 64), default_frames=17)

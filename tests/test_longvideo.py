@@ -85,7 +85,7 @@ def test_file_backed_latents(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 def test_streamed_decode_equals_decoding_the_whole_timeline(st):
-    z = torch.randn(1, 16, 9, 8, 8)
+    z = torch.randn(st.latent_shape(1, 33, 64, 64))
     whole = st.decode(z)[0]
     pieces = [z[:, :, :5], z[:, :, 5:6], z[:, :, 6:9]]
     streamed = torch.cat(list(stream_frames(st, pieces)))
@@ -283,13 +283,13 @@ def _long_graph(**over):
     return g
 
 
-def test_long_video_nodes_write_one_signed_video(dirs):
+def test_long_video_nodes_write_one_signed_video(dirs, st):
     from spacetime.provenance import verify_file
     from spacetime.runner import run_workflow
     r = run_workflow(_long_graph())
     lat = r["2"]["result"][0]["samples"]
     info = json.loads(r["2"]["result"][1])
-    assert lat.shape == (1, 16, 11, 8, 8) and info["windows"] == 3 and info["anchor_frames"] == "0"
+    assert lat.shape == st.latent_shape(1, 41, 64, 64) and info["windows"] == 3 and info["anchor_frames"] == "0"
     path = r["3"]["result"][0]
     assert sorted(p.name for p in dirs["output"].iterdir()) == ["long_00001.mp4"]
     rep = verify_file(path)
@@ -308,7 +308,7 @@ def test_long_video_node_validation_and_cancel(dirs):
     assert "frames=160" in v(frames=160, window_frames=17, overlap_frames=4, anchor_frames="")
     assert v(frames=161, window_frames=17, overlap_frames=4, anchor_frames="0") is True
     model = host.get_model("toyworld-random", device="cpu")
-    lat = {"samples": torch.zeros(1, 16, 6, 8, 8)}
+    lat = {"samples": torch.zeros(model.latent_shape(1, 21, 64, 64))}
     host.request_cancel()
     try:
         with pytest.raises(host.Interrupted):

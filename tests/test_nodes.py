@@ -193,7 +193,7 @@ def test_ui_format_conversion_reads_widgets_and_links():
     assert api["3"]["inputs"] == {"model": ["1", 0], "width": 64, "height": 48, "frames": 9, "batch": 1, "seed": 42}
     assert api["1"]["inputs"]["device"] == "cpu" and "9" not in api
     lat = run_workflow(ui)["3"]["result"][0]
-    assert lat["samples"].shape == (1, 16, 3, 6, 8) and lat["noise_seed"] == 42
+    assert lat["samples"].shape == (1, 16, 3, 12, 16) and lat["noise_seed"] == 42          # 4x4 in space, 4x in time
 
 
 def test_sampling_preview_is_reviewed_before_it_is_shown(monkeypatch):

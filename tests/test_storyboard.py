@@ -145,7 +145,7 @@ def test_storyboard_modes(st, mode, monkeypatch):
     monkeypatch.setattr(storyboard, "sample_shots", spy)
     raw, plan = storyboard.storyboard_latents(st, ["9: a red ball on navy", "8: a blue box on beige"], width=64,
                                               height=48, mode=mode, seed=1, expand_prompt=False, **FAST)
-    assert raw.shape == (1, 16, 5, 6, 8) and plan.cuts == [9]
+    assert raw.shape == st.latent_shape(1, 17, 48, 64) and plan.cuts == [9]
     if mode == "text":
         assert calls == [(("a red ball on navy", "a blue box on beige"), [0, 0, 0, 1, 1], 5)]
     elif mode == "reference":

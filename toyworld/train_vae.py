@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.config import VAEConfig, config_from_dict, config_to_dict
+from ..model.embedded import TOY_VAE
 from ..model.loading import read_state_dict, write_safetensors_atomic
 from ..model.vae import build_vae
 from .runs import Checkpointer, clips_to_tensor, device_and_threads, lr_at
@@ -28,9 +29,6 @@ from .world import random_clip
 TRAIN_SIZES = ((64, 64), (96, 64), (64, 96))           # (width, height): square, landscape, portrait
 # (frames, clips per batch, weight): about the same number of pixels per step whatever the length
 VAE_LENGTHS = ((1, 16, 0.15), (5, 8, 0.15), (9, 6, 0.2), (17, 4, 0.3), (33, 2, 0.2))
-# 4x4 spatial, 4x temporal compression to 16 channels: an object of the toy world spans several latent cells
-TOY_VAE = VAEConfig(dim=16, z_dim=16, dim_mult=(1, 2, 4), num_res_blocks=1, attn_scales=(),
-                    temperal_downsample=(True, True), latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
 
 
 def _batch_plan(rng, scale: float = 1.0, images_only: bool = False):
