@@ -84,6 +84,24 @@ class FrameCondition:
 # The model wrapper: CFG + frame conditioning -> velocity
 # ----------------------------------------------------------------------------------------------------------------------
 
+def join_text(text: torch.Tensor, lengths, text_null: torch.Tensor, null_lengths):
+    """One batch [cond; uncond] of token embeddings (the shorter zero-padded to the longer, the negative broadcast
+    to the batch) and its lengths, so the text is embedded and its keys/values computed in one pass."""
+    B = text.shape[0]
+    if text_null.shape[0] != B:
+        text_null = text_null.expand(B, -1, -1)
+    L = max(text.shape[1], text_null.shape[1])
+
+    def padded(x):
+        return x if x.shape[1] == L else torch.cat([x, x.new_zeros(B, L - x.shape[1], x.shape[2])], dim=1)
+
+    def lens(given, x):
+        given = torch.full((B,), x.shape[1]) if given is None else torch.as_tensor(given).expand(B)
+        return given.to(x.device)
+    return (torch.cat([padded(text), padded(text_null.to(text))]),
+            torch.cat([lens(lengths, text), lens(null_lengths, text_null)]))
+
+
 class GuidedDenoiser:
     """Calls the DiT on cond and uncond text in one batch, with known frames at timestep 0.
 
@@ -94,14 +112,10 @@ class GuidedDenoiser:
                  cond: Optional[FrameCondition] = None):
         self.model, self.cfg, self.cond = model, float(cfg), cond
         with torch.no_grad():
-            emb = model.embed_text(text, text_lengths)
             self.use_cfg = text_null is not None and self.cfg != 1.0
             if self.use_cfg:
-                emb_null = model.embed_text(text_null, text_null_lengths)
-                if emb_null.shape[0] != emb.shape[0]:
-                    emb_null = emb_null.expand(emb.shape[0], -1, -1)
-                emb = torch.cat([emb, emb_null], dim=0)
-            self.kv = model.text_kv(emb)
+                text, text_lengths = join_text(text, text_lengths, text_null, text_null_lengths)
+            self.kv = model.text_kv(model.text_tokens(text, text_lengths))
 
     def timesteps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         B = x.shape[0]
