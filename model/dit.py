@@ -427,10 +427,9 @@ class WanDiT(nn.Module):
             self._rope_cache[key] = rope_table(grid, self.cfg.head_dim, device, offsets=offsets)
         return self._rope_cache[key]
 
-    def _time(self, t: torch.Tensor, B: int, grid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Timesteps -> (tg [B', G], e [B', G, D], e0 [B', G, 6, D]) with G in {1, F', L}: the timestep of each of G
-        contiguous token groups and its embeddings. B' is 1 when every sample has the same timesteps (CFG's pair),
-        so the modulation is computed once and broadcast."""
+    def _timesteps(self, t: torch.Tensor, B: int, grid) -> torch.Tensor:
+        """Timesteps -> tg [B', G]: the timestep of each of G contiguous token groups, G in {1, F', L}. B' is 1 when
+        every sample has the same timesteps (CFG's pair), so the modulation is computed once and broadcast."""
         Fp, Hp, Wp = grid
         L = Fp * Hp * Wp
         t = torch.as_tensor(t, device=self.device)
@@ -447,12 +446,20 @@ class WanDiT(nn.Module):
         if G == L and L > 1:
             tv = t.reshape(B, Fp, Hp * Wp)
             if bool((tv == tv[:, :, :1]).all()):       # constant within each frame: per-frame groups are enough
-                t, G = tv[:, :, 0], Fp
+                t = tv[:, :, 0]
         if B > 1 and bool((t == t[:1]).all()):
             t = t[:1]
-        e = self.time_embedding(timestep_sinusoid(t, self.cfg.freq_dim).to(self.dtype)).float()
+        return t.float()
+
+    def _embed_time(self, tg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tg [B', G] -> (e [B', G, D], e0 [B', G, 6, D]) float32."""
+        e = self.time_embedding(timestep_sinusoid(tg, self.cfg.freq_dim).to(self.dtype)).float()
         e0 = self.time_projection(e.to(self.dtype)).float().unflatten(-1, (6, self.cfg.dim))
-        return t.float(), e, e0
+        return e, e0
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents [B, in_dim, F, H, W] -> patch tokens [B, F'H'W', dim] float32 in (f, h, w) order."""
+        return self.patch_embedding(x.to(self.device, self.dtype)).flatten(2).transpose(1, 2).float().contiguous()
 
     # Set while model/parallel.py's sequence parallelism or model/cache.py's step cache is active.
     sequence_parallel = None
@@ -466,16 +473,17 @@ class WanDiT(nn.Module):
         [B, out_dim, F, H, W] float32."""
         B = x.shape[0]
         pt, ph, pw = self.cfg.patch_size
-        tok = self.patch_embedding(x.to(self.device, self.dtype))
-        grid = tuple(tok.shape[2:])
-        h = tok.flatten(2).transpose(1, 2).float().contiguous()
-        tg, e, e0 = self._time(t, B, grid)
+        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        tg = self._timesteps(t, B, grid)
         if text_kv is None and text_emb is None:
             text_emb = self.text_tokens(context, context_lengths)
-        rope = self.rope(grid, h.device, rope_offsets)
+        rope = self.rope(grid, self.device, rope_offsets)
         sp = self.sequence_parallel
-        if sp is not None:                                       # this rank's share of the tokens
-            h, tg, e, e0, rope = sp.shard(h, tg, e, e0, rope)
+        if sp is None:
+            h = self._tokens(x)
+        else:                                                    # this rank's share of the tokens
+            h, tg, rope = sp.shard(self, x, tg, rope, grid)
+        e, e0 = self._embed_time(tg)
         cache = self.step_cache
         if cache is not None and cache.reusable(self, h, tg, e0, rope_offsets):
             h = cache.reuse(h)

@@ -11,6 +11,7 @@ fill knows any subset.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -106,16 +107,25 @@ class GuidedDenoiser:
     """Calls the DiT on cond and uncond text in one batch, with known frames at timestep 0.
 
     ``text`` / ``text_null``: [B, L, text_dim] token embeddings (plus lengths), embedded once for all steps.
+    ``parallel`` (model/parallel.py): sequence-parallel calls, and cond / uncond on the two CFG rank groups.
+    ``cache`` (model/cache.py): step caching settings; the run's cache state lives here.
     """
 
     def __init__(self, model, text, text_lengths=None, text_null=None, text_null_lengths=None, cfg: float = 1.0,
-                 cond: Optional[FrameCondition] = None):
-        self.model, self.cfg, self.cond = model, float(cfg), cond
+                 cond: Optional[FrameCondition] = None, parallel=None, cache=None):
+        self.model, self.cfg, self.cond, self.parallel = model, float(cfg), cond, parallel
         with torch.no_grad():
             self.use_cfg = text_null is not None and self.cfg != 1.0
             if self.use_cfg:
                 text, text_lengths = join_text(text, text_lengths, text_null, text_null_lengths)
             self.kv = model.text_kv(model.text_tokens(text, text_lengths))
+        self.cfg_parallel = parallel is not None and parallel.layout.cfg > 1 and self.use_cfg
+        if self.cfg_parallel:
+            self.kv = parallel.cfg_share(self.kv)
+        self.cache = None
+        if cache is not None:
+            from .cache import StepCache
+            self.cache = StepCache(cache, parallel=parallel)
 
     def timesteps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         B = x.shape[0]
@@ -123,14 +133,26 @@ class GuidedDenoiser:
             return torch.full((B,), float(t))
         return self.cond.timesteps(float(t), self.model.cfg.patch_size[0])
 
+    @contextmanager
+    def _hooks(self):
+        with ExitStack() as stack:
+            if self.parallel is not None:
+                stack.enter_context(self.parallel.attach(self.model))
+            if self.cache is not None:
+                stack.enter_context(self.cache.attach(self.model))
+            yield
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: int, step: Optional[int] = None) -> torch.Tensor:
         tt = self.timesteps(x, t)
-        if self.use_cfg:
-            v = self.model(torch.cat([x, x]), torch.cat([tt, tt]), text_kv=self.kv)
-            v_c, v_u = v.chunk(2)
-            return v_u + self.cfg * (v_c - v_u)
-        return self.model(x, tt, text_kv=self.kv)
+        with self._hooks():
+            if self.use_cfg:
+                if self.cfg_parallel:
+                    v_c, v_u = self.parallel.guided_pair(self.model, x, tt, self.kv)
+                else:
+                    v_c, v_u = self.model(torch.cat([x, x]), torch.cat([tt, tt]), text_kv=self.kv).chunk(2)
+                return v_u + self.cfg * (v_c - v_u)
+            return self.model(x, tt, text_kv=self.kv)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -221,13 +243,17 @@ StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[torch.Tensor] = None, *,
            text_lengths=None, text_null_lengths=None, steps: int = 50, shift: float = 5.0, cfg: float = 5.0,
            sampler: str = "unipc", cond: Optional[FrameCondition] = None, init: Optional[torch.Tensor] = None,
-           strength: float = 1.0, callback: Optional[StepCallback] = None) -> torch.Tensor:
+           strength: float = 1.0, callback: Optional[StepCallback] = None, parallel=None,
+           cache=None) -> torch.Tensor:
     """Sample normalised latents.
 
     ``model``: a DiT, or an ``experts.ExpertPair`` (one of two experts per step). noise [B, C, F', H', W'] standard
     normal; text [B, L, D] (and ``text_null`` for CFG); ``cond`` known frames;
     ``init`` + ``strength`` < 1 start from a noised ``init`` (SDEdit video-to-video: strength 1 ignores init,
     strength 0 returns it). ``callback(step, total, x0_pred, x)`` runs after every step and may raise to cancel.
+    ``parallel``: a model.parallel.Parallel (every rank calls ``sample`` with the same arguments; rank 0's noise,
+    text and known frames are used). ``cache``: model.cache.CacheSettings to skip the blocks on steps whose input
+    changed little (off when None).
     """
     if sampler not in SAMPLERS:
         raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
@@ -238,6 +264,10 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     if init is not None and init.shape != noise.shape:
         raise SpacetimeValueError(f"init latent shape {tuple(init.shape)} differs from noise {tuple(noise.shape)}")
     sigmas, timesteps = sigma_schedule(steps, shift)
+    if parallel is not None:
+        noise, text, text_null, init = parallel.same(noise, text, text_null, init)
+        if cond is not None:
+            cond = FrameCondition(parallel.same(cond.latents)[0], cond.mask)
     start = 0
     if strength < 1.0:
         start = min(steps, int(round(steps * (1.0 - strength))))
@@ -248,10 +278,13 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     if start >= steps:
         x = init.float()
         return cond.impose(x) if cond is not None else x
+    if cache is not None:
+        cache = cache.for_run(steps - start)
     if hasattr(model, "guided_denoiser"):         # a set of experts (experts.ExpertPair) picks one per step
-        denoise = model.guided_denoiser(text, text_lengths, text_null, text_null_lengths, cfg, cond, timesteps)
+        denoise = model.guided_denoiser(text, text_lengths, text_null, text_null_lengths, cfg, cond, timesteps,
+                                        parallel=parallel, cache=cache)
     else:
-        denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond)
+        denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond, parallel, cache)
     if cond is not None:
         x = cond.impose(x)
     solver = UniPC(sigmas[start:]) if sampler == "unipc" else None

@@ -123,10 +123,9 @@ def test_grad_path_equals_inference_path_and_trains():
 
 def test_shared_timesteps_are_embedded_once_and_per_sample_ones_are_not():
     m = tiny()
-    tg, e, e0 = m._time(torch.tensor([400.0, 400.0]), 2, (2, 2, 3))
-    assert e0.shape[0] == 1 and tg.shape == (1, 1)
-    tg, e, e0 = m._time(torch.tensor([400.0, 300.0]), 2, (2, 2, 3))
-    assert e0.shape[0] == 2
+    assert m._timesteps(torch.tensor([400.0, 400.0]), 2, (2, 2, 3)).shape == (1, 1)
+    assert m._timesteps(torch.tensor([400.0, 300.0]), 2, (2, 2, 3)).shape == (2, 1)
+    assert m._timesteps(torch.tensor([[0.0, 300.0], [0.0, 300.0]]), 2, (2, 2, 3)).shape == (1, 2)
     x, c = torch.randn(2, 16, 2, 4, 6), torch.randn(1, 3, 48)
     with torch.no_grad():
         both = m(x, torch.tensor([400.0, 300.0]), c)
