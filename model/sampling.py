@@ -108,7 +108,7 @@ class GuidedDenoiser:
 
     ``text`` / ``text_null``: [B, L, text_dim] token embeddings (plus lengths), embedded once for all steps.
     ``parallel`` (model/parallel.py): sequence-parallel calls, and cond / uncond on the two CFG rank groups.
-    ``cache`` (model/cache.py): step caching settings; the run's cache state lives here.
+    ``cache`` (model/cache.py): the run's StepCache, or None.
     """
 
     def __init__(self, model, text, text_lengths=None, text_null=None, text_null_lengths=None, cfg: float = 1.0,
@@ -122,10 +122,7 @@ class GuidedDenoiser:
         self.cfg_parallel = parallel is not None and parallel.layout.cfg > 1 and self.use_cfg
         if self.cfg_parallel:
             self.kv = parallel.cfg_share(self.kv)
-        self.cache = None
-        if cache is not None:
-            from .cache import StepCache
-            self.cache = StepCache(cache, parallel=parallel)
+        self.cache = cache
 
     def timesteps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         B = x.shape[0]
@@ -252,8 +249,8 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     ``init`` + ``strength`` < 1 start from a noised ``init`` (SDEdit video-to-video: strength 1 ignores init,
     strength 0 returns it). ``callback(step, total, x0_pred, x)`` runs after every step and may raise to cancel.
     ``parallel``: a model.parallel.Parallel (every rank calls ``sample`` with the same arguments; rank 0's noise,
-    text and known frames are used). ``cache``: model.cache.CacheSettings to skip the blocks on steps whose input
-    changed little (off when None).
+    text and known frames are used). ``cache``: model.cache.CacheSettings (or a StepCache, to read its counts after)
+    to skip the blocks on steps whose input changed little; off when None.
     """
     if sampler not in SAMPLERS:
         raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
@@ -279,7 +276,7 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
         x = init.float()
         return cond.impose(x) if cond is not None else x
     if cache is not None:
-        cache = cache.for_run(steps - start)
+        cache = cache.for_run(steps - start, parallel)
     if hasattr(model, "guided_denoiser"):         # a set of experts (experts.ExpertPair) picks one per step
         denoise = model.guided_denoiser(text, text_lengths, text_null, text_null_lengths, cfg, cond, timesteps,
                                         parallel=parallel, cache=cache)
