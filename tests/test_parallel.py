@@ -10,6 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from spacetime.model.cache import CacheSettings, StepCache
 from spacetime.model.config import DiTConfig
 from spacetime.model.dit import build_dit
 from spacetime.model.errors import SpacetimeValueError
@@ -28,14 +29,19 @@ def tiny_dit():
 
 
 def run_cases(parallel=None) -> dict:
-    """Text-to-video and known frames (frame 0 known, per-frame timesteps), 3 UniPC steps with CFG."""
+    """Text-to-video and known frames (frame 0 known, per-frame timesteps), 3 UniPC steps with CFG; and 6 steps with
+    step caching and known frames (every rank must take the same skip decisions)."""
     m = tiny_dit()
     g = torch.Generator().manual_seed(1)
     noise, text, null = torch.randn(SHAPE, generator=g), torch.randn(1, 7, 32, generator=g), torch.zeros(1, 1, 32)
-    known = torch.randn(SHAPE, generator=g)
+    known = FrameCondition(torch.randn(SHAPE, generator=g), torch.tensor([1.0, 0.0, 0.0]))
     out = {}
-    for name, cond in (("t2v", None), ("known", FrameCondition(known, torch.tensor([1.0, 0.0, 0.0])))):
+    for name, cond in (("t2v", None), ("known", known)):
         out[name] = sample(m, noise, text, null, steps=3, shift=3.0, cfg=4.0, cond=cond, parallel=parallel)
+    cache = StepCache(CacheSettings(threshold=1.0))
+    out["cached"] = sample(m, noise, text, null, steps=6, shift=3.0, cfg=4.0, cond=known, parallel=parallel,
+                           cache=cache)
+    out["cached_skips"] = torch.tensor(cache.decisions)
     return out
 
 
@@ -67,8 +73,12 @@ def single():
 def test_parallel_sampling_equals_single_process(world, single, tmp_path):
     mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world)
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(world)]
-    assert len(ranks[0]) == 4                               # two layouts x two cases
+    assert len(ranks[0]) == 8                               # two layouts x three cases, and the skip decisions
+    assert single["cached_skips"].any()
     for key, lat in ranks[0].items():
+        if key.endswith("skips"):
+            assert torch.equal(lat, single["cached_skips"]), key
+            continue
         diff = (lat - single[key.split("_", 1)[1]]).abs().max().item()
         assert diff <= TOL, f"{world} ranks, layout {key}: max difference {diff:.2e}"
         for r in ranks[1:]:
