@@ -4,9 +4,10 @@
 
 Generates the prompt-following probe's clips (toyworld.probe: the seen and held-out prompt sets, fixed seeds, the
 sampler users get, 17 frames at 64x64, CFG 5) with the weights in weights/ (whatever they are today), once without
-the cache and once per threshold, and reports for each threshold:
-- the model calls whose blocks were computed (the speed-up the cache can give, independent of machine load) and the
-  measured wall-time speed-up of sampling;
+the cache and once per threshold, and reports the predicted change per step of the uncached run (to choose a
+threshold) and for each threshold:
+- the model calls whose blocks were computed (what bounds the speed-up, independent of machine load) and the
+  measured speed-up of the time spent in the DiT;
 - PSNR of every clip against its uncached version (mean and worst);
 - prompt-following scores from the pixels (toyworld.analysis via toyworld.probe.score): the share of clips with
   every attribute right, per set, next to the uncached figure.
@@ -28,15 +29,24 @@ from spacetime.toyworld import probe
 from spacetime.toyworld.analysis import psnr
 
 
-def run(st, items, steps, settings=None):
-    """(clips, seconds, computed share) for ``items`` with the probe's generator."""
-    t0 = time.perf_counter()
-    if settings is None:
-        clips = probe.generate_items(st.dit, st.vae, st.text_encoder, items, steps=steps)
-        return clips, time.perf_counter() - t0, 1.0
-    with step_cache(st.dit, settings) as cache:
-        clips = probe.generate_items(st.dit, st.vae, st.text_encoder, items, steps=steps)
-    return clips, time.perf_counter() - t0, cache.computed / max(1, cache.computed + cache.skipped)
+def run(st, items, steps, settings):
+    """(clips, seconds inside the DiT, the StepCache) for ``items`` with the probe's generator. Threshold 0 computes
+    every step and only records the predicted changes."""
+    spent = [0.0]
+
+    def start(*_):
+        spent.append(time.perf_counter())
+
+    def stop(*_):
+        spent[0] += time.perf_counter() - spent.pop()
+    hooks = [st.dit.register_forward_pre_hook(start), st.dit.register_forward_hook(stop)]
+    try:
+        with step_cache(st.dit, settings) as cache:
+            clips = probe.generate_items(st.dit, st.vae, st.text_encoder, items, steps=steps)
+    finally:
+        for h in hooks:
+            h.remove()
+    return clips, spent[0], cache
 
 
 def scores(clips, items) -> float:
@@ -73,19 +83,23 @@ def main(argv=None):
     items = [it for v in sets.values() for it in v]
     print(f"embedded model ({st.dit_path.name}, sha256 {st.checkpoint_sha256()[:12]}), {len(items)} probe clips, "
           f"{a.steps} steps, CFG {st.preset.cfg}")
-    base, t_base, _ = run(st, items, a.steps)
+    base, t_base, trace = run(st, items, a.steps, CacheSettings(threshold=0.0, steps=a.steps))
     splits = {k: slice(sum(len(v) for v in list(sets.values())[:i]), sum(len(v) for v in list(sets.values())[:i + 1]))
               for i, k in enumerate(sets)}
     base_scores = {k: scores(base[s], items[s]) for k, s in splits.items()}
-    print(f"  uncached: {t_base:.1f} s; all-right share " +
+    print(f"  uncached: {t_base:.1f} s in the DiT; all-right share " +
           ", ".join(f"{k} {v:.0%}" for k, v in base_scores.items()))
-    print("  threshold | blocks computed | wall speed-up | PSNR vs uncached (mean / worst) | all-right share")
+    pred = np.array([np.nan if v is None else v for v in trace.predicted]).reshape(-1, a.steps)
+    print("  predicted relative residual change per step (rho x delta, median over batches): " +
+          " ".join("-" if np.isnan(v) else f"{v:.3f}" for v in np.nanmedian(pred, axis=0)))
+    print("  threshold | blocks computed | DiT time speed-up | PSNR vs uncached (mean / worst) | all-right share")
     for thr in (float(v) for v in a.thresholds.split(",")):
         settings = CacheSettings(threshold=thr, steps=a.steps)
-        clips, t, share = run(st, items, a.steps, settings)
+        clips, t, cache = run(st, items, a.steps, settings)
+        share = cache.computed / max(1, cache.computed + cache.skipped)
         p = [psnr(c, b) for c, b in zip(clips, base)]
         sc = {k: scores(clips[s], items[s]) for k, s in splits.items()}
-        print(f"  {thr:9.3f} | {share:14.0%} | {t_base / t:12.2f}x | {np.mean(p):6.1f} dB / {min(p):5.1f} dB"
+        print(f"  {thr:9.3f} | {share:15.0%} | {t_base / t:16.2f}x | {np.mean(p):6.1f} dB / {min(p):5.1f} dB"
               f"              | " + ", ".join(f"{k} {v:.0%} ({v - base_scores[k]:+.0%})" for k, v in sc.items()))
         if a.known:
             kept, kp = image_to_video(st, base[0], items[0], a.steps, settings)

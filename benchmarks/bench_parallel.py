@@ -7,9 +7,9 @@ figures; not a test). Runs on the CPU (gloo) or on every GPU of a machine (NCCL,
 For each rank count R: the layouts sequence R x cfg 1 and, for even R, sequence R/2 x cfg 2. Every rank builds the
 same random-weight DiT (``--config``: ``tiny``, ``bench`` (dim 512, 4 layers, as bench_model.py) or a Wan preset such
 as ``wan2.1-t2v-1.3b`` / ``wan2.1-t2v-14b``; bf16 on GPUs, fp32 on the CPU) and runs
-- one guided sampling step (cond + uncond, 64-token prompt): the activation memory it adds on each rank (CUDA: the
-  peak allocation above what was allocated before; CPU: growth of the peak resident set) and the step time (best of
-  ``--reps``);
+- one guided sampling step (cond + uncond, 64-token prompt) after a warm-up step: the activation memory it adds on
+  each rank (CUDA: the peak allocation above what was allocated before; CPU, Linux: the peak resident set above the
+  one before) and the step time (best of ``--reps``);
 - ``--steps`` UniPC steps from the same noise: the largest difference of the sampled latents from the one-rank run.
 Defaults on a GPU machine: ranks 1, 2, 4, 8 up to the GPU count, ``wan2.1-t2v-1.3b``, 81 frames at 832x480
 (32,760 tokens). On the CPU: ranks 1, 2, 4, ``bench`` at 17 frames 512x448 (4,480 tokens).
@@ -40,14 +40,17 @@ def dit_config(name):
     return DiTConfig(**CONFIGS[name]) if name in CONFIGS else dit_preset(name)
 
 
-def _rss_peak_mb() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mb(field: str) -> float:
+    """VmRSS / VmHWM of this process in MB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
 
 
-def _rss_now_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+def _reset_peak_rss():
+    """Restart the peak resident set (VmHWM) at the current size (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def worker(rank, world, port, layout, opts, out_dir):
@@ -73,18 +76,20 @@ def worker(rank, world, port, layout, opts, out_dir):
     text = torch.randn(1, 64, cfg.text_dim, generator=g).to(dev, dtype)
     null = torch.randn(1, 16, cfg.text_dim, generator=g).to(dev, dtype)
     den = GuidedDenoiser(model, text, None, null, None, cfg=5.0, parallel=par)
+    den(noise, 900)                                        # warm-up: one-time buffers are not activations
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        before = _rss_now_mb()
+        _reset_peak_rss()
+        before = _status_mb("VmRSS")
     den(noise, 900)
     if cuda:
         torch.cuda.synchronize()
         act_mb = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
     else:
-        act_mb = _rss_peak_mb() - before
+        act_mb = _status_mb("VmHWM") - before
     times = []
     for _ in range(opts["reps"]):
         if cuda:
@@ -149,6 +154,8 @@ def main(argv=None) -> list[dict]:
     latent = ((frames - 1) // 4 + 1, h // 8, w // 8)
     tokens = latent[0] * (latent[1] // 2) * (latent[2] // 2)
     opts = dict(device=a.device, config=config, latent=latent, steps=a.steps, reps=a.reps)
+    if not on_gpu:     # large buffers straight from mmap, so the resident set follows live tensors (read at start)
+        os.environ.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     print(f"{config} DiT, random weights, {frames} frames {w}x{h} = {tokens} tokens, CFG 5, "
           f"{'bf16 on ' + str(n_gpu) + ' GPU(s), NCCL' if on_gpu else 'fp32 on the CPU, gloo'}")
     print("  layout              | tokens / rank | activation / rank | step time | max diff vs 1 rank")

@@ -82,6 +82,7 @@ class StepCache:
         self.states: dict = {}
         self.computed = self.skipped = 0
         self.decisions: list[bool] = []           # per model call, True when it was skipped
+        self.predicted: list = []                 # per model call, rho * delta (None before the first compute)
         self._current: Optional[_State] = None
 
     def for_run(self, steps: int, parallel=None) -> "StepCache":
@@ -145,6 +146,7 @@ class StepCache:
                    or st.skips >= s.max_skips or s.threshold <= 0)
         skip = not guarded and st.rho * delta <= s.threshold
         self.decisions.append(skip)
+        self.predicted.append(None if delta is None else st.rho * delta)
         if skip:
             st.skips += 1
             self.skipped += 1

@@ -109,3 +109,19 @@ def test_layout_choice_and_errors():
         Layout.choose(0, guidance=True)
     with pytest.raises(SpacetimeValueError, match="allowed"):
         Layout.choose(2, guidance=True, cfg_mode="maybe")
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_runs_on_cpu_and_memory_per_rank_falls(tmp_path, monkeypatch):
+    """benchmarks/bench_parallel.py (the script for GPU machines) on CPU ranks: every layout agrees with one rank
+    and a sequence split of 2 needs less activation memory per rank than one rank."""
+    import sys
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_parallel
+    rows = bench_parallel.main(["--device", "cpu", "--config", "bench", "--ranks", "1,2", "--frames", "9",
+                                "--size", "384x384", "--steps", "1", "--reps", "1", "--json", str(tmp_path / "r.json")])
+    assert [(r["sequence"], r["cfg"]) for r in rows] == [(1, 1), (2, 1), (1, 2)]
+    assert all(r["max_diff"] <= TOL for r in rows), rows
+    act = {(r["sequence"], r["cfg"]): r["activation_mb"] for r in rows}
+    assert 0 < act[(2, 1)] < 0.8 * act[(1, 1)], act
+    del sys.modules["bench_parallel"]
