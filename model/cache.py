@@ -92,6 +92,8 @@ class StepCache:
 
     @contextmanager
     def attach(self, model):
+        from .dit import base_dit
+        model = base_dit(model)
         model.step_cache = self
         try:
             yield self

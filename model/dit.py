@@ -503,6 +503,14 @@ class WanDiT(nn.Module):
         return out
 
 
+def base_dit(model):
+    """The WanDiT inside wrappers that hold it as ``.model`` (e.g. concat.ConcatConditioned), for hooks that must
+    reach the DiT itself."""
+    while not isinstance(model, WanDiT) and hasattr(model, "model"):
+        model = model.model
+    return model
+
+
 def build_dit(cfg: DiTConfig, device="cpu", dtype=torch.float32, ops=DEFAULT_OPS, init: bool = True) -> WanDiT:
     """Build a DiT. ``device='meta'`` builds shapes only (no memory)."""
     with torch.device(device):

@@ -37,8 +37,8 @@ from datetime import timedelta
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
+from .attention import attention
 from .errors import SpacetimeValueError
 
 CFG_MODES = ("auto", "on", "off")
@@ -148,10 +148,9 @@ class SequenceShards:
         H = q.shape[1]
         if H % self.size == 0:                                 # Ulysses: heads <-> sequence
             q, k, v = (self._seq_from_heads(t) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q, k[:, :, :self.L], v[:, :, :self.L])
-            return self._heads_from_seq(out)
+            return self._heads_from_seq(attention(q, k[:, :, :self.L], v[:, :, :self.L]))
         k, v = (self._gather_seq(t) for t in (k, v))          # heads do not split: all keys to every rank
-        return F.scaled_dot_product_attention(q, k, v)
+        return attention(q, k, v)
 
     def _seq_from_heads(self, t):
         """[B, H, Ls, d] (all heads, my tokens) -> [B, H/P, P*Ls, d] (my heads, all tokens)."""
@@ -199,6 +198,8 @@ class Parallel:
         if self.layout.sequence == 1:
             yield model
             return
+        from .dit import base_dit
+        model = base_dit(model)
         shards = SequenceShards(self.seq_group, self.seq_rank, self.layout.sequence)
         model.sequence_parallel = shards
         for blk in model.blocks:

@@ -118,6 +118,21 @@ def test_runs_and_windows_never_share_residuals():
     assert all(torch.equal(inter[2 * i + w], sep[w][i]) for i in range(len(ts)) for w in (0, 1))
 
 
+def test_the_cache_reaches_a_dit_inside_a_wrapper():
+    """Image-to-video DiTs take extra input channels through a wrapper (model/concat.py): the cache still skips."""
+    from spacetime.model.concat import with_concat
+    torch.manual_seed(0)
+    m = build_dit(DiTConfig(in_dim=33, dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=16))
+    torch.nn.init.normal_(m.head.head.weight, std=0.1)
+    calls = count_block_calls(m)
+    noise, text, null = inputs()
+    wrapped = with_concat(m.eval(), torch.randn(1, 17, *SHAPE[2:]))
+    cache = StepCache(CacheSettings(threshold=1.0))
+    sample(wrapped, noise, text, null, steps=8, cfg=4.0, cache=cache)
+    assert cache.skipped > 0 and len(calls) == cache.computed == 8 - cache.skipped
+    assert m.step_cache is None and "step_cache" not in vars(wrapped)
+
+
 def test_settings_are_checked():
     with pytest.raises(SpacetimeValueError, match="threshold"):
         CacheSettings(threshold=-0.1)

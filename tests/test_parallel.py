@@ -95,6 +95,19 @@ def test_shard_plan_aligns_runs_to_modulation_groups(L, G, parts):
         assert Ls - -(-L // parts) < d and Ls <= -(-L // parts) * 1.04 + d
 
 
+def test_sequence_parallel_reaches_a_dit_inside_a_wrapper():
+    """Attaching to an image-to-video wrapper (model/concat.py) installs the shards on the DiT itself, and detaching
+    removes them."""
+    from spacetime.model.concat import ConcatConditioned
+    from spacetime.model.dit import SelfAttention
+    from spacetime.model.parallel import Parallel
+    m = tiny_dit()
+    with Parallel(Layout(2, 1), 0, "cpu").attach(ConcatConditioned(m, torch.zeros(1))) as inner:
+        assert inner is m and m.sequence_parallel is not None
+        assert all(blk.self_attn.attend == m.sequence_parallel.attention for blk in m.blocks)
+    assert m.sequence_parallel is None and all(blk.self_attn.attend is SelfAttention.attend for blk in m.blocks)
+
+
 def test_layout_choice_and_errors():
     assert Layout.choose(4, guidance=True) == Layout(2, 2)
     assert Layout.choose(3, guidance=True) == Layout(3, 1)
