@@ -78,6 +78,8 @@ def test_generate_extend_adds_new_frames(tmp_path, capsys):
     (["--parallel", "3", "--cfg-parallel", "on"], "even"),
     (["--parallel", "2", "--cfg", "1", "--cfg-parallel", "on"], "guidance"),
     (["--step-cache", "1.5"], "--step-cache 1.5"),
+    (["--window-frames", "17", "--frames", "33", "--parallel", "2"], "--parallel 2 cannot be combined"),
+    (["--shot", "5: a red ball", "--step-cache", "0.1"], "--step-cache 0.1 cannot be combined"),
 ])
 def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, capsys, args, needle):
     out = tmp_path / "bad.mp4"
