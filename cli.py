@@ -3,15 +3,17 @@
     spacetime generate "PROMPT" [--image PATH] [--extend VIDEO --direction forward|backward|fill [--after VIDEO]]
                        [--frames N] [--width W] [--height H] [--fps F] [--steps S] [--cfg G] [--seed K]
                        [--model PRESET_OR_PATH [--dit-low-noise PATH]] [--lora FILE[:STRENGTH] ...]
-                       [--offload-blocks N] --out PATH.mp4
+                       [--offload-blocks N] [--step-cache T] [--parallel N [--cfg-parallel auto|on|off]] --out PATH.mp4
     spacetime generate "PROMPT" --frames 961 --window-frames 17 [--anchor-frames 0] [--window-prompt TEXT ...] ...
     spacetime generate --shot "17: PROMPT" --shot "16: PROMPT" [--shot-conditioning text|reference] ...
+    torchrun --nproc-per-node N -m spacetime.cli generate ...      (the same, ranks started by torchrun)
     spacetime generate --help        (every option, what it does and its default)
     spacetime run WORKFLOW.json [--set NODE_ID.INPUT=VALUE ...] [--out DIR]
     spacetime verify PATH.mp4 [--json]
     spacetime eval [--quick] [--report PATH] [--drift | --storyboard]
 
-Bad input or blocked content: a one-line reason on stderr and a non-zero exit; nothing is written.
+Bad input or blocked content: a one-line reason on stderr and a non-zero exit; nothing is written. In a multi-rank
+run only rank 0 prints, decodes and writes.
 """
 from __future__ import annotations
 
@@ -130,6 +132,10 @@ def _check_numbers(a):
         raise CliError(f"--cfg-high-noise {a.cfg_high_noise}: allowed >= 1; leave it out for the preset's")
     if a.offload_blocks < 0:
         raise CliError(f"--offload-blocks {a.offload_blocks}: allowed >= 0 (0 keeps every block on the device)")
+    if not (math.isfinite(a.step_cache) and 0.0 <= a.step_cache <= 1.0):
+        raise CliError(f"--step-cache {a.step_cache}: allowed 0 (off) to 1")
+    if a.parallel < 1:
+        raise CliError(f"--parallel {a.parallel}: must be at least 1")
 
 
 def _shapes_only(path: Path) -> dict:
@@ -145,10 +151,8 @@ def _shapes_only(path: Path) -> dict:
 
 
 def cmd_generate(a) -> int:
-    import torch
     from .model.conditioning import check_size, round_up_frames
     from .model.errors import SpacetimeValueError
-    from .nodes import host
     out = _check_out(a.out)
     _check_numbers(a)
     from . import cli_long
@@ -164,10 +168,12 @@ def cmd_generate(a) -> int:
         if path and not Path(path).is_file():
             raise CliError(f"{flag} {path!r}: file not found")
 
-    from .safety import check_prompt
-    verdict = check_prompt(a.prompt or "")
-    if verdict.blocked:
-        raise CliError(f"prompt blocked by the safety policy: {verdict.summary()}", EXIT_BLOCKED)
+    verdict = None
+    if os.environ.get("RANK", "0") == "0":               # rank 0 is the only rank that writes; a block there
+        from .safety import check_prompt                 # ends the others (torchrun, or before they start)
+        verdict = check_prompt(a.prompt or "")
+        if verdict.blocked:
+            raise CliError(f"prompt blocked by the safety policy: {verdict.summary()}", EXIT_BLOCKED)
 
     preset, dit_path = _resolve_model(a.model, experts=a.dit_low_noise is not None)
     from .model.config import bundle_preset
@@ -183,7 +189,6 @@ def cmd_generate(a) -> int:
     if not a.extend and (frames - 1) % tf:
         raise CliError(f"--frames {frames}: must be 1 + {tf}*k (e.g. {round_up_frames(frames, tf)})")
     from .model.lora import LoraSpec
-    from .model.pipeline import Spacetime
     loras = []
     for flag, values, expert in (("--lora", a.lora, "both"), ("--lora-high-noise", a.lora_high_noise, "high_noise"),
                                  ("--lora-low-noise", a.lora_low_noise, "low_noise")):
@@ -195,12 +200,68 @@ def cmd_generate(a) -> int:
                 raise CliError(f"{flag} {text!r}: needs two experts (--model HIGH_NOISE_FILE --dit-low-noise "
                                f"LOW_NOISE_FILE); use --lora for a single DiT")
             loras.append(LoraSpec(spec.path, spec.strength, expert))
+    par, ranks = _start_ranks(a, (p.cfg if a.cfg is None else a.cfg) != 1.0)
+    try:
+        rc = _generate(a, out, verdict, preset, dit_path, width, height, frames, loras, par)
+    except BaseException:
+        _end_ranks(ranks, failed=True)
+        raise
+    _end_ranks(ranks)
+    return rc
+
+
+def _start_ranks(a, guidance: bool):
+    """The run's layout (``--parallel`` ranks, or torchrun's world) and this process's place in it; starts the other
+    ranks when this process was not launched by torchrun. Only rank 0 prints."""
+    from .model.errors import SpacetimeValueError
+    from .model.parallel import Layout, env_world, setup, spawn_ranks
+    launched = env_world()
+    if launched > 1 and a.parallel not in (1, launched):
+        raise CliError(f"--parallel {a.parallel} differs from the launcher's WORLD_SIZE={launched}")
+    world = max(launched, a.parallel)
+    try:
+        layout = Layout.choose(world, guidance, a.cfg_parallel)
+    except SpacetimeValueError as exc:
+        raise CliError(f"--parallel {world} --cfg-parallel {a.cfg_parallel}: {exc}") from None
+    if world == 1:
+        return None, None
+    import torch
+    wants_cuda = a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available())
+    if wants_cuda and world > torch.cuda.device_count():
+        raise CliError(f"--parallel {world}: only {torch.cuda.device_count()} GPUs are visible")
+    ranks = spawn_ranks(world, a.argv) if launched == 1 else None
+    try:
+        par = setup(layout, a.device)
+    except BaseException:
+        _end_ranks(ranks, failed=True)
+        raise
+    return par, ranks
+
+
+def _end_ranks(ranks, failed: bool = False):
+    from .model.parallel import teardown
+    if ranks is not None and failed:
+        ranks.stop()
+    teardown()
+    if ranks is not None and not failed and not ranks.wait():
+        ranks.stop()
+
+
+def _generate(a, out, verdict, preset, dit_path, width, height, frames, loras, par) -> int:
+    from .model.errors import SpacetimeValueError
+    from .model.parallel import Layout
+    from . import cli_long
+    from .model.pipeline import Spacetime
+    from .nodes import host
+    main_rank = par is None or par.is_main
     try:
         st = Spacetime.load(preset, dit=dit_path, vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer,
-                            dtype=a.dtype, device=a.device, dit_low_noise=a.dit_low_noise,
-                            offload_blocks=a.offload_blocks, loras=loras, lora_mode=a.lora_mode)
+                            dtype=a.dtype, device=str(par.device) if par is not None else a.device,
+                            dit_low_noise=a.dit_low_noise, offload_blocks=a.offload_blocks, loras=loras,
+                            lora_mode=a.lora_mode)
     except SpacetimeValueError as exc:
         raise CliError(str(exc)) from None
+    st.parallel = par
     st.check_cancel = host.check_interrupted
     if st.dit_path is None and "dit" not in st.builders:
         raise CliError(f"--model {a.model!r}: this preset has no DiT file of its own; give the checkpoint instead, "
@@ -217,9 +278,9 @@ def cmd_generate(a) -> int:
         raise CliError(str(exc)) from None
     for label, module, path in dits:
         fmt = getattr(module, "checkpoint_format", None)
-        if fmt:
+        if fmt and main_rank:
             print(f"{label} {Path(path).name if path else st.preset.name}: {fmt}", file=sys.stderr)
-    for spec in loras:
+    for spec in loras if main_rank else []:
         on = {"both": ", both experts", "high_noise": ", high-noise expert", "low_noise": ", low-noise expert"}
         print(f"LoRA {st.lora_file(spec.path).describe()}, strength {spec.strength:g}"
               f"{on[spec.expert] if st.has_experts else ''}", file=sys.stderr)
@@ -253,16 +314,23 @@ def cmd_generate(a) -> int:
                           cfg_high_noise=a.cfg_high_noise)
         except SpacetimeValueError as exc:
             raise CliError(str(exc)) from None
+    cache = None
+    if a.step_cache > 0:
+        from .model.cache import CacheSettings, StepCache
+        cache = StepCache(CacheSettings(threshold=a.step_cache))
     bar = TerminalProgress()
-    host.set_progress_hook(bar)
+    if main_rank:
+        host.set_progress_hook(bar)
     t0 = time.time()
     try:
         video = st.generate(a.prompt, a.negative, width=width, height=height, frames=frames, steps=steps, cfg=cfg,
                             shift=shift, seed=a.seed, sampler=a.sampler, expand_prompt=not a.no_expand,
-                            callback=lambda i, n, x0, x: bar(i, n, "denoise"),
-                            decode_progress=lambda i, n: bar(i, n, "decode"), **kwargs)
+                            callback=(lambda i, n, x0, x: bar(i, n, "denoise")) if main_rank else None,
+                            decode_progress=lambda i, n: bar(i, n, "decode"), cache=cache, **kwargs)
     except SpacetimeValueError as exc:
         raise CliError(str(exc)) from None
+    if video is None:                                    # ranks other than 0 stop after sampling
+        return 0
     gen_time = time.time() - t0
     frames_out = video[0]
     from .safety import check_frames
@@ -273,15 +341,23 @@ def cmd_generate(a) -> int:
     info = {"model": p.name, "checkpoint_sha256": st.checkpoint_sha256(), "seed": a.seed, "steps": steps,
             "cfg": cfg, "shift": shift, "sampler": a.sampler, "frames": int(frames_out.shape[0]),
             "width": int(frames_out.shape[2]), "height": int(frames_out.shape[1]),
-            "expanded_prompt": st.expand(a.prompt) if not a.no_expand else a.prompt, **st.weights_record()}
+            "expanded_prompt": st.expand(a.prompt) if not a.no_expand else a.prompt, **st.weights_record(),
+            "parallel": (par.layout if par is not None else Layout()).to_dict()}
+    if cache is not None:
+        info["step_cache"] = cache.summary()
     if st.has_experts:
         info.update(st.expert_info(steps, shift, kwargs["switch"], a.cfg_high_noise, cfg))
     result = stamp_video(frames_out, out, fps=a.fps or p.fps, generation=info, prompt=a.prompt,
                          include_prompt=a.include_prompt, ingredients=ingredients,
                          safety_reports=[verdict.to_dict(), report.to_dict()])
     final = result.get("path", str(out)) if isinstance(result, dict) else str(out)
+    notes = [f"{gen_time:.1f}s"]
+    if par is not None:
+        notes.append(f"parallel: {par.layout}")
+    if cache is not None:
+        notes.append(f"step cache: skipped {cache.skipped} of {cache.skipped + cache.computed} model calls")
     print(f"wrote {final} ({frames_out.shape[0]} frames, {frames_out.shape[2]}x{frames_out.shape[1]}, "
-          f"{gen_time:.1f}s)")
+          f"{', '.join(notes)})")
     return 0
 
 
@@ -434,6 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "expert; --cfg is the low-noise expert's (default: the preset's, 4.0 for wan2.2-t2v-a14b)")
     g.add_argument("--offload-blocks", type=int, default=0, metavar="N", help="low VRAM: keep N transformer "
                    "blocks in CPU memory and stream each to the GPU when it runs (default: 0 = all on the GPU)")
+    g.add_argument("--step-cache", type=float, default=0.0, metavar="THRESHOLD",
+                   help="skip the transformer's blocks on steps whose input changed little, reusing the last "
+                   "computed step's residual; THRESHOLD is the largest predicted relative change that may be skipped "
+                   "(0.05-0.2 useful) (default: 0 = off)")
+    g.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="split sampling across N processes on this machine (GPUs: one each, NCCL; CPU: gloo): the "
+                   "video's tokens across ranks, and with guidance cond/uncond on two rank groups; rank 0 writes "
+                   "the video (default: 1; under torchrun the launcher's world size)")
+    g.add_argument("--cfg-parallel", choices=("auto", "on", "off"), default="auto",
+                   help="with --parallel: run cond and uncond passes on separate rank groups (auto: when guidance "
+                   "is on and N is even)")
     g.add_argument("--no-expand", action="store_true", help="do not expand the prompt (embedded model)")
     g.add_argument("--include-prompt", action="store_true", help="write the prompt text into the C2PA manifest "
                    "(otherwise only its SHA-256)")
@@ -464,11 +551,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
+    quiet = os.environ.get("RANK", "0") != "0"          # a multi-rank run: only rank 0 prints
+    if quiet:
+        sys.stdout = open(os.devnull, "w")
     try:
         return args.func(args)
     except CliError as exc:
-        print(f"spacetime: {exc}", file=sys.stderr)
+        if not quiet:
+            print(f"spacetime: {exc}", file=sys.stderr)
         return exc.code
     except OSError as exc:                              # unreadable files and folders
         print(f"spacetime: {exc}", file=sys.stderr)
@@ -480,7 +573,8 @@ def main(argv=None) -> int:
         print(f"spacetime: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("spacetime: cancelled", file=sys.stderr)
+        if not quiet:
+            print("spacetime: cancelled", file=sys.stderr)
         return 130
     finally:                                            # the terminal bar is the progress hook of one command only
         host = sys.modules.get(f"{__package__}.nodes.host")

@@ -56,6 +56,14 @@ def check(a):
         raise CliError("--shot cannot be combined with --window-frames, --window-prompt or --anchor-frames")
     if a.shot and a.image:
         raise CliError("--image cannot be combined with --shot")
+    from .model.parallel import env_world
+    world = max(a.parallel, env_world())
+    if world > 1:
+        raise CliError(f"--parallel {world} cannot be combined with --window-frames, --window-prompt or --shot; "
+                       f"allowed: --parallel 1 (one process)")
+    if a.step_cache > 0:
+        raise CliError(f"--step-cache {a.step_cache:g} cannot be combined with --window-frames, --window-prompt or "
+                       f"--shot; allowed: --step-cache 0")
 
 
 def _prompt_verdicts(texts) -> list:

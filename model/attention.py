@@ -23,8 +23,10 @@ def scores_may_overflow(q: torch.Tensor, k: torch.Tensor, limit: float = FP16_SA
     return bool(qn * kn > limit * math.sqrt(q.shape[-1]))
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v for q, k, v [B, H, L, d]; the result has q's dtype."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v for q, k, v [B, H, L, d] (``mask``: an additive logit bias broadcastable to
+    the scores, or None); the result has q's dtype."""
     if q.dtype == torch.float16 and scores_may_overflow(q, k):
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v)
+        mask = None if mask is None else mask.float()
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))

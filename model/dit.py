@@ -12,12 +12,22 @@ Multi-shot video: ``text_kv(..., frame_shots=...)`` gives each token frame its o
 optional input that changes no weight; without it the cross-attention is Wan's, unchanged.
 
 State-dict keys are the native Wan ones, so official checkpoints load without renaming.
+
+Exact speed-ups (equal to the plain computation up to float rounding; tests/test_dit_fast.py checks them):
+- Text padding. Wan zero-pads the prompt to ``text_len`` rows before the text embedding and cross-attention attends
+  to every row. Zero rows all embed to the same row, and attention over c identical keys/values equals attention over
+  one copy whose logit is raised by log(c). ``text_tokens`` keeps the rows up to the longest prompt of the batch plus
+  one padding row with that bias (``TextTokens``), so a 20-token prompt costs 21 rows instead of 512.
+- Text keys/values are computed once per run (``text_kv``), with the query RMS-norm weight folded into the keys.
+- Fewer passes over the token activations: layer norm and modulation in one call when the modulation is shared by
+  the batch, RMS norm + 3D RoPE as one complex multiply (the per-token norm scale folded into the rotation), gated
+  residuals as one fused multiply-add, in place when no gradient is needed.
 """
 from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -53,9 +63,9 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * third, third, third
 
 
-def rope_cos_sin(grid: tuple[int, int, int], head_dim: int, device=None, theta: float = 10000.0,
-                 offsets: tuple[int, int, int] = (0, 0, 0)):
-    """cos and sin tables [L, head_dim/2] for a (F', H', W') token grid, positions starting at ``offsets``.
+def rope_table(grid: tuple[int, int, int], head_dim: int, device=None, theta: float = 10000.0,
+               offsets: tuple[int, int, int] = (0, 0, 0)) -> torch.Tensor:
+    """Complex rotations [L, head_dim/2] (complex64) for a (F', H', W') token grid, positions starting at ``offsets``.
 
     Channel pair k of a head rotates by angle pos_axis * theta^(-2j/d_axis) where axis and j follow the 22/21/21
     (for d=128) split of the pairs. Angles are computed in float64.
@@ -69,16 +79,15 @@ def rope_cos_sin(grid: tuple[int, int, int], head_dim: int, device=None, theta: 
         angles.append(a.view(*[s if s == -1 else 1 for s in shape], a.shape[-1]).expand(
             grid[0], grid[1], grid[2], a.shape[-1]))
     ang = torch.cat(angles, dim=-1).reshape(-1, head_dim // 2)
-    return torch.cos(ang).float(), torch.sin(ang).float()
+    return torch.complex(torch.cos(ang).float(), torch.sin(ang).float())
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs (2k, 2k+1) of x [B, H, L, D] by the angles behind cos/sin [L, D/2]."""
-    dtype = x.dtype
-    x = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = x[..., 0], x[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-    return out.flatten(-2).to(dtype)
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs (2k, 2k+1) of x [..., D] (float32) by ``rot``, complex and broadcastable to
+    [..., D/2]. In place when no gradient is needed."""
+    xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+    xc = xc.mul_(rot) if not torch.is_grad_enabled() else xc * rot
+    return torch.view_as_real(xc).flatten(-2)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -105,21 +114,67 @@ def layer_norm32(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.T
     return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps)
 
 
+def _inplace() -> bool:
+    """In-place updates of fresh intermediates are safe only when autograd does not need them."""
+    return not torch.is_grad_enabled()
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [B, L, D] float32; shift/scale [B, G, D] for G groups of L/G contiguous tokens."""
+    """x [B, L, D] float32; shift/scale [B or 1, G, D] for G groups of L/G contiguous tokens. Writes into x when no
+    gradient is needed (callers pass a fresh tensor)."""
     B, L, D = x.shape
     G = shift.shape[1]
     xg = x.view(B, G, L // G, D)
-    return (xg * (1 + scale[:, :, None]) + shift[:, :, None]).view(B, L, D)
+    out = xg if _inplace() else None
+    return torch.addcmul(shift[:, :, None], xg, 1 + scale[:, :, None], out=out).view(B, L, D)
 
 
-def gate(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    B, L, D = y.shape
+def norm_modulate(x: torch.Tensor, eps: float, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """LayerNorm(x) * (1 + scale) + shift in float32; one fused layer norm when the modulation is shared by the
+    whole batch and all tokens."""
+    if shift.shape[0] == 1 and shift.shape[1] == 1:
+        D = x.shape[-1]
+        return F.layer_norm(x.float(), (D,), (1 + scale).reshape(D), shift.reshape(D), eps)
+    return modulate(layer_norm32(x, eps), shift, scale)
+
+
+def add_gated(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, inplace: bool = True) -> torch.Tensor:
+    """x + y * g for G token groups (g [B or 1, G, D]), as one fused multiply-add; into x when ``inplace`` and no
+    gradient is needed."""
+    B, L, D = x.shape
     G = g.shape[1]
-    return (y.float().view(B, G, L // G, D) * g[:, :, None]).view(B, L, D)
+    xg, yg = x.view(B, G, L // G, D), y.float().view(B, G, L // G, D)
+    if inplace and _inplace():
+        return xg.addcmul_(yg, g[:, :, None]).view(B, L, D)
+    return torch.addcmul(xg, yg, g[:, :, None]).view(B, L, D)
+
+
+def _mean_square(y: torch.Tensor) -> torch.Tensor:
+    """mean(y^2) over the last dim in float32, [.., 1]; one reduction without a squared copy when no gradient."""
+    if not _inplace():
+        return y.float().pow(2).mean(-1, keepdim=True)
+    return torch.linalg.vector_norm(y, dim=-1, keepdim=True, dtype=torch.float32).pow_(2).div_(y.shape[-1])
+
+
+def norm_rope(y: torch.Tensor, weight: Optional[torch.Tensor], eps: float, rot: torch.Tensor,
+              heads: int) -> torch.Tensor:
+    """Wan's q/k RMSNorm over the full dim (when ``weight`` [.., 1, D] is given) then 3D RoPE (``rot`` [L, D/heads/2]):
+    y [.., L, D] -> [.., L, heads, D/heads] float32. The per-token 1/rms is folded into the rotation, so the
+    activations are touched twice (weight, rotation)."""
+    *lead, L, D = y.shape
+    yf = y.float()
+    rot = rot[:, None, :]                                                  # [L, 1 (heads), D/heads/2]
+    if weight is not None:
+        r = torch.rsqrt(_mean_square(y) + eps)                             # [.., L, 1]
+        yf = yf.mul_(weight) if _inplace() else yf * weight
+        rot = rot * r[..., None]
+    return apply_rope(yf.view(*lead, L, heads, D // heads), rot)
 
 
 class SelfAttention(nn.Module):
+    # Sequence parallelism (model/parallel.py) replaces this with its all-to-all attention while it is active.
+    attend = staticmethod(attention)
+
     def __init__(self, dim, num_heads, qk_norm=True, eps=1e-6, ops=DEFAULT_OPS):
         super().__init__()
         self.num_heads = num_heads
@@ -135,12 +190,24 @@ class SelfAttention(nn.Module):
         return x.view(B, L, self.num_heads, D // self.num_heads).transpose(1, 2)
 
     def forward(self, x, rope):
-        q = self._heads(self.norm_q(self.q(x)))
-        k = self._heads(self.norm_k(self.k(x)))
-        v = self._heads(self.v(x))
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attention(q, k, v)
-        return self.o(out.transpose(1, 2).flatten(2))
+        """x [B, L, D]; rope: complex rotations [L, head_dim/2] of these tokens."""
+        B, L, D = x.shape
+        H = self.num_heads
+        v = self.v(x)
+        w = None
+        if isinstance(self.norm_q, RMSNorm):
+            w = torch.stack([self.norm_q.weight, self.norm_k.weight]).float()[:, None, None]
+        qk = norm_rope(torch.stack([self.q(x), self.k(x)]), w, self.norm_q.eps if w is not None else 0.0, rope, H)
+        q, k = qk.to(v.dtype).unbind(0)                                    # [B, L, H, d] each
+        out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.view(B, L, H, D // H).transpose(1, 2))
+        return self.o(out.transpose(1, 2).reshape(B, L, D))
+
+
+class TextTokens(NamedTuple):
+    """Embedded text in compact form: ``emb`` [B, K, dim] and ``bias`` [K] added to the cross-attention logits (0
+    for real rows, log(count) for the last row when it stands for ``count`` identical padding rows), or None."""
+    emb: torch.Tensor
+    bias: Optional[torch.Tensor] = None
 
 
 class ShotText:
@@ -148,15 +215,17 @@ class ShotText:
     rows grouped by video (video b reads rows b*shots .. b*shots+shots-1; one group serves every video), and the
     shot of every token frame ``frame_shots`` [F'] (long). The tokens of a frame attend only to their shot's text:
     the same as one cross-attention over all texts with a block mask, without computing the masked part. Nothing
-    in the weights changes, so any Wan-layout DiT takes it."""
+    in the weights changes, so any Wan-layout DiT takes it. ``bias``: the compact text's logit bias (``TextTokens``),
+    shared by every shot's text, or None."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, frame_shots: torch.Tensor, shots: int):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, frame_shots: torch.Tensor, shots: int,
+                 bias: Optional[torch.Tensor] = None):
         if k.shape[0] % shots:
             raise ValueError(f"{k.shape[0]} texts are not a whole number of groups of shots={shots}")
         if int(frame_shots.min()) < 0 or int(frame_shots.max()) >= shots:
             raise ValueError(f"frame_shots holds shot numbers {int(frame_shots.min())}..{int(frame_shots.max())}; "
                              f"allowed: 0..{shots - 1}")
-        self.k, self.v, self.frame_shots, self.shots = k, v, frame_shots.long(), shots
+        self.k, self.v, self.frame_shots, self.shots, self.bias = k, v, frame_shots.long(), shots, bias
         self._tokens: dict = {}
 
     def _token_index(self, L: int, device) -> list:
@@ -179,9 +248,10 @@ class ShotText:
         v = self.v.unflatten(0, (-1, self.shots))
         if k.shape[0] != B:
             k, v = k.expand(B, -1, -1, -1, -1), v.expand(B, -1, -1, -1, -1)
+        mask = None if self.bias is None else self.bias.to(q.dtype).view(1, 1, 1, -1)
         out = torch.empty_like(q)
         for s, idx in self._token_index(q.shape[2], q.device):
-            out[:, :, idx] = attention(q[:, :, idx], k[:, s], v[:, s])
+            out[:, :, idx] = attention(q[:, :, idx], k[:, s], v[:, s], mask)
         return out
 
 
@@ -189,17 +259,29 @@ class CrossAttention(SelfAttention):
     """Queries from video tokens, keys/values from the (padded, unmasked) text tokens. No RoPE."""
 
     def text_kv(self, context):
-        return self._heads(self.norm_k(self.k(context))), self._heads(self.v(context))
+        """(keys [B, H, K, d] with the query norm's weight folded in, values, logit bias or None) for embedded text:
+        a TextTokens or a full [B, text_len, dim] tensor."""
+        emb, bias = context if isinstance(context, TextTokens) else (context, None)
+        k = self.norm_k(self.k(emb))
+        if isinstance(self.norm_q, RMSNorm):
+            k = k * self.norm_q.weight.to(k.dtype)
+        return self._heads(k), self._heads(self.v(emb)), bias
 
     def forward(self, x, context=None, kv=None):
-        q = self._heads(self.norm_q(self.q(x)))
+        B, L, D = x.shape
+        q = self.q(x)
+        if isinstance(self.norm_q, RMSNorm):                      # its weight is in the keys
+            r = torch.rsqrt(_mean_square(q) + self.norm_q.eps).to(q.dtype)
+            q = q.mul_(r) if _inplace() else q * r
+        q = q.view(B, L, self.num_heads, D // self.num_heads).transpose(1, 2)
         if isinstance(kv, ShotText):
-            return self.o(kv.attend(q).transpose(1, 2).flatten(2))
-        k, v = kv if kv is not None else self.text_kv(context)
-        if k.shape[0] != q.shape[0]:                      # one text for several videos
-            k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
-        out = attention(q, k, v)
-        return self.o(out.transpose(1, 2).flatten(2))
+            return self.o(kv.attend(q).transpose(1, 2).reshape(B, L, D))
+        k, v, bias = kv if kv is not None else self.text_kv(context)
+        if k.shape[0] != B:                                       # one text for several videos
+            k, v = k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)
+        mask = None if bias is None else bias.to(q.dtype).view(1, 1, 1, -1)
+        out = attention(q, k, v, mask)
+        return self.o(out.transpose(1, 2).reshape(B, L, D))
 
 
 class Block(nn.Module):
@@ -213,17 +295,22 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(ops.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), ops.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d ** 0.5)
 
+    def _ffn(self, h):
+        a = self.ffn[0](h)
+        a = torch.ops.aten.gelu_(a, approximate="tanh") if _inplace() else self.ffn[1](a)
+        return self.ffn[2](a)
+
     def forward(self, x, e0, rope, context=None, kv=None):
-        """x [B, L, D] float32 residual stream; e0 [B, G, 6, D] float32."""
+        """x [B, L, D] float32 residual stream (left unchanged; a new tensor is returned); e0 [B or 1, G, 6, D]."""
         dt = _dtype(self.self_attn.q)
-        m = (self.modulation.float()[:, None] + e0).unbind(2)        # 6 x [B, G, D]
-        h = modulate(layer_norm32(x, self.eps), m[0], m[1])
-        x = x + gate(self.self_attn(h.to(dt), rope), m[2])
+        m = (self.modulation.float()[:, None] + e0).unbind(2)        # 6 x [B|1, G, D]
+        h = norm_modulate(x, self.eps, m[0], m[1])
+        x = add_gated(x, self.self_attn(h.to(dt), rope), m[2], inplace=False)
         h = x if self.norm3 is None else layer_norm32(x, self.eps, self.norm3.weight, self.norm3.bias)
-        x = x + self.cross_attn(h.to(dt), context, kv).float()
-        h = modulate(layer_norm32(x, self.eps), m[3], m[4])
-        x = x + gate(self.ffn(h.to(dt)), m[5])
-        return x
+        y = self.cross_attn(h.to(dt), context, kv).float()
+        x = x.add_(y) if _inplace() else x + y
+        h = norm_modulate(x, self.eps, m[3], m[4])
+        return add_gated(x, self._ffn(h.to(dt)), m[5])
 
 
 class Head(nn.Module):
@@ -236,7 +323,7 @@ class Head(nn.Module):
     def forward(self, x, e):
         """e [B, G, D] (the time embedding itself, not the block projection)."""
         shift, scale = (self.modulation.float()[:, None] + e[:, :, None]).unbind(2)
-        h = modulate(layer_norm32(x, self.eps), shift, scale)
+        h = norm_modulate(x, self.eps, shift, scale)
         return self.head(h.to(_dtype(self.head)))
 
 
@@ -286,40 +373,63 @@ class WanDiT(nn.Module):
         return self.patch_embedding.weight.device
 
     # -- pieces that a sampler can compute once per generation --
+    def _context(self, context: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+        """[B, L, text_dim] on the model's device and dtype, rows past ``lengths`` zeroed, at most text_len rows."""
+        ctx = context[:, :self.cfg.text_len].to(self.device, self.dtype)
+        if lengths is not None:
+            keep = torch.arange(ctx.shape[1], device=ctx.device)[None, :] < lengths.to(ctx.device)[:, None]
+            ctx = ctx * keep[..., None].to(ctx.dtype)
+        return ctx
+
     def embed_text(self, context: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[B, L, text_dim] token embeddings -> [B, text_len, dim]. Rows past ``lengths`` and up to text_len are
-        zero before the embedding MLP (as Wan pads), and every row is attended to."""
-        B, L, _ = context.shape
-        tl = self.cfg.text_len
-        ctx = context.to(self.device, self.dtype)
-        if lengths is not None:
-            keep = torch.arange(L, device=ctx.device)[None, :] < lengths.to(ctx.device)[:, None]
-            ctx = ctx * keep[..., None].to(ctx.dtype)
-        if L > tl:
-            ctx = ctx[:, :tl]
-        elif L < tl:
-            ctx = torch.cat([ctx, ctx.new_zeros(B, tl - L, ctx.shape[-1])], dim=1)
+        zero before the embedding MLP (as Wan pads), and every row is attended to. ``text_tokens`` is the same text
+        in compact form (what the model uses)."""
+        ctx = self._context(context, lengths)
+        B, L, C = ctx.shape
+        if L < self.cfg.text_len:
+            ctx = torch.cat([ctx, ctx.new_zeros(B, self.cfg.text_len - L, C)], dim=1)
         return self.text_embedding(ctx)
 
-    def text_kv(self, text_emb: torch.Tensor, frame_shots: Optional[torch.Tensor] = None, shots: int = 1):
-        """Per-block cross-attention keys/values for embedded text (reused across sampling steps). With
-        ``frame_shots`` [F'] the text holds ``shots`` captions per video and each token frame reads its own shot's
-        caption (see ``ShotText``); without it, every token reads the one text as in Wan."""
-        kv = [blk.cross_attn.text_kv(text_emb) for blk in self.blocks]
+    def text_tokens(self, context: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> TextTokens:
+        """``embed_text`` without the padding: the rows up to the batch's last non-zero row, plus one zero-input row
+        standing for the remaining ``text_len - n`` padding rows through a log-count logit bias. Cross-attention
+        over it equals cross-attention over ``embed_text``'s rows (every zero row embeds to the same row)."""
+        ctx = self._context(context, lengths)
+        B, L, C = ctx.shape
+        used = (ctx != 0).any(-1).any(0).nonzero()
+        n = int(used.max()) + 1 if used.numel() else 0
+        pad = self.cfg.text_len - n
+        rows = ctx[:, :n]
+        if pad > 0:
+            rows = torch.cat([rows, ctx.new_zeros(B, 1, C)], dim=1)
+        bias = None
+        if pad > 1:
+            bias = torch.zeros(n + 1, device=ctx.device)
+            bias[-1] = math.log(pad)
+        return TextTokens(self.text_embedding(rows), bias)
+
+    def text_kv(self, text, frame_shots: Optional[torch.Tensor] = None, shots: int = 1):
+        """Per-block cross-attention keys/values for embedded text (``text_tokens`` or ``embed_text``), reused
+        across sampling steps. With ``frame_shots`` [F'] the text holds ``shots`` captions per video and each token
+        frame reads its own shot's caption (see ``ShotText``); without it, every token reads the one text as in
+        Wan."""
+        kv = [blk.cross_attn.text_kv(text) for blk in self.blocks]
         if frame_shots is None:
             return kv
-        return [ShotText(k, v, frame_shots, shots) for k, v in kv]
+        return [ShotText(k, v, frame_shots.to(self.device), shots, bias) for k, v, bias in kv]
 
     def rope(self, grid, device, offsets=(0, 0, 0)):
         key = (tuple(grid), str(device), tuple(offsets))
         if key not in self._rope_cache:
             if len(self._rope_cache) > 16:
                 self._rope_cache.clear()
-            self._rope_cache[key] = rope_cos_sin(grid, self.cfg.head_dim, device, offsets=offsets)
+            self._rope_cache[key] = rope_table(grid, self.cfg.head_dim, device, offsets=offsets)
         return self._rope_cache[key]
 
-    def _time(self, t: torch.Tensor, B: int, grid) -> tuple[torch.Tensor, torch.Tensor]:
-        """Timesteps -> (e [B, G, D], e0 [B, G, 6, D]) with G in {1, F', L}."""
+    def _timesteps(self, t: torch.Tensor, B: int, grid) -> torch.Tensor:
+        """Timesteps -> tg [B', G]: the timestep of each of G contiguous token groups, G in {1, F', L}. B' is 1 when
+        every sample has the same timesteps (CFG's pair), so the modulation is computed once and broadcast."""
         Fp, Hp, Wp = grid
         L = Fp * Hp * Wp
         t = torch.as_tensor(t, device=self.device)
@@ -330,39 +440,75 @@ class WanDiT(nn.Module):
         if t.shape[0] == 1 and B > 1:
             t = t.expand(B, -1)
         G = t.shape[1]
-        if G == L and L > 1:
-            tv = t.view(B, Fp, Hp * Wp)
-            if bool((tv == tv[:, :, :1]).all()):       # constant within each frame: per-frame groups are enough
-                t, G = tv[:, :, 0], Fp
-        if G not in (1, Fp, L):
+        if t.shape[0] != B or G not in (1, Fp, L):
             raise ValueError(f"timestep tensor of shape {tuple(t.shape)} does not fit {B} samples of {L} tokens "
                              f"({Fp} latent frames); allowed: [B], [B, {Fp}] or [B, {L}]")
-        e = self.time_embedding(timestep_sinusoid(t, self.cfg.freq_dim).to(self.dtype)).float()
+        if G == L and L > 1:
+            tv = t.reshape(B, Fp, Hp * Wp)
+            if bool((tv == tv[:, :, :1]).all()):       # constant within each frame: per-frame groups are enough
+                t = tv[:, :, 0]
+        if B > 1 and bool((t == t[:1]).all()):
+            t = t[:1]
+        return t.float()
+
+    def _embed_time(self, tg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tg [B', G] -> (e [B', G, D], e0 [B', G, 6, D]) float32."""
+        e = self.time_embedding(timestep_sinusoid(tg, self.cfg.freq_dim).to(self.dtype)).float()
         e0 = self.time_projection(e.to(self.dtype)).float().unflatten(-1, (6, self.cfg.dim))
         return e, e0
 
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents [B, in_dim, F, H, W] -> patch tokens [B, F'H'W', dim] float32 in (f, h, w) order."""
+        return self.patch_embedding(x.to(self.device, self.dtype)).flatten(2).transpose(1, 2).float().contiguous()
+
+    # Set while model/parallel.py's sequence parallelism or model/cache.py's step cache is active.
+    sequence_parallel = None
+    step_cache = None
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: Optional[torch.Tensor] = None,
-                context_lengths: Optional[torch.Tensor] = None, *, text_emb: Optional[torch.Tensor] = None,
-                text_kv=None, rope_offsets=(0, 0, 0)) -> torch.Tensor:
+                context_lengths: Optional[torch.Tensor] = None, *, text_emb=None, text_kv=None,
+                rope_offsets=(0, 0, 0)) -> torch.Tensor:
         """x [B, in_dim, F, H, W]; t [B] | [B, F'] | [B, L] raw timesteps (0..1000); context [B, L_text, text_dim]
-        (or precomputed ``text_emb`` / ``text_kv``). Returns [B, out_dim, F, H, W] float32."""
+        (or precomputed ``text_emb`` (``text_tokens`` / ``embed_text``) or ``text_kv``). Returns
+        [B, out_dim, F, H, W] float32."""
         B = x.shape[0]
         pt, ph, pw = self.cfg.patch_size
-        tok = self.patch_embedding(x.to(self.device, self.dtype))
-        grid = tuple(tok.shape[2:])
-        h = tok.flatten(2).transpose(1, 2).float()
-        e, e0 = self._time(t, B, grid)
+        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        tg = self._timesteps(t, B, grid)
         if text_kv is None and text_emb is None:
-            text_emb = self.embed_text(context, context_lengths)
-        rope = self.rope(grid, h.device, rope_offsets)
-        for i, blk in enumerate(self.blocks):
-            h = blk(h, e0, rope, context=text_emb, kv=None if text_kv is None else text_kv[i])
+            text_emb = self.text_tokens(context, context_lengths)
+        rope = self.rope(grid, self.device, rope_offsets)
+        sp = self.sequence_parallel
+        if sp is None:
+            h = self._tokens(x)
+        else:                                                    # this rank's share of the tokens
+            h, tg, rope = sp.shard(self, x, tg, rope, grid)
+        e, e0 = self._embed_time(tg)
+        cache = self.step_cache
+        if cache is not None and cache.reusable(self, h, tg, e0, rope_offsets):
+            h = cache.reuse(h)
+        else:
+            h_in = h
+            for i, blk in enumerate(self.blocks):
+                h = blk(h, e0, rope, context=text_emb, kv=None if text_kv is None else text_kv[i])
+            if cache is not None:
+                cache.store(h_in, h)
         out = self.head(h, e)                                    # [B, L, pt*ph*pw*out]
+        if sp is not None:
+            out = sp.gather(out)
         Fp, Hp, Wp = grid
         c = self.cfg.out_dim
         out = out.float().view(B, Fp, Hp, Wp, pt, ph, pw, c)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(B, c, Fp * pt, Hp * ph, Wp * pw)
         return out
+
+
+def base_dit(model):
+    """The WanDiT inside wrappers that hold it as ``.model`` (e.g. concat.ConcatConditioned), for hooks that must
+    reach the DiT itself."""
+    while not isinstance(model, WanDiT) and hasattr(model, "model"):
+        model = model.model
+    return model
 
 
 def build_dit(cfg: DiTConfig, device="cpu", dtype=torch.float32, ops=DEFAULT_OPS, init: bool = True) -> WanDiT:

@@ -159,16 +159,18 @@ class ExpertPair:
 
     # -------------------------------------------------------------------------------------------------- sampling
     def guided_denoiser(self, text, text_lengths=None, text_null=None, text_null_lengths=None, cfg: float = 1.0,
-                        cond=None, timesteps=None) -> "ExpertDenoiser":
-        return ExpertDenoiser(self, (text, text_lengths, text_null, text_null_lengths), cfg, cond, timesteps)
+                        cond=None, timesteps=None, parallel=None, cache=None) -> "ExpertDenoiser":
+        return ExpertDenoiser(self, (text, text_lengths, text_null, text_null_lengths), cfg, cond, timesteps,
+                              parallel, cache)
 
 
 class ExpertDenoiser:
     """What ``sampling.sample`` calls each step: the guided denoiser of the step's expert. ``history`` lists the
     expert of every step it ran."""
 
-    def __init__(self, pair: ExpertPair, text_args: tuple, cfg: float, cond, timesteps):
+    def __init__(self, pair: ExpertPair, text_args: tuple, cfg: float, cond, timesteps, parallel=None, cache=None):
         self.pair, self.text_args, self.cfg, self.cond = pair, text_args, float(cfg), cond
+        self.parallel, self.cache = parallel, cache          # model/parallel.py, model/cache.py (per expert state)
         self.plan = pair.switch.plan(timesteps)
         self.active: Optional[str] = None
         self.denoiser: Optional[GuidedDenoiser] = None
@@ -184,7 +186,8 @@ class ExpertDenoiser:
             module = self.pair.activate(which)
             if self.pair.wrap is not None:
                 module = self.pair.wrap(module)
-            self.denoiser = GuidedDenoiser(module, *self.text_args, cfg=self.guidance(which), cond=self.cond)
+            self.denoiser = GuidedDenoiser(module, *self.text_args, cfg=self.guidance(which), cond=self.cond,
+                                           parallel=self.parallel, cache=self.cache)
             self.active = which
         self.history.append(which)
         return self.denoiser(x, t)

@@ -82,6 +82,7 @@ class Spacetime:
     dit_low_path: Optional[Path] = None       # Wan 2.2 A14B: the low-noise expert (dit_path is the high-noise one)
     offload_blocks: int = 0                   # DiT blocks kept in CPU memory and streamed to the device (offload.py)
     check_cancel: Optional[Callable[[], None]] = None   # called between DiT blocks when blocks are offloaded
+    parallel: Optional[object] = field(default=None, repr=False)    # model.parallel.Parallel of a multi-rank run
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -437,9 +438,11 @@ class Spacetime:
                        cond: Optional[FrameCondition] = None, init: Optional[torch.Tensor] = None,
                        strength: float = 1.0, callback=None, *, switch: Optional[ExpertSwitch] = None,
                        cfg_high_noise: Optional[float] = None, load: Optional[Callable] = None,
-                       unload: Optional[Callable] = None) -> torch.Tensor:
+                       unload: Optional[Callable] = None, cache=None) -> torch.Tensor:
         """Returns raw latents. ``cond.latents`` are normalised; ``init`` (for strength < 1) is raw. Two-expert
-        models: ``switch`` (default: the preset's boundary) and ``cfg_high_noise`` (default: the preset's)."""
+        models: ``switch`` (default: the preset's boundary) and ``cfg_high_noise`` (default: the preset's).
+        ``cache``: step caching (model.cache.CacheSettings or StepCache), off when None. In a multi-rank run
+        (``parallel``) every rank calls this with the same arguments."""
         steps = steps or self.preset.steps
         cfg = self.preset.cfg if cfg is None else cfg
         shift = shift or self.preset.shift
@@ -469,7 +472,8 @@ class Spacetime:
             out = sample(model, noise.to(dev), emb.to(dev), None if neg is None else neg.to(dev),
                          text_lengths=lens.to(dev), text_null_lengths=None if nlens is None else nlens.to(dev),
                          steps=steps, shift=shift, cfg=cfg, sampler=sampler, cond=cond,
-                         init=None if init_n is None else init_n.to(dev), strength=strength, callback=callback)
+                         init=None if init_n is None else init_n.to(dev), strength=strength, callback=callback,
+                         parallel=self.parallel, cache=cache)
         finally:
             if isinstance(model, ExpertPair) and load is None:
                 model.release()                        # both experts back in CPU memory: room for decoding
@@ -482,12 +486,13 @@ class Spacetime:
                  extend: Optional[torch.Tensor] = None, direction: str = "forward",
                  after: Optional[torch.Tensor] = None, expand_prompt: bool = True,
                  callback=None, decode_progress: ProgressFn = None, switch: Optional[ExpertSwitch] = None,
-                 cfg_high_noise: Optional[float] = None) -> torch.Tensor:
+                 cfg_high_noise: Optional[float] = None, cache=None) -> Optional[torch.Tensor]:
         """Text-to-video, image-to-video (``image`` [H, W, 3] placed at the start or end) or extension
         (``extend`` frames [T, H, W, 3]: ``direction`` forward = continue after it, backward = lead into it,
         fill = generate ``frames`` new frames between ``extend`` and ``after``). Returns frames [B, T, H, W, 3].
         For extension the output is the whole clip: the given frames (re-decoded) and the new ones. Two-expert
-        models take ``switch`` and ``cfg_high_noise`` (see ``sample_latents``)."""
+        models take ``switch`` and ``cfg_high_noise``, step caching ``cache`` (see ``sample_latents``). In a
+        multi-rank run only rank 0 decodes; the other ranks return None."""
         width = width or self.preset.default_size[0]
         height = height or self.preset.default_size[1]
         frames = frames or self.preset.default_frames
@@ -498,7 +503,9 @@ class Spacetime:
         cond = self.condition_from_frames(plan.placement) if plan.placement is not None else None
         lat = self.sample_latents(text, self.latent_shape(batch, plan.total, plan.height, plan.width), seed, steps,
                                   cfg, shift, sampler, cond, callback=callback, switch=switch,
-                                  cfg_high_noise=cfg_high_noise)
+                                  cfg_high_noise=cfg_high_noise, cache=cache)
+        if self.parallel is not None and not self.parallel.is_main:
+            return None
         return self.decode(lat, decode_progress)
 
 

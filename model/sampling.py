@@ -11,6 +11,7 @@ fill knows any subset.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -84,24 +85,44 @@ class FrameCondition:
 # The model wrapper: CFG + frame conditioning -> velocity
 # ----------------------------------------------------------------------------------------------------------------------
 
+def join_text(text: torch.Tensor, lengths, text_null: torch.Tensor, null_lengths):
+    """One batch [cond; uncond] of token embeddings (the shorter zero-padded to the longer, the negative broadcast
+    to the batch) and its lengths, so the text is embedded and its keys/values computed in one pass."""
+    B = text.shape[0]
+    if text_null.shape[0] != B:
+        text_null = text_null.expand(B, -1, -1)
+    L = max(text.shape[1], text_null.shape[1])
+
+    def padded(x):
+        return x if x.shape[1] == L else torch.cat([x, x.new_zeros(B, L - x.shape[1], x.shape[2])], dim=1)
+
+    def lens(given, x):
+        given = torch.full((B,), x.shape[1]) if given is None else torch.as_tensor(given).expand(B)
+        return given.to(x.device)
+    return (torch.cat([padded(text), padded(text_null.to(text))]),
+            torch.cat([lens(lengths, text), lens(null_lengths, text_null)]))
+
+
 class GuidedDenoiser:
     """Calls the DiT on cond and uncond text in one batch, with known frames at timestep 0.
 
     ``text`` / ``text_null``: [B, L, text_dim] token embeddings (plus lengths), embedded once for all steps.
+    ``parallel`` (model/parallel.py): sequence-parallel calls, and cond / uncond on the two CFG rank groups.
+    ``cache`` (model/cache.py): the run's StepCache, or None.
     """
 
     def __init__(self, model, text, text_lengths=None, text_null=None, text_null_lengths=None, cfg: float = 1.0,
-                 cond: Optional[FrameCondition] = None):
-        self.model, self.cfg, self.cond = model, float(cfg), cond
+                 cond: Optional[FrameCondition] = None, parallel=None, cache=None):
+        self.model, self.cfg, self.cond, self.parallel = model, float(cfg), cond, parallel
         with torch.no_grad():
-            emb = model.embed_text(text, text_lengths)
             self.use_cfg = text_null is not None and self.cfg != 1.0
             if self.use_cfg:
-                emb_null = model.embed_text(text_null, text_null_lengths)
-                if emb_null.shape[0] != emb.shape[0]:
-                    emb_null = emb_null.expand(emb.shape[0], -1, -1)
-                emb = torch.cat([emb, emb_null], dim=0)
-            self.kv = model.text_kv(emb)
+                text, text_lengths = join_text(text, text_lengths, text_null, text_null_lengths)
+            self.kv = model.text_kv(model.text_tokens(text, text_lengths))
+        self.cfg_parallel = parallel is not None and parallel.layout.cfg > 1 and self.use_cfg
+        if self.cfg_parallel:
+            self.kv = parallel.cfg_share(self.kv)
+        self.cache = cache
 
     def timesteps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         B = x.shape[0]
@@ -109,14 +130,26 @@ class GuidedDenoiser:
             return torch.full((B,), float(t))
         return self.cond.timesteps(float(t), self.model.cfg.patch_size[0])
 
+    @contextmanager
+    def _hooks(self):
+        with ExitStack() as stack:
+            if self.parallel is not None:
+                stack.enter_context(self.parallel.attach(self.model))
+            if self.cache is not None:
+                stack.enter_context(self.cache.attach(self.model))
+            yield
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: int, step: Optional[int] = None) -> torch.Tensor:
         tt = self.timesteps(x, t)
-        if self.use_cfg:
-            v = self.model(torch.cat([x, x]), torch.cat([tt, tt]), text_kv=self.kv)
-            v_c, v_u = v.chunk(2)
-            return v_u + self.cfg * (v_c - v_u)
-        return self.model(x, tt, text_kv=self.kv)
+        with self._hooks():
+            if self.use_cfg:
+                if self.cfg_parallel:
+                    v_c, v_u = self.parallel.guided_pair(self.model, x, tt, self.kv)
+                else:
+                    v_c, v_u = self.model(torch.cat([x, x]), torch.cat([tt, tt]), text_kv=self.kv).chunk(2)
+                return v_u + self.cfg * (v_c - v_u)
+            return self.model(x, tt, text_kv=self.kv)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -207,13 +240,17 @@ StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[torch.Tensor] = None, *,
            text_lengths=None, text_null_lengths=None, steps: int = 50, shift: float = 5.0, cfg: float = 5.0,
            sampler: str = "unipc", cond: Optional[FrameCondition] = None, init: Optional[torch.Tensor] = None,
-           strength: float = 1.0, callback: Optional[StepCallback] = None) -> torch.Tensor:
+           strength: float = 1.0, callback: Optional[StepCallback] = None, parallel=None,
+           cache=None) -> torch.Tensor:
     """Sample normalised latents.
 
     ``model``: a DiT, or an ``experts.ExpertPair`` (one of two experts per step). noise [B, C, F', H', W'] standard
     normal; text [B, L, D] (and ``text_null`` for CFG); ``cond`` known frames;
     ``init`` + ``strength`` < 1 start from a noised ``init`` (SDEdit video-to-video: strength 1 ignores init,
     strength 0 returns it). ``callback(step, total, x0_pred, x)`` runs after every step and may raise to cancel.
+    ``parallel``: a model.parallel.Parallel (every rank calls ``sample`` with the same arguments; rank 0's noise,
+    text and known frames are used). ``cache``: model.cache.CacheSettings (or a StepCache, to read its counts after)
+    to skip the blocks on steps whose input changed little; off when None.
     """
     if sampler not in SAMPLERS:
         raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
@@ -224,6 +261,10 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     if init is not None and init.shape != noise.shape:
         raise SpacetimeValueError(f"init latent shape {tuple(init.shape)} differs from noise {tuple(noise.shape)}")
     sigmas, timesteps = sigma_schedule(steps, shift)
+    if parallel is not None:
+        noise, text, text_null, init = parallel.same(noise, text, text_null, init)
+        if cond is not None:
+            cond = FrameCondition(parallel.same(cond.latents)[0], cond.mask)
     start = 0
     if strength < 1.0:
         start = min(steps, int(round(steps * (1.0 - strength))))
@@ -234,10 +275,13 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     if start >= steps:
         x = init.float()
         return cond.impose(x) if cond is not None else x
+    if cache is not None:
+        cache = cache.for_run(steps - start, parallel)
     if hasattr(model, "guided_denoiser"):         # a set of experts (experts.ExpertPair) picks one per step
-        denoise = model.guided_denoiser(text, text_lengths, text_null, text_null_lengths, cfg, cond, timesteps)
+        denoise = model.guided_denoiser(text, text_lengths, text_null, text_null_lengths, cfg, cond, timesteps,
+                                        parallel=parallel, cache=cache)
     else:
-        denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond)
+        denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond, parallel, cache)
     if cond is not None:
         x = cond.impose(x)
     solver = UniPC(sigmas[start:]) if sampler == "unipc" else None

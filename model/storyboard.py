@@ -151,7 +151,7 @@ class PerShotText:
         self.dit, self.frame_shots, self.shots = dit, frame_shots, shots
 
     def text_kv(self, text_emb):
-        return self.dit.text_kv(text_emb, frame_shots=self.frame_shots.to(text_emb.device), shots=self.shots)
+        return self.dit.text_kv(text_emb, frame_shots=self.frame_shots, shots=self.shots)
 
     def __call__(self, *args, **kwargs):
         return self.dit(*args, **kwargs)

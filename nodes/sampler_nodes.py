@@ -35,7 +35,8 @@ def _preview(model, x0_norm):
 class SpacetimeDenoise:
     DESCRIPTION = ("Generates the video latent with the spacetime transformer: flow matching with classifier-free "
                    "guidance. Known frames in the latent (from Image to Video or Extend) get timestep 0 and are "
-                   "kept; strength below 1 re-noises the input latent partially (video-to-video).")
+                   "kept; strength below 1 re-noises the input latent partially (video-to-video); step_cache above "
+                   "0 skips the transformer on steps that change little.")
     CATEGORY = f"{CATEGORY}/Sampling"
     RETURN_TYPES = ("LATENT", "STRING")
     RETURN_NAMES = ("latent", "generation_info")
@@ -73,10 +74,16 @@ class SpacetimeDenoise:
                                          "tooltip": "Two-expert models: guidance scale of the high-noise expert "
                                                     "(cfg is the low-noise expert's). 0 = the preset's (t2v A14B: "
                                                     "4.0; i2v A14B: 3.5)."}),
+            "step_cache": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "round": 0.001,
+                                     "tooltip": "Step caching: skip the transformer's blocks on steps whose input "
+                                                "changed little and reuse the last computed step's residual. 0 = "
+                                                "off; the value is the largest predicted relative change that may "
+                                                "be skipped (0.05-0.2). The first steps and the last are always "
+                                                "computed; known frames are kept."}),
         }}
 
     def denoise(self, model, text, latent, steps=20, cfg=5.0, shift=3.0, sampler="unipc", seed=0, strength=1.0,
-                expert_boundary=0.0, expert_switch_step=0, cfg_high_noise=0.0):
+                expert_boundary=0.0, expert_switch_step=0, cfg_high_noise=0.0, step_cache=0.0):
         from ..model.sampling import FrameCondition
         s = latent["samples"].float()
         z = model.preset.vae.z_dim
@@ -84,6 +91,8 @@ class SpacetimeDenoise:
             raise ValueError(f"latent has shape {tuple(s.shape)}; {model.preset.name} needs [B, {z}, F, H, W]")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
+        if not 0.0 <= step_cache <= 1.0:
+            raise ValueError(f"step_cache={step_cache} is not allowed; allowed: 0 (off) to 1")
         known = known_mask_from_latent(latent)
         host.use(model, "vae")                       # normalisation statistics live with the VAE
         cond = None
@@ -97,6 +106,10 @@ class SpacetimeDenoise:
         def callback(step, total, x0, x):
             bar.total = total
             bar.update(1, _preview(model, x0))
+        cache = None
+        if step_cache > 0:
+            from ..model.cache import CacheSettings, StepCache
+            cache = StepCache(CacheSettings(threshold=float(step_cache)))
         experts = {}
         if model.has_experts:                          # one expert on the device at a time, switched mid-run
             switch = model.expert_switch(expert_boundary or None, expert_switch_step or None)
@@ -106,7 +119,7 @@ class SpacetimeDenoise:
         host.use(model, "dit")                         # (two experts: the high-noise one, used first)
         out = model.sample_latents(text, tuple(s.shape), eff_seed, steps, cfg, shift, sampler, cond,
                                    init=s if strength < 1.0 else None, strength=strength, callback=callback,
-                                   **experts)
+                                   cache=cache, **experts)
         info = {"model": model.preset.name, "checkpoint_sha256": model.checkpoint_sha256(), "seed": eff_seed,
                 "steps": steps, "cfg": cfg, "shift": shift, "sampler": sampler, "strength": strength,
                 "frames": model.preset.vae.temporal_factor * (s.shape[2] - 1) + 1,
@@ -118,6 +131,8 @@ class SpacetimeDenoise:
         if experts:
             info.update(model.expert_info(steps, shift, experts["switch"], experts["cfg_high_noise"], cfg))
         info.update(model.weights_record())
+        if cache is not None:
+            info["step_cache"] = cache.summary()
         result = latent_dict(out, spacetime_ingredients=latent.get("spacetime_ingredients"))
         return (result, json.dumps(info))
 

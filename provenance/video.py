@@ -135,10 +135,20 @@ class YuvWriter:
         self.close(flush=exc_type is None)
 
 
-def _video_stream(container, w, h, fps, crf, preset):
+# Our encodes are a function of the planes alone. With MB-tree on, x264 (as PyAV's wheels bundle it) reads heap memory
+# it never wrote when its AVX-512 code is in use: the same planes encoded in two processes, or twice in one process
+# whose heap has been reused, gave files that decode up to ~20 levels apart at 64x64. MB-tree off (or AVX-512 off)
+# removes the dependence.
+X264_PARAMS = "mbtree=0"
+
+
+def _video_stream(container, w, h, fps, crf, preset, x264_params: Optional[str] = X264_PARAMS):
     stream = container.add_stream("libx264", rate=fps if isinstance(fps, Fraction) else _fps(fps))
     stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-    stream.options = {"crf": str(int(crf)), "preset": preset}
+    options = {"crf": str(int(crf)), "preset": preset}
+    if x264_params:
+        options["x264-params"] = x264_params
+    stream.options = options
     cc = stream.codec_context
     cc.colorspace = cc.color_primaries = cc.color_trc = BT601
     cc.color_range = 1                      # limited ("MPEG") range
@@ -171,7 +181,8 @@ def read_luma(path, max_frames: Optional[int] = None) -> tuple[np.ndarray, float
 
 def transcode(src, dst, crf: int = 23, preset: str = "medium"):
     """Re-encode a video as a plain H.264 MP4 (what a re-upload or a user's converter does): decoded YUV frames go
-    straight back into the encoder. The result has no C2PA manifest."""
+    straight back into the encoder, with x264's defaults (MB-tree on, so the bytes may vary from run to run). The
+    result has no C2PA manifest."""
     import av
     with av.open(str(src)) as inp:
         stream_in = inp.streams.video[0]
@@ -180,7 +191,7 @@ def transcode(src, dst, crf: int = 23, preset: str = "medium"):
             stream = None
             for frame in inp.decode(stream_in):
                 if stream is None:
-                    stream = _video_stream(out, frame.width, frame.height, fps, crf, preset)
+                    stream = _video_stream(out, frame.width, frame.height, fps, crf, preset, x264_params=None)
                 if frame.format.name != "yuv420p":
                     frame = frame.reformat(format="yuv420p")
                 for packet in stream.encode(frame):

@@ -1,5 +1,6 @@
 """The node contract (what ComfyUI reads from each class) and the nodes' behaviour, run headless."""
 import json
+import sys
 import time
 
 import pytest
@@ -194,6 +195,23 @@ def test_ui_format_conversion_reads_widgets_and_links():
     assert api["1"]["inputs"]["device"] == "cpu" and "9" not in api
     lat = run_workflow(ui)["3"]["result"][0]
     assert lat["samples"].shape == (1, 16, 3, 12, 16) and lat["noise_seed"] == 42          # 4x4 in space, 4x in time
+
+
+def test_committed_workflows_are_in_step_with_the_nodes(monkeypatch):
+    """Each shared workflow JSON is what workflows/make_workflows.py writes from the nodes' current inputs: a node
+    that gains an input without the workflows being rewritten would load in the frontend with a value the file
+    lacks."""
+    import importlib.util
+    from pathlib import Path
+    folder = Path(spacetime.__file__).resolve().parent / "workflows"
+    spec = importlib.util.spec_from_file_location("make_workflows", folder / "make_workflows.py")
+    make = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "make_workflows", make)          # its dataclasses look their module up
+    spec.loader.exec_module(make)
+    rendered = make.render(make.DEFAULT_PRESET)
+    assert sorted(rendered) == sorted(p.name for p in folder.glob("*.json"))
+    stale = [name for name, text in rendered.items() if (folder / name).read_text() != text]
+    assert not stale, f"run python workflows/make_workflows.py: out of date {stale}"
 
 
 def test_sampling_preview_is_reviewed_before_it_is_shown(monkeypatch):

@@ -150,6 +150,32 @@ def test_file_without_anything(tmp_path):
     assert report["manifest"]["state"] == "none" and report["watermark"]["detected"] is False
 
 
+ENCODE_ONCE = """
+import hashlib, io, numpy as np
+from spacetime.provenance.video import encode_yuv
+rng = np.random.default_rng(1)
+y, x = np.mgrid[:240, :416]
+luma = np.stack([128 + 60 * np.sin((x + 3 * t) / 5) * np.cos(y / 7) + rng.normal(0, 4, y.shape) for t in range(9)])
+u, v = np.full((9, 120, 208), 100, np.uint8), np.full((9, 120, 208), 150, np.uint8)
+buf = io.BytesIO()
+encode_yuv(buf, luma, u, v, fps=8)
+print(hashlib.sha256(buf.getvalue()).hexdigest())
+"""
+
+
+def test_the_same_planes_encode_to_the_same_bytes_whatever_the_heap_held():
+    """The encoded file is a function of the planes: a clip stamped again (another process, a reused heap) decodes
+    to the same frames. glibc's MALLOC_PERTURB_ fills fresh heap memory with a different byte in each process; with
+    x264's MB-tree on, its AVX-512 code read that memory and these three files differed (on AVX-512 CPUs)."""
+    digests = set()
+    for perturb in ("0", "85", "170"):
+        proc = subprocess.run([sys.executable, "-c", ENCODE_ONCE], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, MALLOC_PERTURB_=perturb))
+        assert proc.returncode == 0, proc.stderr
+        digests.add(proc.stdout.strip())
+    assert len(digests) == 1, digests
+
+
 def test_never_overwrites(tmp_path):
     target = tmp_path / "clip.mp4"
     first = stamp_video(toy_clip(seed=1), target, fps=8)

@@ -88,10 +88,13 @@ def test_shot_text_equals_a_block_masked_cross_attention(tiny):
     texts = tiny.embed_text(torch.randn(B * S, 6, 64))                     # rows grouped per video
     frame_shots = torch.tensor([0, 0, 1, 2, 2])
     with torch.no_grad():
-        k, v = ca.text_kv(texts)
+        k, v, bias = ca.text_kv(texts)                     # full padded text: no logit bias
+        assert bias is None
         got = ca(x, kv=ShotText(k, v, frame_shots, S))
-        # reference: every video attends to all its shots' tokens concatenated, with a block mask
+        # reference: every video attends to all its shots' tokens concatenated, with a block mask (Wan's math:
+        # q and k each RMS-normed with their own weight)
         q = ca._heads(ca.norm_q(ca.q(x)))
+        k, v = ca._heads(ca.norm_k(ca.k(texts))), ca._heads(ca.v(texts))
         kc = k.unflatten(0, (B, S)).permute(0, 2, 1, 3, 4).flatten(2, 3)   # [B, heads, S*L, d]
         vc = v.unflatten(0, (B, S)).permute(0, 2, 1, 3, 4).flatten(2, 3)
         L = k.shape[2]
@@ -100,10 +103,25 @@ def test_shot_text_equals_a_block_masked_cross_attention(tiny):
         ref = ca.o(F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask).transpose(1, 2).flatten(2))
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     with torch.no_grad():                            # and shot 1's tokens equal a plain call with shot 1's text only
-        alone = ca(x[:, 8:12], kv=(k.unflatten(0, (B, S))[:, 1], v.unflatten(0, (B, S))[:, 1]))
+        alone = ca(x[:, 8:12], context=texts.unflatten(0, (B, S))[:, 1])
     torch.testing.assert_close(got[:, 8:12], alone, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="frame_shots holds shot numbers"):
         ShotText(k, v, torch.tensor([0, 3]), S)
+
+
+def test_per_shot_compact_text_equals_per_shot_padded_text(tiny):
+    """Per-shot text with the compact text rows (one padding row with a log-count logit bias) gives the output of
+    per-shot text over every padding row, for captions of different lengths."""
+    x = torch.randn(2, 16, 3, 4, 4)
+    ctx, lens = torch.randn(4, 9, 64), torch.tensor([3, 9, 5, 0])      # 2 videos x 2 shots, one empty caption
+    frame_shots = torch.tensor([0, 1, 1])
+    compact = tiny.text_tokens(ctx, lens)
+    assert compact.emb.shape[1] == 10 and compact.bias is not None
+    with torch.no_grad():
+        got = tiny(x, torch.tensor([500.0, 500.0]), text_kv=tiny.text_kv(compact, frame_shots=frame_shots, shots=2))
+        ref = tiny(x, torch.tensor([500.0, 500.0]),
+                   text_kv=tiny.text_kv(tiny.embed_text(ctx, lens), frame_shots=frame_shots, shots=2))
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 
 
 def test_per_shot_text_trains(tiny):

@@ -369,7 +369,7 @@ def test_nodes_run_a_two_expert_model(tiny_presets, tmp_path, monkeypatch):
     loader = N["SpacetimeModelLoader"]
     assert list(loader.INPUT_TYPES()["optional"]) == ["dit_low_noise_file"]
     assert list(N["SpacetimeDenoise"].INPUT_TYPES()["optional"]) == ["expert_boundary", "expert_switch_step",
-                                                                      "cfg_high_noise"]
+                                                                      "cfg_high_noise", "step_cache"]
     (model,) = loader().load("test-t2v-a14b", device="cpu")
     text, _ = N["SpacetimeTextEncode"]().encode(model, "a red ball", "")
     (latent,) = N["SpacetimeNoiseLatent"]().make(model, 32, 32, 5)
