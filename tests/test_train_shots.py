@@ -212,3 +212,23 @@ def test_story_steps_train(run, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="story_frac=0.5 needs encoded stories"):
         td.train_dit(run / "data", run / "vae", tmp_path / "x", td.DitRecipe(story_frac=0.5))
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_story_stages(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+    from spacetime.toyworld import train
+    from spacetime.toyworld.train_vae import load_trained_vae
+    calls = {}
+    monkeypatch.setattr(train, "encode_stories", lambda *a: calls.setdefault("encode", a))
+    monkeypatch.setattr(train, "train_dit", lambda *a, **k: calls.setdefault("dit", (a, k)))
+    train.main(["encode-stories", "--vae", "V", "--out", "S", "--stories", "30"])
+    assert calls["encode"] == (Path("V"), Path("S"), 30, 1)
+    train.main(["dit", "--data", "D", "--vae", "V", "--out", "O", "--stories", "S", "--set", "story_frac=0.5"])
+    (data, vae, out, recipe), kw = calls["dit"]
+    assert recipe.story_frac == 0.5 and recipe.story_ref_frac == 0.5 and kw["stories_dir"] == Path("S")
+    train.main(["shipped-vae", "--out", str(tmp_path / "vae")])           # the shipped VAE as a VAE folder
+    vae, cfg = load_trained_vae(tmp_path / "vae")
+    assert cfg.z_dim == 16 and vae.spatial_factor == 4 and vae.temporal_factor == 4
+    with pytest.raises(SystemExit):
+        train.main(["shipped-vae", "--out", str(tmp_path / "vae")])
+    assert "already holds a VAE" in capsys.readouterr().err
