@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .captions import detailed_caption
+from .captions import detailed_caption, training_caption
 from .world import BACKGROUNDS, PANS, Clip, Obj, Scene, render, sample_object, visible_on
 
 CHANGES = ("background", "zoom", "pan")
@@ -38,7 +38,14 @@ class StoryShot:
 
     @property
     def caption(self) -> str:
-        text = detailed_caption(self.scene)
+        return self._framed(detailed_caption(self.scene))
+
+    def training_caption(self, rng: np.random.Generator, p_short: float = 0.25) -> str:
+        """A varied caption of the shot (detailed or, with ``p_short``, short) as the clip dataset's training draws
+        them, with the close-up mark of a zoomed shot."""
+        return self._framed(training_caption(self.scene, rng, p_short))
+
+    def _framed(self, text: str) -> str:
         return CLOSE_UP + text[0].lower() + text[1:] if self.zoom > 1 else text
 
 

@@ -5,6 +5,9 @@
     python -m spacetime.toyworld.train decoder  --vae RUN/vae --out RUN/vae_dec
     python -m spacetime.toyworld.train encode   --vae RUN/vae --out RUN/data
     python -m spacetime.toyworld.train dit      --data RUN/data --vae RUN/vae --out RUN/dit
+    python -m spacetime.toyworld.train encode-stories --vae RUN/vae --out RUN/stories   # multi-shot stories
+    python -m spacetime.toyworld.train dit      --data RUN/data --stories RUN/stories --set story_frac=0.5 ...
+    python -m spacetime.toyworld.train shipped-vae --out RUN/vae     # the shipped VAE as a VAE folder
     python -m spacetime.toyworld.train overfit  --vae RUN/vae --out RUN/overfit   # the 32-clip sanity check
     python -m spacetime.toyworld.train export   --vae RUN/vae_dec --dit RUN/dit [--ship]
 
@@ -32,6 +35,7 @@ from ..model.embedded import DIT_FILE, META, VAE_FILE, WEIGHTS_DIR
 from ..model.loading import read_state_dict, write_safetensors_atomic
 from .runs import clips_to_tensor, default_run_dir
 from .train_dit import DitRecipe, encode_dataset, train_dit
+from .train_shots import encode_stories
 from .train_vae import TOY_VAE, load_trained_vae, train_vae
 from .world import random_clip
 
@@ -208,10 +212,19 @@ def main(argv=None):
     a.add_argument("--out", type=Path, default=run / "data")
     a.add_argument("--clips", type=int, default=24000)
     a.add_argument("--seed", type=int, default=1)
+    a = sub.add_parser("encode-stories", help="encode a dataset of toy-world multi-shot stories into latents")
+    a.add_argument("--vae", type=Path, default=run / "vae", help="trained VAE folder (default: %(default)s)")
+    a.add_argument("--out", type=Path, default=run / "stories", help="story data folder (default: %(default)s)")
+    a.add_argument("--stories", type=int, default=6000, help="stories over all sizes and patterns "
+                                                             "(default: %(default)s)")
+    a.add_argument("--seed", type=int, default=1, help="another seed adds parts (default: %(default)s)")
+    a = sub.add_parser("shipped-vae", help="write the shipped VAE (weights/) as a VAE folder for the other stages")
+    a.add_argument("--out", type=Path, default=run / "vae", help="VAE folder to create (default: %(default)s)")
     a = sub.add_parser("dit", help="train the DiT on encoded latents")
     a.add_argument("--data", type=Path, default=run / "data")
     a.add_argument("--vae", type=Path, default=run / "vae")
     a.add_argument("--out", type=Path, default=run / "dit")
+    a.add_argument("--stories", type=Path, help="encoded stories for the story_frac share of steps (default: none)")
     a.add_argument("--recipe", type=Path, help="a JSON file of DitRecipe fields")
     a.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
     a.add_argument("--init", type=Path, help="DiT safetensors to warm-start from")
@@ -235,6 +248,15 @@ def main(argv=None):
         train_vae(args.out, args.steps, args.lr, decoder_only_from=args.vae)
     elif args.cmd == "encode":
         encode_dataset(args.vae, args.out, args.clips, args.seed)
+    elif args.cmd == "encode-stories":
+        encode_stories(args.vae, args.out, args.stories, args.seed)
+    elif args.cmd == "shipped-vae":
+        if (args.out / "vae.safetensors").exists() or (args.out / "vae.json").exists():
+            ap.error(f"--out {args.out} already holds a VAE; give a new folder")
+        if not shipped_vae_fits():
+            ap.error(f"the shipped VAE ({VAE_FILE}) is missing or its config does not match the training VAE")
+        copy_shipped_vae(args.out)
+        print(f"wrote the shipped VAE to {args.out}")
     elif args.cmd == "dit":
         d = json.loads(args.recipe.read_text()) if args.recipe else {}
         for kv in args.set:
@@ -243,7 +265,7 @@ def main(argv=None):
                 d[k] = json.loads(v)
             except json.JSONDecodeError:
                 d[k] = v
-        train_dit(args.data, args.vae, args.out, DitRecipe.from_dict(d), init=args.init)
+        train_dit(args.data, args.vae, args.out, DitRecipe.from_dict(d), init=args.init, stories_dir=args.stories)
     elif args.cmd == "overfit":
         run_overfit(args.vae, args.out, args.steps)
     elif args.cmd == "export":

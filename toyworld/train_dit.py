@@ -14,6 +14,10 @@ see weights/MODEL_CARD.md):
 - **One timestep per text-to-video clip**; known frames (image-to-video, extension, fill) enter clean at timestep 0
   and carry no loss, in the frame-mask mixture that makes one set of weights do every task.
 - Text embeddings of repeated captions are cached, so the text encoder does not dominate single-frame steps.
+
+With ``--stories DIR`` (``train_shots``) the ``story_frac`` share of the steps trains on multi-shot stories: per-shot
+text over a whole story, or a shot continued from the previous shot's last latent frames, as the storyboard sampler
+makes them.
 """
 from __future__ import annotations
 
@@ -67,6 +71,40 @@ def scene_from_json(d: dict) -> Scene:
     return Scene(**{**d, "objects": tuple(Obj(**o) for o in d["objects"])})
 
 
+def write_json_atomic(data, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def encode_bucket(vae, out: Path, bucket: str, n: int, seed: int, key: tuple, make, batch: int = 16,
+                  part: int = 512, t0: float = 0.0, what: str = "clips"):
+    """Encode ``n`` examples of one bucket into ``out`` in parts of ``part``, skipping parts already there (so a
+    stopped run resumes). ``make(rng, start, count)`` renders ``count`` examples as (an object with ``.frames``
+    uint8 [T, H, W, 3], object coverage [T, H, W], JSON record, {name: array} of further per-example rows); ``rng``
+    is the part's own generator (``seed``, ``key`` and the part's start), so every part is reproducible alone."""
+    sf, tf = vae.spatial_factor, vae.temporal_factor
+    for p0 in range(0, n, part):
+        name = f"{bucket}_s{seed}_{p0 // part:03d}"
+        if (out / f"{name}.safetensors").exists():
+            continue
+        rng = np.random.default_rng([seed, *key, p0])
+        lat, cells, recs, extra = [], [], [], {}
+        for b0 in range(p0, min(n, p0 + part), batch):
+            items = make(rng, b0, min(batch, min(n, p0 + part) - b0))
+            lat.append(vae.encode(clips_to_tensor([it[0] for it in items])).half())
+            for clip, coverage, rec, rows in items:
+                cells.append(object_cells(coverage, sf, tf))
+                recs.append(rec)
+                for k, v in rows.items():
+                    extra.setdefault(k, []).append(v)
+        write_json_atomic(recs, out / f"{name}.json")
+        write_safetensors_atomic({"latents": torch.cat(lat), "objects": torch.from_numpy(np.stack(cells)),
+                                  **{k: torch.from_numpy(np.stack(v)) for k, v in extra.items()}},
+                                 out / f"{name}.safetensors")
+        print(f"{name}: {len(recs)} {what}, {time.time() - t0:.0f}s", flush=True)
+
+
 @torch.no_grad()
 def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: int = 16, part: int = 512,
                    mix: Optional[dict] = None, scenes: Optional[list] = None):
@@ -77,7 +115,6 @@ def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: i
     from .train_vae import load_trained_vae
     device_and_threads()
     vae, _ = load_trained_vae(vae_dir)
-    sf, tf = vae.spatial_factor, vae.temporal_factor
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -89,25 +126,13 @@ def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: i
             for f, wf in (mix or DATA_MIX).items():
                 jobs.append((w, h, f, int(round(clips * wf / len(TRAIN_SIZES))), bi))
     for w, h, f, n, bi in jobs:
-        for p0 in range(0, n, part):
-            name = f"{bucket_name(w, h, f)}_s{seed}_{p0 // part:03d}"
-            if (out / f"{name}.safetensors").exists():
-                continue
-            rng = np.random.default_rng([seed, bi, f, p0])
-            lat, cells, sc = [], [], []
-            for b0 in range(p0, min(n, p0 + part), batch):
-                nb = min(batch, min(n, p0 + part) - b0)
-                if scenes is not None:
-                    cl = [render(scenes[b0 + i], f, w, h) for i in range(nb)]
-                else:
-                    cl = [random_clip(int(rng.integers(2 ** 31)), f, w, h, training=True) for _ in range(nb)]
-                lat.append(vae.encode(clips_to_tensor(cl)).half())
-                cells += [object_cells(c.coverage, sf, tf) for c in cl]
-                sc += [scene_to_json(c.scene) for c in cl]
-            write_safetensors_atomic({"latents": torch.cat(lat), "objects": torch.from_numpy(np.stack(cells))},
-                                     out / f"{name}.safetensors")
-            (out / f"{name}.json").write_text(json.dumps(sc))
-            print(f"{name}: {len(sc)} clips, {time.time() - t0:.0f}s", flush=True)
+        def make(rng, b0, nb, w=w, h=h, f=f):
+            if scenes is not None:
+                cl = [render(scenes[b0 + i], f, w, h) for i in range(nb)]
+            else:
+                cl = [random_clip(int(rng.integers(2 ** 31)), f, w, h, training=True) for _ in range(nb)]
+            return [(c, c.coverage, scene_to_json(c.scene), {}) for c in cl]
+        encode_bucket(vae, out, bucket_name(w, h, f), n, seed, (bi, f), make, batch, part, t0)
 
 
 @dataclass
@@ -122,17 +147,30 @@ class Bucket:
         return self.latents.shape[2]
 
 
-def load_dataset(data_dir: Path) -> list[Bucket]:
+_KINDS = {"clips": ("--data", "encode"), "stories": ("--stories", "encode-stories")}
+
+
+def read_parts(data_dir: Path, stories: bool = False) -> dict:
+    """{bucket: [(tensors, JSON records)]} of the parts in ``data_dir``: clips, or with ``stories`` multi-shot
+    stories (``train_shots``); the other kind is refused with the option it belongs to."""
+    want = "stories" if stories else "clips"
     parts: dict = {}
     for p in sorted(Path(data_dir).glob("*.safetensors")):
-        bucket = p.stem.split("_s")[0]
-        sd = read_state_dict(p)
-        sc = [scene_from_json(d) for d in json.loads(p.with_suffix(".json").read_text())]
-        parts.setdefault(bucket, []).append((sd["latents"], sd["objects"], sc))
+        recs = json.loads(p.with_suffix(".json").read_text())
+        have = "stories" if recs and "shots" in recs[0] else "clips"
+        if recs and have != want:
+            raise ValueError(f"{data_dir} holds {have}, not {want}: pass it as {_KINDS[have][0]} (made by "
+                             f"'{_KINDS[have][1]}')")
+        parts.setdefault(p.stem.split("_s")[0], []).append((read_state_dict(p), recs))
     if not parts:
-        raise FileNotFoundError(f"no latent buckets in {data_dir}; run the encode stage first")
-    return [Bucket(k, torch.cat([a for a, _, _ in v]), torch.cat([b for _, b, _ in v]), sum([c for _, _, c in v], []))
-            for k, v in sorted(parts.items())]
+        raise FileNotFoundError(f"no latent buckets in {data_dir}; run the {_KINDS[want][1]} stage first")
+    return dict(sorted(parts.items()))
+
+
+def load_dataset(data_dir: Path) -> list[Bucket]:
+    return [Bucket(k, torch.cat([sd["latents"] for sd, _ in v]), torch.cat([sd["objects"] for sd, _ in v]),
+                   [scene_from_json(d) for _, recs in v for d in recs])
+            for k, v in read_parts(data_dir).items()]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -229,12 +267,88 @@ class DitRecipe:
     time_limit: float = 0.0         # seconds; stop (and save) after this long, resume later
     seed: int = 0
     max_batch: int = 256
+    story_frac: float = 0.0         # share of steps on multi-shot stories (``stories_dir``; after ``image_steps``)
+    story_ref_frac: float = 0.5     # share of story steps that learn the reference modes instead of per-shot text
     dit: dict = field(default_factory=lambda: config_to_dict(TOY_DIT))
 
     @classmethod
     def from_dict(cls, d: dict) -> "DitRecipe":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Batch:
+    """One training batch: clean latents, object weights, the known frames (1 = known: timestep 0, no loss) and the
+    captions, ``len(captions) // B`` per example grouped by example; with ``frame_shots`` [F'] each latent frame
+    reads its own shot's caption (per-shot text), otherwise every example has one caption."""
+    name: str
+    kind: str                      # image | video | text | reference | text+reference (the last three: stories)
+    x0: torch.Tensor               # float [B, C, F', H', W']
+    objw: torch.Tensor             # float [B, F', H', W'] in 0..1
+    known: np.ndarray              # float32 [B, F']
+    captions: list
+    frame_shots: Optional[torch.Tensor] = None
+
+
+def batch_size(r: "DitRecipe", cfg: DiTConfig, frames: int, hp: int, wp: int) -> int:
+    n_tok = frames * (hp // cfg.patch_size[1]) * (wp // cfg.patch_size[2])
+    return int(np.clip(r.tokens // n_tok, 2, r.max_batch))
+
+
+def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTConfig, step: int) -> Batch:
+    """A batch of clips (or of their first frames) with captions and the frame-mask mixture."""
+    from .captions import training_caption
+    counts = np.array([b.latents.shape[0] for b in data], np.float64)
+    video = [i for i, b in enumerate(data) if b.frames > 1]
+    img_step = step < r.image_steps or (not video) or rng.random() < r.image_frac
+    if img_step:
+        bi = int(rng.choice(len(data), p=counts / counts.sum()))
+    else:
+        vc = counts[video]
+        bi = video[int(rng.choice(len(video), p=vc / vc.sum()))]
+    b = data[bi]
+    Fp = 1 if img_step else b.frames
+    B = batch_size(r, cfg, Fp, *b.latents.shape[3:])
+    idx = rng.integers(0, b.latents.shape[0], B)
+    caps = [training_caption(b.scenes[i], rng, r.p_short) if rng.random() >= r.p_drop else "" for i in idx]
+    m = np.stack([sample_mask(Fp, rng, r.t2v_only)[0] for _ in range(B)])
+    return Batch(b.name, "image" if img_step else "video", b.latents[idx][:, :, :Fp].float(),
+                 b.objects[idx][:, :Fp].float().div(255), m, caps)
+
+
+def predict(model, xs: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, lens: torch.Tensor,
+            frame_shots: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The DiT's flow prediction. With ``frame_shots`` the text rows hold ``len(ctx) // B`` captions per example
+    and every latent frame reads its shot's caption through ``storyboard.PerShotText``, the path the multi-shot
+    sampler takes."""
+    if frame_shots is None:
+        return model(xs, t, ctx, lens)
+    from ..model.storyboard import PerShotText
+    B = xs.shape[0]
+    if ctx.shape[0] % B:
+        raise ValueError(f"{ctx.shape[0]} captions do not split into {B} examples")
+    per = PerShotText(model, frame_shots, ctx.shape[0] // B)
+    return per(xs, t, text_kv=per.text_kv(per.embed_text(ctx, lens)))
+
+
+def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx: torch.Tensor, lens: torch.Tensor,
+              sigma: torch.Tensor, noise: torch.Tensor, obj_weight: float, bf16: bool = False,
+              frame_shots: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Flow-matching loss of one batch: unknown frames (``m`` 0) noised to ``sigma``, known ones clean at timestep
+    0 without loss; object cells weigh ``obj_weight``, the sum is divided by the number of unknown cells."""
+    B, Fp = m.shape
+    Hp, Wp = x0.shape[3:]
+    s5 = sigma.view(B, 1, 1, 1, 1)
+    known = m.view(B, 1, Fp, 1, 1)
+    xs = ((1 - s5) * x0 + s5 * noise) * (1 - known) + x0 * known
+    t = (1 - m) * sigma.view(B, 1) * 1000.0
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        v = predict(model, xs, t, ctx, lens, frame_shots)
+    err = (v.float() - (noise - x0)) ** 2
+    w = (1 - known) * (1 + (obj_weight - 1) * objw[:, None])
+    n_unknown = ((1 - known).sum() * x0.shape[1] * Hp * Wp).clamp(min=1)
+    return (err * w).sum() / n_unknown
 
 
 def _param_groups(model):
@@ -245,24 +359,36 @@ def _param_groups(model):
 
 
 def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init: Optional[Path] = None,
-              probe_items: Optional[dict] = None, stop_when_all: bool = False) -> dict:
+              probe_items: Optional[dict] = None, stop_when_all: bool = False,
+              stories_dir: Optional[Path] = None) -> dict:
     """Train (or resume) a DiT run in ``out``. ``init``: a DiT safetensors to warm-start from when ``out`` holds no
-    state. ``probe_items``: {set name: [ProbeItem]} (default SEEN and HELD). Returns the last probe summary."""
+    state. ``probe_items``: {set name: [ProbeItem]} (default SEEN and HELD). ``stories_dir``: encoded multi-shot
+    stories (``train_shots.encode_stories``) for the ``story_frac`` share of steps. Returns the last probe
+    summary."""
     from ..model.config import config_from_dict
     from ..model.text_encoders import load_minilm
-    from .captions import training_caption
     from .probe import HELD, SEEN, probe_sheet, run_probe
+    from .train_shots import load_stories, story_batch
     from .train_vae import load_trained_vae
-    dev = device_and_threads()
     r = recipe
+    if not 0.0 <= r.story_frac <= 1.0 or not 0.0 <= r.story_ref_frac <= 1.0:
+        raise ValueError(f"story_frac={r.story_frac}, story_ref_frac={r.story_ref_frac}: allowed 0..1")
+    if r.story_frac > 0 and stories_dir is None:
+        raise ValueError(f"story_frac={r.story_frac} needs encoded stories: pass stories_dir (--stories DIR, made "
+                         f"by 'encode-stories')")
+    dev = device_and_threads()
     ck = Checkpointer(out)
     (Path(out) / "recipe.json").write_text(json.dumps(asdict(r), indent=1))
     cfg = config_from_dict(DiTConfig, r.dit)
     data = load_dataset(data_dir)
+    stories = None
+    if r.story_frac > 0:
+        stories = load_stories(stories_dir, cfg.in_dim)
+        print("story buckets:", {b.name: len(b.stories) for b in stories}, flush=True)
+    elif stories_dir is not None:
+        print(f"story_frac=0: the stories in {stories_dir} are not used", flush=True)
     vae, _ = load_trained_vae(vae_dir)
     vae = vae.to(dev)
-    counts = np.array([b.latents.shape[0] for b in data], np.float64)
-    video = [i for i, b in enumerate(data) if b.frames > 1]
     print("buckets:", {b.name: len(b.scenes) for b in data}, flush=True)
     torch.manual_seed(r.seed)
     model = build_dit(cfg).to(dev).train()
@@ -308,37 +434,20 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     step = start
     with StopOnSignal() as stop:
         for step in range(start, r.steps):
-            img_step = step < r.image_steps or (not video) or rng.random() < r.image_frac
-            if img_step:
-                bi = int(rng.choice(len(data), p=counts / counts.sum()))
+            if stories is not None and step >= r.image_steps and rng.random() < r.story_frac:
+                bt = story_batch(stories, rng, r, cfg)
             else:
-                vc = counts[video]
-                bi = video[int(rng.choice(len(video), p=vc / vc.sum()))]
-            b = data[bi]
-            Fp = 1 if img_step else b.frames
-            Hp, Wp = b.latents.shape[3:]
-            n_tok = Fp * (Hp // cfg.patch_size[1]) * (Wp // cfg.patch_size[2])
-            B = int(np.clip(r.tokens // n_tok, 2, r.max_batch))
-            idx = rng.integers(0, b.latents.shape[0], B)
-            x0 = b.latents[idx][:, :, :Fp].float().to(dev)
-            objw = b.objects[idx][:, :Fp].float().div(255).to(dev)                        # B F' H' W'
-            caps = [training_caption(b.scenes[i], rng, r.p_short) if rng.random() >= r.p_drop else "" for i in idx]
-            ctx, lens = text(caps, dev)
-            m = torch.from_numpy(np.stack([sample_mask(Fp, rng, r.t2v_only)[0] for _ in range(B)])).to(dev)
+                bt = clip_batch(data, rng, r, cfg, step)
+            B = bt.x0.shape[0]
+            x0, objw = bt.x0.to(dev), bt.objw.to(dev)
+            ctx, lens = text(bt.captions, dev)
+            m = torch.from_numpy(bt.known).to(dev)
             sigma = sample_sigma(B, gen).to(dev)
             noise = torch.randn(x0.shape, generator=gen).to(dev)
-            s5 = sigma.view(B, 1, 1, 1, 1)
-            known = m.view(B, 1, Fp, 1, 1)
-            xs = ((1 - s5) * x0 + s5 * noise) * (1 - known) + x0 * known
-            t = (1 - m) * sigma.view(B, 1) * 1000.0
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, r.steps, r.lr, warmup=r.warmup)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                v = model(xs, t, ctx, lens)
-            err = (v.float() - (noise - x0)) ** 2
-            w = (1 - known) * (1 + (r.obj_weight - 1) * objw[:, None])
-            n_unknown = ((1 - known).sum() * x0.shape[1] * Hp * Wp).clamp(min=1)
-            loss = (err * w).sum() / n_unknown
+            fs = None if bt.frame_shots is None else bt.frame_shots.to(dev)
+            loss = flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, r.obj_weight, use_bf16, fs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -348,10 +457,12 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1 - d)
             if step % 10 == 0:
-                ck.log({"step": step, "loss": loss.item(), "grad_norm": float(gn), "bucket": b.name,
-                        "image": bool(img_step), "batch": B, "time": time.time() - t0})
+                story = {} if bt.kind in ("image", "video") else {"story": bt.kind}
+                ck.log({"step": step, "loss": loss.item(), "grad_norm": float(gn), "bucket": bt.name,
+                        "image": bt.kind == "image", "batch": B, **story, "time": time.time() - t0})
             if step % 100 == 0:
-                print(f"dit step {step} loss {loss.item():.4f} gn {float(gn):.2f} {b.name}{' img' if img_step else ''} "
+                kind = {"image": " img", "video": ""}.get(bt.kind, f" story {bt.kind}")
+                print(f"dit step {step} loss {loss.item():.4f} gn {float(gn):.2f} {bt.name}{kind} "
                       f"B={B} {time.time() - t0:.0f}s", flush=True)
             last = step + 1 == r.steps or (r.time_limit and time.time() - t0 > r.time_limit) or stop.requested
             probe_now = bool(r.probe_every) and (step + 1) % r.probe_every == 0

@@ -1,0 +1,234 @@
+"""Training the DiT on multi-shot stories: the encoded story dataset, story batches in the sampler's three modes,
+the per-shot text of the training forward (the sampler's ``PerShotText``: a shot's tokens read only its caption),
+and the clip training left exactly as it was when no story steps are asked for."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from spacetime.model.config import DiTConfig, VAEConfig, config_to_dict
+from spacetime.model.loading import write_safetensors_atomic
+from spacetime.toyworld import train_dit as td
+from spacetime.toyworld.train_shots import StoryBucket, encode_stories, load_stories, story_batch
+
+TINY_VAE = VAEConfig(dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1, attn_scales=(),
+                     temperal_downsample=(True, True), latent_mean=(0.0,) * 4, latent_std=(1.0,) * 4)
+TINY_DIT = DiTConfig(model_type="ti2v", patch_size=(1, 2, 2), text_len=16, in_dim=4, out_dim=4, dim=32, ffn_dim=64,
+                     freq_dim=32, text_dim=384, num_heads=2, num_layers=1)
+STORY_MIX = {(9, 8): 0.5, (5, 4, 4): 0.5}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny VAE folder, a clip dataset (single frames and 5-frame clips) and a story dataset (2 per bucket)."""
+    from spacetime.toyworld.train_vae import init_vae
+    root = tmp_path_factory.mktemp("shots")
+    (root / "vae").mkdir()
+    write_safetensors_atomic(init_vae(TINY_VAE, 0).state_dict(), root / "vae" / "vae.safetensors")
+    (root / "vae" / "vae.json").write_text(json.dumps({"config": config_to_dict(TINY_VAE)}))
+    td.encode_dataset(root / "vae", root / "data", 12, mix={1: 0.5, 5: 0.5}, batch=4)
+    encode_stories(root / "vae", root / "stories", 12, mix=STORY_MIX, batch=4)
+    return root
+
+
+def test_story_dataset_round_trip(run, capsys):
+    from spacetime.model.storyboard import parse_shots, plan_story
+    from spacetime.toyworld.shots import render_story
+    from spacetime.toyworld.train_vae import load_trained_vae
+    from spacetime.toyworld.world import is_held_out
+    buckets = load_stories(run / "stories", channels=4)
+    assert sorted(b.name for b in buckets) == sorted(f"{w}x{h}_{p}" for w, h in td.TRAIN_SIZES
+                                                     for p in ("9-8", "5-4-4"))
+    vae, _ = load_trained_vae(run / "vae")
+    for b in buckets:
+        w, h = map(int, b.name.split("_")[0].split("x"))
+        frames = [int(f) for f in b.name.split("_")[1].split("-")]
+        assert len(b.stories) == 2 and b.latents.dtype == torch.float16 and b.objects.dtype == torch.uint8
+        assert b.latents.shape == (2, 4, (sum(frames) - 1) // 4 + 1, h // 4, w // 4)
+        assert b.objects.shape == (2, b.frames, h // 4, w // 4)
+        for i, story in enumerate(b.stories):
+            assert [s.frames for s in story.shots] == frames and not any(is_held_out(s.scene) for s in story.shots)
+            fs = story.latent_shots()
+            assert torch.equal(b.frame_shots, torch.from_numpy(fs)) and fs.tolist() == plan_story(
+                parse_shots(story.storyboard())).frame_shots().tolist()
+            # the shot changes at the latent frame that starts with each cut's pixel frame
+            assert [int(j) for j in np.nonzero(np.diff(fs))[0] + 1] == [c // 4 + 1 for c in story.cuts]
+            assert [s.caption for s in story.shots] == story.captions() and len(story.captions()) == len(frames)
+            assert all(s.caption.startswith("Close-up: ") == (s.zoom > 1) for s in story.shots)
+            # the stored story renders and encodes to the stored latents and object cells (nothing is lost)
+            clip = render_story(story, w, h)
+            with torch.no_grad():
+                lat = vae.encode(td.clips_to_tensor([clip]))
+            torch.testing.assert_close(b.latents[i].float(), lat[0], atol=2e-3, rtol=1e-2)
+            cells = td.object_cells(np.concatenate([c.coverage for c in clip.clips]), 4, 4)
+            assert np.array_equal(b.objects[i].numpy(), cells) and cells.max() == 255
+    capsys.readouterr()
+    encode_stories(run / "vae", run / "stories", 12, mix=STORY_MIX, batch=4)          # resumes: nothing to do
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="holds stories, not clips: pass it as --stories"):
+        td.load_dataset(run / "stories")
+    with pytest.raises(ValueError, match="holds clips, not stories: pass it as --data"):
+        load_stories(run / "data")
+    with pytest.raises(ValueError, match="story pattern .* shot 2 has frames=6"):
+        encode_stories(run / "vae", run / "bad", 3, mix={(9, 6): 1.0})
+    assert not (run / "bad").exists()
+
+
+def _bucket(frames=(9, 8, 4)):
+    """One three-shot story, three different backgrounds; latents hold their latent frame index."""
+    from spacetime.toyworld.shots import sample_story
+    story = sample_story(np.random.default_rng(0), shots=3, frames=frames, changes=["background", "background"],
+                         pair=False)
+    assert len({s.scene.background for s in story.shots}) == 3
+    Fp = len(story.latent_shots())
+    lat = torch.arange(Fp, dtype=torch.float16).view(1, 1, Fp, 1, 1).expand(1, 4, Fp, 4, 4).clone()
+    return StoryBucket("64x64_9-8-4", lat, torch.zeros(1, Fp, 4, 4, dtype=torch.uint8), [story],
+                       torch.from_numpy(story.latent_shots()).long())
+
+
+def test_story_batches_follow_the_sampler_modes():
+    from spacetime.toyworld.captions import parse_prompt
+    b = _bucket()
+    story, spans = b.stories[0], b.spans()
+    assert spans == [(0, 3), (3, 5), (5, 6)]
+    r = td.DitRecipe(tokens=64, p_drop=0.0, p_short=0.0, story_ref_frac=0.6, dit=config_to_dict(TINY_DIT))
+    rng = np.random.default_rng(3)
+    seen = {}
+    for _ in range(60):
+        bt = story_batch([b], rng, r, TINY_DIT)
+        B, Fw = bt.known.shape
+        window = bt.x0[0, 0, :, 0, 0].long().tolist()                       # the latent frames of the window
+        bgs = [parse_prompt(c)["background"] for c in bt.captions]
+        shots = [next(k for k, s in enumerate(story.shots) if s.scene.background == bg) for bg in bgs]
+        if bt.kind == "text":                                                # the whole story, per-shot text
+            assert window == list(range(6)) and not bt.known.any() and torch.equal(bt.frame_shots, b.frame_shots)
+            assert shots == [0, 1, 2] * B
+        else:                                                                # shot k's tail, then shot k + 1
+            n_ref = int(bt.known[0].sum())
+            k = int(story.latent_shots()[window[0]])
+            assert 1 <= n_ref <= 2 and (bt.known == bt.known[:1]).all() and bt.known[0, :n_ref].all()
+            assert window == list(range(spans[k][1] - n_ref, spans[k + 1][1]))
+            if bt.kind == "reference":
+                assert bt.frame_shots is None and shots == [k + 1] * B
+            else:
+                assert bt.frame_shots.tolist() == [0] * n_ref + [1] * (spans[k + 1][1] - spans[k + 1][0])
+                assert shots == [k, k + 1] * B
+        assert B == max(2, 64 // (Fw * 4))                                   # the token budget
+        seen.setdefault(bt.kind, set()).add(window[0])
+    assert set(seen) == {"text", "reference", "text+reference"} and seen["reference"] == {1, 2, 3, 4}
+    drop = story_batch([b], np.random.default_rng(0), td.DitRecipe(tokens=64, p_drop=1.0, story_ref_frac=0.0), TINY_DIT)
+    assert drop.captions == [""] * len(drop.captions)                       # a story's captions drop together
+
+
+def _model(layers):
+    from dataclasses import replace
+    from spacetime.model.dit import build_dit
+    torch.manual_seed(1)
+    m = build_dit(replace(TINY_DIT, num_layers=layers))
+    torch.nn.init.normal_(m.head.head.weight, std=0.05)
+    return m
+
+
+def test_story_loss_is_the_per_shot_masked_cross_attention():
+    """One block: self-attention (which spans the shots) comes before the cross-attention, so the prediction for a
+    shot's frames equals the plain model given that shot's caption alone, and the loss is assembled from those."""
+    b = _bucket()
+    bt = story_batch([b], np.random.default_rng(0), td.DitRecipe(tokens=64, p_drop=0.0, story_ref_frac=0.0),
+                     TINY_DIT)
+    assert bt.kind == "text"
+    B, S, Fp = bt.known.shape[0], 3, b.frames
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(B, 4, Fp, 4, 4, generator=g)
+    objw = torch.rand(B, Fp, 4, 4, generator=g)
+    m = torch.from_numpy(bt.known)
+    ctx = torch.randn(B * S, 7, 384, generator=g, requires_grad=True)
+    lens = torch.tensor([7, 5, 3] * B)
+    sigma, noise = torch.rand(B, generator=g), torch.randn(x0.shape, generator=g)
+    model = _model(1)
+    loss = td.flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, 3.0, frame_shots=b.frame_shots)
+    with torch.no_grad():
+        xs = (1 - sigma.view(B, 1, 1, 1, 1)) * x0 + sigma.view(B, 1, 1, 1, 1) * noise
+        t = sigma[:, None].expand(B, Fp) * 1000
+        v = torch.empty_like(x0)
+        for s, (a, e) in enumerate(b.spans()):
+            v[:, :, a:e] = model(xs, t, ctx[s::S], lens[s::S])[:, :, a:e]
+        ref = ((v - (noise - x0)) ** 2 * (1 + 2 * objw[:, None])).sum() / x0.numel()
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    # the frames of shot 1 get no gradient from the captions of shots 0 and 2
+    v = td.predict(model, xs, t, ctx, lens, b.frame_shots)
+    (grad,) = torch.autograd.grad(v[:, :, 3:5].square().sum(), ctx)
+    per_shot = grad.view(B, S, -1).abs().sum((0, 2))
+    assert per_shot[1] > 0 and per_shot[0] == 0 and per_shot[2] == 0
+    # deeper, self-attention carries shot 0's caption into shot 1's frames (objects carry across cuts)
+    deep = _model(2)
+    (grad,) = torch.autograd.grad(td.predict(deep, xs, t, ctx, lens, b.frame_shots)[:, :, 3:5].square().sum(), ctx)
+    assert grad.view(B, S, -1).abs().sum((0, 2))[0] > 0
+
+
+def _train(run, tmp, monkeypatch, **recipe):
+    """A tiny training run; returns (the captions of every step, the frame masks drawn, the log rows)."""
+    captions, masks = [], []
+    call, mask = td.CachedText.__call__, td.sample_mask
+
+    def spy_text(self, caps, dev):
+        captions.append(list(caps))
+        return call(self, caps, dev)
+
+    def spy_mask(*a, **k):
+        out = mask(*a, **k)
+        masks.append(out[0].tolist())
+        return out
+    monkeypatch.setattr(td.CachedText, "__call__", spy_text)
+    monkeypatch.setattr(td, "sample_mask", spy_mask)
+    r = td.DitRecipe(steps=12, tokens=256, warmup=2, probe_every=0, dit=config_to_dict(TINY_DIT), max_batch=8,
+                     **recipe)
+    td.train_dit(run / "data", run / "vae", tmp, r, stories_dir=run / "stories")
+    rows = [json.loads(line) for line in (tmp / "log.jsonl").read_text().splitlines()]
+    return captions, masks, rows
+
+
+def _digest(x) -> str:
+    return hashlib.sha256(json.dumps(x).encode()).hexdigest()[:16]
+
+
+def test_without_story_steps_clip_training_is_exactly_as_before(run, tmp_path, monkeypatch):
+    """The batches, captions, frame masks and losses of a tiny run as the training code drew them before story
+    steps existed (recorded from that code): story_frac=0 must not move the random streams, even with stories."""
+    captions, masks, rows = _train(run, tmp_path, monkeypatch, story_frac=0.0)
+    assert [len(c) for c in captions] == [2, 2, 2, 2, 2, 4, 2, 2, 2, 2, 4, 2]
+    assert _digest(captions) == "235e84a0148de026" and _digest(masks) == "1aeb1f43ebef141a"
+    assert [(x["step"], x["bucket"], x["batch"]) for x in rows] == [(0, "64x64_5f", 2), (10, "64x64_5f", 4)]
+    assert [x["loss"] for x in rows] == pytest.approx([1.8909428119659424, 1.7790718078613281], rel=1e-4)
+    assert not any("story" in x for x in rows)
+
+
+def test_story_steps_train(run, tmp_path, monkeypatch):
+    captions, _, rows = _train(run, tmp_path, monkeypatch, story_frac=1.0, story_ref_frac=0.5, p_drop=0.0)
+    assert rows[0]["story"] in ("text", "reference", "text+reference") and all(np.isfinite(x["loss"]) for x in rows)
+    assert all(c and all(c) for c in captions)                              # every story step has its captions
+    assert (tmp_path / "dit_ema.safetensors").exists()
+    with pytest.raises(ValueError, match="story_frac=0.5 needs encoded stories"):
+        td.train_dit(run / "data", run / "vae", tmp_path / "x", td.DitRecipe(story_frac=0.5))
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_story_stages(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+    from spacetime.toyworld import train
+    from spacetime.toyworld.train_vae import load_trained_vae
+    calls = {}
+    monkeypatch.setattr(train, "encode_stories", lambda *a: calls.setdefault("encode", a))
+    monkeypatch.setattr(train, "train_dit", lambda *a, **k: calls.setdefault("dit", (a, k)))
+    train.main(["encode-stories", "--vae", "V", "--out", "S", "--stories", "30"])
+    assert calls["encode"] == (Path("V"), Path("S"), 30, 1)
+    train.main(["dit", "--data", "D", "--vae", "V", "--out", "O", "--stories", "S", "--set", "story_frac=0.5"])
+    (data, vae, out, recipe), kw = calls["dit"]
+    assert recipe.story_frac == 0.5 and recipe.story_ref_frac == 0.5 and kw["stories_dir"] == Path("S")
+    train.main(["shipped-vae", "--out", str(tmp_path / "vae")])           # the shipped VAE as a VAE folder
+    vae, cfg = load_trained_vae(tmp_path / "vae")
+    assert cfg.z_dim == 16 and vae.spatial_factor == 4 and vae.temporal_factor == 4
+    with pytest.raises(SystemExit):
+        train.main(["shipped-vae", "--out", str(tmp_path / "vae")])
+    assert "already holds a VAE" in capsys.readouterr().err
