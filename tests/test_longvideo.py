@@ -381,6 +381,10 @@ def test_evaluation_reports_never_overwrite(dirs):
         with pytest.raises(SystemExit) as e:
             run([opt, str(kept)])
         assert e.value.code == 2
+    for run in (drift_main, storyboard_main):                      # a DiT file that is not there: refused too
+        with pytest.raises(SystemExit) as e:
+            run(["--dit", str(folder / "missing.safetensors")])
+        assert e.value.code == 2
     new = folder / "new.json"
     write_reports(None, None, new, {"identity": 1.0})
     with pytest.raises(FileExistsError):

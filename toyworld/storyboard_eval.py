@@ -186,6 +186,8 @@ def report_md(res: dict, preset: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
+    ap.add_argument("--dit", type=Path, help="a DiT file to evaluate in place of the preset's, e.g. a training run's "
+                    "dit_ema.safetensors (default: the preset's)")
     ap.add_argument("--stories", type=int, default=8, help="stories per conditioning mode (default: 8)")
     ap.add_argument("--modes", default="text,reference,text+reference",
                     help="conditioning modes, comma-separated (default: text,reference,text+reference)")
@@ -195,6 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write every figure as JSON here (default: none)")
     a = ap.parse_args(argv)
     refuse_existing(ap, a)
+    if a.dit is not None and not a.dit.is_file():
+        ap.error(f"--dit {str(a.dit)!r}: no such file (allowed: a DiT safetensors file)")
     if a.quick:
         a.stories = min(a.stories, 3)
     from ..model.storyboard import MODES
@@ -205,7 +209,7 @@ def main(argv=None) -> int:
     if a.stories < 1:
         ap.error(f"--stories {a.stories}: allowed 1 or more")
     from ..model.pipeline import Spacetime
-    st = Spacetime.load(a.preset)
+    st = Spacetime.load(a.preset, dit=a.dit)
     res = evaluate(st, a.stories, modes, steps=a.steps or None)
     write_reports(a.report, lambda: report_md(res, a.preset), a.json, res)
     return 0
