@@ -323,9 +323,7 @@ def report_md(runs: dict, windows: int, preset: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
-    ap.add_argument("--dit", type=Path, help="a DiT file to evaluate in place of the preset's, e.g. a training run's "
-                    "dit_ema.safetensors (default: the preset's)")
+    add_model_options(ap)
     ap.add_argument("--windows", type=int, default=10, help="windows per video (default: 10)")
     ap.add_argument("--quick", action="store_true", help="three scenes instead of six (default: off)")
     ap.add_argument("--scenes", type=int, default=0,
@@ -336,8 +334,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write every figure as JSON here (default: none)")
     a = ap.parse_args(argv)
     refuse_existing(ap, a)
-    if a.dit is not None and not a.dit.is_file():
-        ap.error(f"--dit {str(a.dit)!r}: no such file (allowed: a DiT safetensors file)")
     if a.windows < 2:
         ap.error(f"--windows {a.windows}: allowed 2 or more")
     if not 0 <= a.scenes <= len(DRIFT_SCENES):
@@ -345,8 +341,7 @@ def main(argv=None) -> int:
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
         ap.error(f"--modes {a.modes!r}: allowed {', '.join(MODES)}")
-    from ..model.pipeline import Spacetime
-    st = Spacetime.load(a.preset, dit=a.dit)
+    st = load_model(ap, a)
     scenes = DRIFT_SCENES[:a.scenes or (3 if a.quick else len(DRIFT_SCENES))]
     runs = evaluate(st, a.windows, scenes, steps=a.steps or None, modes=modes)
     for mode, r in runs.items():
@@ -354,6 +349,21 @@ def main(argv=None) -> int:
         print(f"{mode}: identity {m['identity']:.0%}, colour drift {m['colour_drift']:.1f}, seam {m['seam']:.2f}")
     write_reports(a.report, lambda: report_md(runs, a.windows, a.preset), a.json, runs)
     return 0
+
+
+def add_model_options(ap: argparse.ArgumentParser) -> None:
+    """--preset and --dit, the model an evaluation measures."""
+    ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
+    ap.add_argument("--dit", type=Path, help="a DiT file to evaluate in place of the preset's, e.g. a training run's "
+                    "dit_ema.safetensors (default: the preset's)")
+
+
+def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
+    """The pipeline of ``add_model_options``' choice; a --dit file that is not there stops with a usage error."""
+    if a.dit is not None and not a.dit.is_file():
+        ap.error(f"--dit {str(a.dit)!r}: no such file (allowed: a DiT safetensors file)")
+    from ..model.pipeline import Spacetime
+    return Spacetime.load(a.preset, dit=a.dit)
 
 
 def refuse_existing(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:

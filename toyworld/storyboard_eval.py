@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .analysis import as_uint8, nearest_background
-from .drift import object_summary, refuse_existing, window_views, write_reports
+from .drift import add_model_options, load_model, object_summary, refuse_existing, window_views, write_reports
 from .shots import Story, sample_story
 
 CUT_RATIO = 3.0               # a cut changes the picture 3x more than the frames around it ...
@@ -185,9 +185,7 @@ def report_md(res: dict, preset: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
-    ap.add_argument("--dit", type=Path, help="a DiT file to evaluate in place of the preset's, e.g. a training run's "
-                    "dit_ema.safetensors (default: the preset's)")
+    add_model_options(ap)
     ap.add_argument("--stories", type=int, default=8, help="stories per conditioning mode (default: 8)")
     ap.add_argument("--modes", default="text,reference,text+reference",
                     help="conditioning modes, comma-separated (default: text,reference,text+reference)")
@@ -197,8 +195,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write every figure as JSON here (default: none)")
     a = ap.parse_args(argv)
     refuse_existing(ap, a)
-    if a.dit is not None and not a.dit.is_file():
-        ap.error(f"--dit {str(a.dit)!r}: no such file (allowed: a DiT safetensors file)")
     if a.quick:
         a.stories = min(a.stories, 3)
     from ..model.storyboard import MODES
@@ -208,8 +204,7 @@ def main(argv=None) -> int:
         ap.error(f"--modes {a.modes!r}: allowed {', '.join(MODES)}")
     if a.stories < 1:
         ap.error(f"--stories {a.stories}: allowed 1 or more")
-    from ..model.pipeline import Spacetime
-    st = Spacetime.load(a.preset, dit=a.dit)
+    st = load_model(ap, a)
     res = evaluate(st, a.stories, modes, steps=a.steps or None)
     write_reports(a.report, lambda: report_md(res, a.preset), a.json, res)
     return 0
