@@ -25,6 +25,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -169,15 +170,27 @@ def run_all(out: Path, budget_minutes: float = 0.0, fresh: bool = False, ship: b
     print(f"recipe finished in {(time.time() - t0) / 60:.1f} min")
 
 
-def run_overfit(vae_dir: Path, out: Path, steps: int = 3000, lr: float = 5e-4, n: int = 32):
-    """The sanity check of the text -> training -> sampling path: ``n`` fixed clips and captions, trained until
-    sampling reproduces all of them (colour, shape, motion and background right by the analysis)."""
+def run_overfit(vae_dir: Path, out: Path, steps: int = 3000, lr: float = 5e-4, n: int = 32,
+                per_step: int = 0, init: Optional[Path] = None, dit: Optional[dict] = None,
+                probe_every: int = 100) -> dict:
+    """The sanity check of the text -> training -> sampling path: ``n`` fixed 17-frame clips and captions (the
+    probe's first ``n`` single-object prompts), trained until sampling reproduces all of them (colour, shape,
+    motion, background and a clean frame right by the analysis, as single frames and as clips) or ``steps`` run out.
+    ``per_step``: clips a step (default all ``n``); ``init``: warm start (default a fresh DiT: the strict check);
+    ``dit``: DiT config fields (default the embedded model's). Returns the last probe summary (1.0 = all right)."""
     from .probe import SEEN
-    items = [it for it in SEEN if it.scene.kind == "single"][:n]
-    encode_dataset(vae_dir, out / "data", n, scenes=[it.scene for it in items])
-    r = DitRecipe(steps=steps, lr=lr, warmup=100, tokens=n * 5 * 64, image_frac=0.0, t2v_only=True, p_short=0.0,
-                  probe_every=100, probe_video=True)
-    return train_dit(out / "data", vae_dir, out / "dit", r, probe_items={"overfit": items}, stop_when_all=True)
+    items = [it for it in SEEN if it.scene.kind == "single"]
+    if not 1 <= n <= len(items):
+        raise ValueError(f"overfit clips n={n}: allowed 1..{len(items)} (the probe's single-object prompts)")
+    if per_step < 0 or per_step > n:
+        raise ValueError(f"overfit clips per step {per_step}: allowed 0 (all {n}) .. {n}")
+    items = items[:n]
+    encode_dataset(vae_dir, out / "data", n, scenes=[it.scene for it in items])     # resumes: a no-op when done
+    r = DitRecipe(steps=steps, lr=lr, warmup=min(100, steps // 10), tokens=1 << 30, max_batch=max(2, per_step or n),
+                  image_frac=0.0, t2v_only=True, p_short=0.0, probe_every=probe_every, probe_video=True,
+                  **({"dit": {**DitRecipe().dit, **dit}} if dit else {}))
+    return train_dit(out / "data", vae_dir, out / "dit", r, init=init, probe_items={"overfit": items},
+                     stop_when_all=True)
 
 
 def main(argv=None):
@@ -231,7 +244,12 @@ def main(argv=None):
     a = sub.add_parser("overfit", help="the 32-clip overfit check")
     a.add_argument("--vae", type=Path, default=run / "vae")
     a.add_argument("--out", type=Path, default=run / "overfit")
-    a.add_argument("--steps", type=int, default=3000)
+    a.add_argument("--steps", type=int, default=3000, help="at most this many steps (default: %(default)s)")
+    a.add_argument("--clips", type=int, default=32, help="fixed clips to reproduce (default: %(default)s)")
+    a.add_argument("--per-step", type=int, default=0, help="clips a step, 0 = all (default: %(default)s)")
+    a.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: %(default)s)")
+    a.add_argument("--probe-every", type=int, default=100, help="steps between probes (default: %(default)s)")
+    a.add_argument("--init", type=Path, help="DiT safetensors to warm-start from (default: a fresh DiT)")
     a = sub.add_parser("export", help="write trained weights into a weights folder")
     a.add_argument("--vae", type=Path, default=run / "vae_dec")
     a.add_argument("--dit", type=Path, default=run / "dit")
@@ -267,7 +285,8 @@ def main(argv=None):
                 d[k] = v
         train_dit(args.data, args.vae, args.out, DitRecipe.from_dict(d), init=args.init, stories_dir=args.stories)
     elif args.cmd == "overfit":
-        run_overfit(args.vae, args.out, args.steps)
+        run_overfit(args.vae, args.out, args.steps, args.lr, args.clips, args.per_step, args.init,
+                    probe_every=args.probe_every)
     elif args.cmd == "export":
         export(args.vae, args.dit, args.out, ship=args.ship)
 

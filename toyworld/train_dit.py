@@ -478,6 +478,8 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
                     break
             if last:
                 break
+    if not summary and (Path(out) / "dit.json").exists():     # a finished run asked again: keep its last probe
+        summary = json.loads((Path(out) / "dit.json").read_text()).get("probe", {})
     write_safetensors_atomic(ema.state_dict(), Path(out) / "dit_ema.safetensors", overwrite=True)
     (Path(out) / "dit.json").write_text(json.dumps({"config": config_to_dict(cfg), "step": step + 1,
                                                     "probe": summary}, indent=1))
