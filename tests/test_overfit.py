@@ -36,7 +36,8 @@ def test_two_clips_are_learned_from_their_captions(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [(["--clips", "0"], "n=0"), (["--clips", "99"], "n=99"),
-                                          (["--clips", "4", "--per-step", "5"], "per step 5")])
+                                          (["--clips", "4", "--per-step", "5"], "per step 5"),
+                                          (["--clips", "4", "--per-step", "1"], "per step 1")])
 def test_overfit_rejects_sizes_it_cannot_run(tmp_path, args, needle):
     with pytest.raises(ValueError, match=needle):
         main(["overfit", "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "run"), *args])

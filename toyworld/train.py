@@ -182,8 +182,8 @@ def run_overfit(vae_dir: Path, out: Path, steps: int = 3000, lr: float = 5e-4, n
     items = [it for it in SEEN if it.scene.kind == "single"]
     if not 1 <= n <= len(items):
         raise ValueError(f"overfit clips n={n}: allowed 1..{len(items)} (the probe's single-object prompts)")
-    if per_step < 0 or per_step > n:
-        raise ValueError(f"overfit clips per step {per_step}: allowed 0 (all {n}) .. {n}")
+    if per_step != 0 and not 2 <= per_step <= n:
+        raise ValueError(f"overfit clips per step {per_step}: allowed 0 (all {n}) or 2..{n}")
     items = items[:n]
     encode_dataset(vae_dir, out / "data", n, scenes=[it.scene for it in items])     # resumes: a no-op when done
     r = DitRecipe(steps=steps, lr=lr, warmup=min(100, steps // 10), tokens=1 << 30, max_batch=max(2, per_step or n),
@@ -246,7 +246,7 @@ def main(argv=None):
     a.add_argument("--out", type=Path, default=run / "overfit")
     a.add_argument("--steps", type=int, default=3000, help="at most this many steps (default: %(default)s)")
     a.add_argument("--clips", type=int, default=32, help="fixed clips to reproduce (default: %(default)s)")
-    a.add_argument("--per-step", type=int, default=0, help="clips a step, 0 = all (default: %(default)s)")
+    a.add_argument("--per-step", type=int, default=0, help="clips a step (2 or more), 0 = all (default: %(default)s)")
     a.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: %(default)s)")
     a.add_argument("--probe-every", type=int, default=100, help="steps between probes (default: %(default)s)")
     a.add_argument("--init", type=Path, help="DiT safetensors to warm-start from (default: a fresh DiT)")
