@@ -32,6 +32,7 @@ def test_two_clips_are_learned_from_their_captions(tmp_path):
     again = run_overfit(tmp_path / "vae", tmp_path / "run", steps=500, lr=2e-3, n=2, probe_every=500,
                         dit=SMALL_DIT)
     assert again == summary
+    assert json.loads((tmp_path / "run" / "dit" / "dit.json").read_text())["step"] == 500
     assert (tmp_path / "run" / "dit" / "dit_ema.safetensors").read_bytes() == dit
 
 

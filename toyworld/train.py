@@ -186,6 +186,7 @@ def run_overfit(vae_dir: Path, out: Path, steps: int = 3000, lr: float = 5e-4, n
         raise ValueError(f"overfit clips per step {per_step}: allowed 0 (all {n}) or 2..{n}")
     items = items[:n]
     encode_dataset(vae_dir, out / "data", n, scenes=[it.scene for it in items])     # resumes: a no-op when done
+    # no token budget: the batch is max_batch clips, ``per_step`` (or all n; batch_size's floor is 2)
     r = DitRecipe(steps=steps, lr=lr, warmup=min(100, steps // 10), tokens=1 << 30, max_batch=max(2, per_step or n),
                   image_frac=0.0, t2v_only=True, p_short=0.0, probe_every=probe_every, probe_video=True,
                   **({"dit": {**DitRecipe().dit, **dit}} if dit else {}))

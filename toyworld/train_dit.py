@@ -396,6 +396,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     text = CachedText(load_minilm(device=dev))
     opt = torch.optim.AdamW(_param_groups(model), lr=r.lr, betas=(0.9, 0.98))
     start = 0
+    summary: dict = {}
     state = ck.load()
     if state is not None:
         model.load_state_dict(state["model"])
@@ -403,6 +404,8 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
         opt.load_state_dict(state["opt"])
         start = state["step"]
         print(f"resumed at step {start}", flush=True)
+        if (Path(out) / "dit.json").exists():          # the last probe stands until this part of the run probes
+            summary = json.loads((Path(out) / "dit.json").read_text()).get("probe", {})
     else:
         if init is not None:
             sd = read_state_dict(init)
@@ -414,7 +417,6 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     rng = np.random.default_rng([r.seed, start])
     gen = torch.Generator().manual_seed(r.seed * 7919 + start)
     t0 = time.time()
-    summary: dict = {}
 
     def probe(step):
         nonlocal summary
@@ -431,7 +433,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
                         (f" mot {v['motion']:.0%}" if "motion" in v else "") for k, v in summary.items())
         print(f"probe @ {step} ({time.time() - tp:.0f}s): {line}", flush=True)
 
-    step = start
+    step = start - 1                                        # the last step done
     with StopOnSignal() as stop:
         for step in range(start, r.steps):
             if stories is not None and step >= r.image_steps and rng.random() < r.story_frac:
@@ -478,8 +480,6 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
                     break
             if last:
                 break
-    if not summary and (Path(out) / "dit.json").exists():     # a finished run asked again: keep its last probe
-        summary = json.loads((Path(out) / "dit.json").read_text()).get("probe", {})
     write_safetensors_atomic(ema.state_dict(), Path(out) / "dit_ema.safetensors", overwrite=True)
     (Path(out) / "dit.json").write_text(json.dumps({"config": config_to_dict(cfg), "step": step + 1,
                                                     "probe": summary}, indent=1))
