@@ -85,3 +85,16 @@ def test_training_masks_always_leave_something_to_generate():
             assert m.shape == (n,) and m.min() == 0
     assert kinds == {"t2v", "i2v_head", "i2v_tail", "head", "tail", "head_tail", "random"}
     assert sample_mask(5, rng, t2v_only=True)[0].sum() == 0 and sample_mask(1, rng)[0].sum() == 0
+
+
+def test_training_noise_levels_follow_the_shift():
+    import torch
+    from spacetime.toyworld.train_dit import sample_sigma
+    plain = sample_sigma(20000, torch.Generator().manual_seed(0))
+    shifted = sample_sigma(20000, torch.Generator().manual_seed(0), shift=3.0)
+    assert 0.0 < plain.min() and plain.max() < 1.0 and 0.0 < shifted.min() and shifted.max() < 1.0
+    assert abs(plain.median().item() - 0.5) < 0.02                 # logit-normal around the middle
+    assert abs((plain > 0.75).float().mean().item() - 0.16) < 0.02  # 80 % logit-normal + 20 % uniform
+    assert abs((shifted > 0.75).float().mean().item() - 0.5) < 0.02  # shift 3 sends sigma 0.5 to 0.75
+    # the same draws, each moved as the sampler moves its schedule
+    assert torch.allclose(shifted, 3 * plain / (1 + 2 * plain), atol=5e-4) and (shifted >= plain).all()

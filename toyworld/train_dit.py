@@ -207,12 +207,15 @@ def sample_mask(n: int, rng: np.random.Generator, t2v_only: bool = False) -> tup
     return m, kind
 
 
-def sample_sigma(b: int, gen: torch.Generator) -> torch.Tensor:
-    """Logit-normal noise levels with a uniform share so both ends are seen."""
+def sample_sigma(b: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:
+    """Logit-normal noise levels with a uniform share so both ends are seen, then moved towards noise by ``shift``
+    the way the sampler's shift moves its schedule (sigma -> shift * sigma / (1 + (shift - 1) * sigma); 1 = as is)."""
     ln = torch.sigmoid(torch.randn(b, generator=gen))
     un = torch.rand(b, generator=gen)
     pick = torch.rand(b, generator=gen) < 0.8
-    return torch.where(pick, ln, un).clamp(1e-4, 1 - 1e-4)
+    s = torch.where(pick, ln, un)
+    s = shift * s / (1 + (shift - 1) * s)
+    return s.clamp(1e-4, 1 - 1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -256,6 +259,7 @@ class DitRecipe:
     image_frac: float = 0.35        # share of steps on single frames after ``image_steps``
     image_steps: int = 0            # steps at the start that train on single frames only
     obj_weight: float = 4.0         # loss weight of latent cells an object covers
+    sigma_shift: float = 1.0        # training noise levels moved towards noise like the sampler's shift (1 = none)
     p_drop: float = 0.1             # captions dropped to "" (classifier-free guidance)
     ema: float = 0.999
     t2v_only: bool = False          # no frame-mask mixture (the overfit check)
@@ -444,7 +448,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
             x0, objw = bt.x0.to(dev), bt.objw.to(dev)
             ctx, lens = text(bt.captions, dev)
             m = torch.from_numpy(bt.known).to(dev)
-            sigma = sample_sigma(B, gen).to(dev)
+            sigma = sample_sigma(B, gen, r.sigma_shift).to(dev)
             noise = torch.randn(x0.shape, generator=gen).to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, r.steps, r.lr, warmup=r.warmup)
