@@ -172,12 +172,13 @@ def run_all(out: Path, budget_minutes: float = 0.0, fresh: bool = False, ship: b
 
 def run_overfit(vae_dir: Path, out: Path, steps: int = 3000, lr: float = 5e-4, n: int = 32,
                 per_step: int = 0, init: Optional[Path] = None, dit: Optional[dict] = None,
-                probe_every: int = 100, sigma_shift: float = 1.0) -> dict:
+                probe_every: int = 100, sigma_shift: float = 1.0, seed: int = 0) -> dict:
     """The sanity check of the text -> training -> sampling path: ``n`` fixed 17-frame clips and captions (the
     probe's first ``n`` single-object prompts), trained until sampling reproduces all of them (colour, shape,
     motion, background and a clean frame right by the analysis, as single frames and as clips) or ``steps`` run out.
     ``per_step``: clips a step (default all ``n``); ``init``: warm start (default a fresh DiT: the strict check);
-    ``dit``: DiT config fields (default the embedded model's); ``sigma_shift``: the recipe's noise-level shift.
+    ``dit``: DiT config fields (default the embedded model's); ``sigma_shift``: the recipe's noise-level shift;
+    ``seed``: the DiT's initial weights and the training draws (noise, noise levels, caption dropout).
     Returns the last probe summary (1.0 = all right)."""
     from .probe import SEEN
     items = [it for it in SEEN if it.scene.kind == "single"]
@@ -190,7 +191,7 @@ def run_overfit(vae_dir: Path, out: Path, steps: int = 3000, lr: float = 5e-4, n
     # no token budget: the batch is max_batch clips, ``per_step`` (or all n; batch_size's floor is 2)
     r = DitRecipe(steps=steps, lr=lr, warmup=min(100, steps // 10), tokens=1 << 30, max_batch=max(2, per_step or n),
                   image_frac=0.0, t2v_only=True, p_short=0.0, probe_every=probe_every, probe_video=True,
-                  sigma_shift=sigma_shift,
+                  sigma_shift=sigma_shift, seed=seed,
                   **({"dit": {**DitRecipe().dit, **dit}} if dit else {}))
     return train_dit(out / "data", vae_dir, out / "dit", r, init=init, probe_items={"overfit": items},
                      stop_when_all=True)
@@ -256,6 +257,7 @@ def main(argv=None):
     a.add_argument("--sigma-shift", type=float, default=1.0,
                    help="move training noise levels towards noise like the sampler's shift, 1 = none "
                         "(default: %(default)s)")
+    a.add_argument("--seed", type=int, default=0, help="initial weights and training draws (default: %(default)s)")
     a = sub.add_parser("export", help="write trained weights into a weights folder")
     a.add_argument("--vae", type=Path, default=run / "vae_dec")
     a.add_argument("--dit", type=Path, default=run / "dit")
@@ -292,7 +294,7 @@ def main(argv=None):
         train_dit(args.data, args.vae, args.out, DitRecipe.from_dict(d), init=args.init, stories_dir=args.stories)
     elif args.cmd == "overfit":
         run_overfit(args.vae, args.out, args.steps, args.lr, args.clips, args.per_step, args.init,
-                    probe_every=args.probe_every, sigma_shift=args.sigma_shift)
+                    probe_every=args.probe_every, sigma_shift=args.sigma_shift, seed=args.seed)
     elif args.cmd == "export":
         export(args.vae, args.dit, args.out, ship=args.ship)
 
