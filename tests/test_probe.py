@@ -98,3 +98,31 @@ def test_training_noise_levels_follow_the_shift():
     assert abs((shifted > 0.75).float().mean().item() - 0.5) < 0.02  # shift 3 sends sigma 0.5 to 0.75
     # the same draws, each moved as the sampler moves its schedule
     assert torch.allclose(shifted, 3 * plain / (1 + 2 * plain), atol=5e-4) and (shifted >= plain).all()
+
+
+def test_probe_on_weights_pools_seeds_and_scores_the_shipped_model(tmp_path):
+    from spacetime.toyworld.probe import reseeded
+    from spacetime.toyworld.train import probe_weights
+    items = [it for it in SEEN if it.scene.kind == "single"][:2]
+    assert [it.seed + 1000 for it in items] == [it.seed for it in reseeded(items, 1)]
+    assert reseeded(items, 0) == items
+    res = probe_weights(seeds=2, frames=(1,), sets={"seen": items})
+    row = res["image/seen"]
+    assert row["n"] == 4                                       # two noises per prompt
+    assert row["background"] >= 0.75 and row["drawn"] >= 0.75  # the shipped model gets backgrounds right
+    assert res["mean"]["color"] == pytest.approx(row["color"])
+
+
+def test_probe_on_weights_rejects_bad_input_before_work(tmp_path):
+    from spacetime.model.errors import SpacetimeValueError
+    from spacetime.toyworld.train import main, probe_weights
+    for kw, word in ((dict(seeds=0), "seeds=0"), (dict(cfg=float("nan")), "cfg=nan"), (dict(shift=0.0), "shift=0"),
+                     (dict(frames=(2,)), "frames=(2,)"), (dict(dit_path=tmp_path), f"--dit {tmp_path}"),
+                     (dict(vae_path=tmp_path), f"--vae {tmp_path}")):
+        with pytest.raises(SpacetimeValueError, match=word.replace("(", r"\(").replace(")", r"\)")):
+            probe_weights(**kw)
+    out = tmp_path / "probe.json"
+    out.write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["probe", "--json", str(out)])
+    assert out.read_text() == "{}"

@@ -12,7 +12,7 @@ plain backdrop, and for clips the motion (single objects) or the spatial relatio
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -95,6 +95,11 @@ def _held_items() -> list[ProbeItem]:
 
 SEEN = _seen_items()
 HELD = _held_items()
+
+
+def reseeded(items: Sequence[ProbeItem], k: int) -> list[ProbeItem]:
+    """The same prompts with another noise: seed + 1000 k (k = 0: the items themselves)."""
+    return [replace(it, seed=it.seed + 1000 * k) for it in items]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
     python -m spacetime.toyworld.train shipped-vae --out RUN/vae     # the shipped VAE as a VAE folder
     python -m spacetime.toyworld.train overfit  --vae RUN/vae --out RUN/overfit   # the 32-clip sanity check
     python -m spacetime.toyworld.train export   --vae RUN/vae_dec --dit RUN/dit [--ship]
+    python -m spacetime.toyworld.train probe    --dit RUN/dit --vae RUN/vae_dec --seeds 2   # default: the shipped
 
 Run state lives in RUN (default: ``$SPACETIME_RUNS`` or the user's cache folder), never in the repository. When a
 stage finds no state, ``all`` warm-starts from the shipped weights where they fit (the VAE is then reused as it is,
@@ -102,6 +103,75 @@ def fit_latent_rgb(vae_dir: Path, n_clips: int = 64, seed: int = 5) -> dict:
     sol = torch.linalg.lstsq(X1, Y).solution                                     # [C+1, 3]
     return {"weight": [[round(v, 5) for v in row] for row in sol[:-1].T.tolist()],
             "bias": [round(v, 5) for v in sol[-1].tolist()]}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The probe on trained weights
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _load_probe_parts(dit_path: Path, vae_path: Path):
+    """(DiT, VAE) from a DiT run folder (dit.json + dit_ema.safetensors) or a weights folder (embedded.json +
+    embedded_dit.safetensors), and a VAE folder (vae.json + vae.safetensors) or a weights folder. Errors name the
+    folder and what it lacks."""
+    from ..model.config import DiTConfig, VAEConfig, config_from_dict
+    from ..model.dit import build_dit
+    from ..model.errors import SpacetimeValueError
+    from ..model.vae import build_vae
+    dit_path, vae_path = Path(dit_path), Path(vae_path)
+    if (dit_path / "dit.json").exists() and (dit_path / "dit_ema.safetensors").exists():
+        dcfg, dfile = json.loads((dit_path / "dit.json").read_text())["config"], dit_path / "dit_ema.safetensors"
+    elif (dit_path / "embedded.json").exists() and (dit_path / DIT_FILE.name).exists():
+        dcfg, dfile = json.loads((dit_path / "embedded.json").read_text())["dit"], dit_path / DIT_FILE.name
+    else:
+        raise SpacetimeValueError(f"--dit {dit_path}: allowed a DiT run folder (dit.json and dit_ema.safetensors) or "
+                                  f"a weights folder (embedded.json and {DIT_FILE.name})")
+    if (vae_path / "vae.json").exists() and (vae_path / "vae.safetensors").exists():
+        vcfg, vfile = json.loads((vae_path / "vae.json").read_text())["config"], vae_path / "vae.safetensors"
+    elif (vae_path / "embedded.json").exists() and (vae_path / VAE_FILE.name).exists():
+        vcfg, vfile = json.loads((vae_path / "embedded.json").read_text())["vae"], vae_path / VAE_FILE.name
+    else:
+        raise SpacetimeValueError(f"--vae {vae_path}: allowed a VAE folder (vae.json and vae.safetensors) or a "
+                                  f"weights folder (embedded.json and {VAE_FILE.name})")
+    dit = build_dit(config_from_dict(DiTConfig, dcfg))
+    dit.load_state_dict({k: v.float() for k, v in read_state_dict(dfile).items()})
+    vc = config_from_dict(VAEConfig, vcfg)
+    vae = build_vae(vc)
+    vae.load_state_dict({k: v.float() for k, v in read_state_dict(vfile).items()})
+    vae.latent_mean, vae.latent_std = torch.tensor(vc.latent_mean), torch.tensor(vc.latent_std)
+    return dit.eval(), vae.eval()
+
+
+def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, seeds: int = 1, cfg: float = 5.0,
+                  shift: float = 3.0, frames: tuple = (1, 17), sets: Optional[dict] = None) -> dict:
+    """The prompt-following probe on trained weights (default: the shipped ones), outside training. ``seeds`` > 1
+    asks every prompt again with other noise, so two sets of weights can be told apart more sharply than by the
+    training probe (its 20 held-out prompts move a rate by 5 points each). ``sets``: {name: items} (default SEEN and
+    HELD). Returns {"image/seen": summary, "video/held": ..., "mean": {metric: mean over the rows}}."""
+    from ..model.errors import SpacetimeValueError
+    from ..model.text_encoders import load_minilm
+    from .probe import HELD, SEEN, reseeded, run_probe
+    if not 1 <= int(seeds) <= 16:
+        raise SpacetimeValueError(f"seeds={seeds}: allowed 1..16 (each repeats the whole probe with other noise)")
+    if not (np.isfinite(cfg) and cfg > 0):
+        raise SpacetimeValueError(f"cfg={cfg}: allowed > 0 (1 = no guidance)")
+    if not (np.isfinite(shift) and shift > 0):
+        raise SpacetimeValueError(f"shift={shift}: allowed > 0")
+    if not frames or any(f < 1 or (f - 1) % 4 for f in frames):
+        raise SpacetimeValueError(f"frames={frames}: allowed 1 + 4k each (1 = single frames)")
+    dit, vae = _load_probe_parts(dit_path, vae_path)
+    text = load_minilm()
+    base = sets or {"seen": SEEN, "held": HELD}
+    pooled = {name: [it for k in range(int(seeds)) for it in reseeded(items, k)] for name, items in base.items()}
+    out = {}
+    with torch.no_grad():
+        for f in frames:
+            res, _ = run_probe(dit, vae, text, frames=f, sets=pooled, cfg=cfg, shift=shift)
+            for name, summ in res.items():
+                out[f"{'image' if f == 1 else 'video'}/{name}"] = summ
+    rows = list(out.values())
+    keys = sorted({k for r in rows for k in r if k != "n"})
+    out["mean"] = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -260,6 +330,15 @@ def main(argv=None):
                    help="move training noise levels towards noise like the sampler's shift, 1 = none "
                         "(default: %(default)s)")
     a.add_argument("--seed", type=int, default=0, help="initial weights and training draws (default: %(default)s)")
+    a = sub.add_parser("probe", help="the prompt-following probe on trained weights (default: the shipped ones)")
+    a.add_argument("--dit", type=Path, default=WEIGHTS_DIR, help="a DiT run folder or a weights folder "
+                                                                 "(default: the shipped weights)")
+    a.add_argument("--vae", type=Path, default=WEIGHTS_DIR, help="a VAE folder or a weights folder "
+                                                                 "(default: the shipped weights)")
+    a.add_argument("--seeds", type=int, default=1, help="noises per prompt, 1..16 (default: %(default)s)")
+    a.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default: %(default)s)")
+    a.add_argument("--shift", type=float, default=3.0, help="sampler shift (default: %(default)s)")
+    a.add_argument("--json", type=Path, help="also write the figures to this new JSON file")
     a = sub.add_parser("export", help="write trained weights into a weights folder")
     a.add_argument("--vae", type=Path, default=run / "vae_dec")
     a.add_argument("--dit", type=Path, default=run / "dit")
@@ -297,6 +376,16 @@ def main(argv=None):
     elif args.cmd == "overfit":
         run_overfit(args.vae, args.out, args.steps, args.lr, args.clips, args.per_step, args.init,
                     probe_every=args.probe_every, sigma_shift=args.sigma_shift, seed=args.seed)
+    elif args.cmd == "probe":
+        if args.json and args.json.exists():
+            ap.error(f"--json {args.json}: the file exists; give a new path (reports never overwrite a file)")
+        res = probe_weights(args.dit, args.vae, args.seeds, args.cfg, args.shift)
+        for name, summ in res.items():
+            print(f"{name:11s}", "  ".join(f"{k} {100 * v:5.1f}" for k, v in summ.items() if k != "n"),
+                  f"  n {summ['n']}" if "n" in summ else "")
+        if args.json:
+            from .drift import _write_new
+            _write_new(args.json, json.dumps(res, indent=1))           # never over a file that appeared meanwhile
     elif args.cmd == "export":
         export(args.vae, args.dit, args.out, ship=args.ship)
 
