@@ -109,36 +109,35 @@ def fit_latent_rgb(vae_dir: Path, n_clips: int = 64, seed: int = 5) -> dict:
 # The probe on trained weights
 # ----------------------------------------------------------------------------------------------------------------------
 
+def _config_and_weights(path: Path, opt: str, run_folder: str, run_files: tuple, weights_key: str,
+                        weights_file: str) -> tuple:
+    """(config dict, weights file) of one part in a run folder (``run_files``: its JSON, whose "config" it reads, and
+    its safetensors) or in a weights folder (embedded.json's ``weights_key`` and ``weights_file``)."""
+    from ..model.errors import SpacetimeValueError
+    path = Path(path)
+    meta, weights = run_files
+    if (path / meta).exists() and (path / weights).exists():
+        return json.loads((path / meta).read_text())["config"], path / weights
+    if (path / "embedded.json").exists() and (path / weights_file).exists():
+        return json.loads((path / "embedded.json").read_text())[weights_key], path / weights_file
+    raise SpacetimeValueError(f"--{opt} {path}: allowed {run_folder} ({meta} and {weights}) or a weights folder "
+                              f"(embedded.json and {weights_file})")
+
+
 def _load_probe_parts(dit_path: Path, vae_path: Path):
     """(DiT, VAE) from a DiT run folder (dit.json + dit_ema.safetensors) or a weights folder (embedded.json +
     embedded_dit.safetensors), and a VAE folder (vae.json + vae.safetensors) or a weights folder. Errors name the
-    folder and what it lacks."""
-    from ..model.config import DiTConfig, VAEConfig, config_from_dict
+    folder and what it lacks, before anything is loaded."""
+    from ..model.config import DiTConfig, config_from_dict
     from ..model.dit import build_dit
-    from ..model.errors import SpacetimeValueError
-    from ..model.vae import build_vae
-    dit_path, vae_path = Path(dit_path), Path(vae_path)
-    if (dit_path / "dit.json").exists() and (dit_path / "dit_ema.safetensors").exists():
-        dcfg, dfile = json.loads((dit_path / "dit.json").read_text())["config"], dit_path / "dit_ema.safetensors"
-    elif (dit_path / "embedded.json").exists() and (dit_path / DIT_FILE.name).exists():
-        dcfg, dfile = json.loads((dit_path / "embedded.json").read_text())["dit"], dit_path / DIT_FILE.name
-    else:
-        raise SpacetimeValueError(f"--dit {dit_path}: allowed a DiT run folder (dit.json and dit_ema.safetensors) or "
-                                  f"a weights folder (embedded.json and {DIT_FILE.name})")
-    if (vae_path / "vae.json").exists() and (vae_path / "vae.safetensors").exists():
-        vcfg, vfile = json.loads((vae_path / "vae.json").read_text())["config"], vae_path / "vae.safetensors"
-    elif (vae_path / "embedded.json").exists() and (vae_path / VAE_FILE.name).exists():
-        vcfg, vfile = json.loads((vae_path / "embedded.json").read_text())["vae"], vae_path / VAE_FILE.name
-    else:
-        raise SpacetimeValueError(f"--vae {vae_path}: allowed a VAE folder (vae.json and vae.safetensors) or a "
-                                  f"weights folder (embedded.json and {VAE_FILE.name})")
+    from .train_vae import vae_from_config
+    dcfg, dfile = _config_and_weights(dit_path, "dit", "a DiT run folder", ("dit.json", "dit_ema.safetensors"),
+                                      "dit", DIT_FILE.name)
+    vcfg, vfile = _config_and_weights(vae_path, "vae", "a VAE folder", ("vae.json", "vae.safetensors"),
+                                      "vae", VAE_FILE.name)
     dit = build_dit(config_from_dict(DiTConfig, dcfg))
-    dit.load_state_dict({k: v.float() for k, v in read_state_dict(dfile).items()})
-    vc = config_from_dict(VAEConfig, vcfg)
-    vae = build_vae(vc)
-    vae.load_state_dict({k: v.float() for k, v in read_state_dict(vfile).items()})
-    vae.latent_mean, vae.latent_std = torch.tensor(vc.latent_mean), torch.tensor(vc.latent_std)
-    return dit.eval(), vae.eval()
+    dit.load_state_dict(read_state_dict(dfile))
+    return dit.eval(), vae_from_config(vcfg, vfile)[0]
 
 
 def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, seeds: int = 1, cfg: float = 5.0,

@@ -248,9 +248,14 @@ def finalize_vae(out: Path, vae, seed: int, image_only: bool = False):
 
 def load_trained_vae(vae_dir: Path):
     meta = json.loads((Path(vae_dir) / "vae.json").read_text())
-    cfg = config_from_dict(VAEConfig, meta["config"])
+    return vae_from_config(meta["config"], Path(vae_dir) / "vae.safetensors")
+
+
+def vae_from_config(config: dict, weights: Path):
+    """(VAE in eval mode, its VAEConfig) from a config dict and a safetensors file of its weights (any float dtype)."""
+    cfg = config_from_dict(VAEConfig, config)
     vae = build_vae(cfg)
-    vae.load_state_dict(read_state_dict(Path(vae_dir) / "vae.safetensors"))
+    vae.load_state_dict(read_state_dict(weights))
     vae.latent_mean = torch.tensor(cfg.latent_mean)
     vae.latent_std = torch.tensor(cfg.latent_std)
     return vae.eval(), cfg
