@@ -126,3 +126,51 @@ def test_probe_on_weights_rejects_bad_input_before_work(tmp_path):
     with pytest.raises(SystemExit):
         main(["probe", "--json", str(out)])
     assert out.read_text() == "{}"
+
+
+def _dit_run(folder, state_dict, config):
+    """A DiT run folder as training leaves it (config + EMA weights)."""
+    import json
+    from spacetime.model.loading import write_safetensors_atomic
+    folder.mkdir()
+    write_safetensors_atomic(state_dict, folder / "dit_ema.safetensors")
+    (folder / "dit.json").write_text(json.dumps({"config": config, "step": 1}))
+    return folder
+
+
+def test_ship_rule_probes_both_sides_and_ships_only_the_better_weights(tmp_path):
+    """``export --ship`` runs the same probe on the candidate and on the weights already in the folder: weights that
+    draw nothing (a zeroed output layer) are refused and the folder stays as it was; the shipped weights then replace
+    them, with the probe recorded."""
+    import json
+    import shutil
+    import torch
+    from spacetime.model.embedded import DIT_FILE, META, VAE_FILE
+    from spacetime.model.loading import read_state_dict
+    from spacetime.toyworld.train import copy_shipped_vae, export, ship_score
+    meta = json.loads(META.read_text())
+    good = read_state_dict(DIT_FILE)
+    broken = {k: (torch.zeros_like(v) if k.startswith("head.head") else v) for k, v in good.items()}
+    good_run = _dit_run(tmp_path / "good", good, meta["dit"])
+    broken_run = _dit_run(tmp_path / "broken", broken, meta["dit"])
+    vae = tmp_path / "vae"
+    copy_shipped_vae(vae)
+    quick = dict(frames=(1,), sets={"seen": [it for it in SEEN if it.scene.kind == "single"][:3]})
+
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    for f in (DIT_FILE, VAE_FILE, META):
+        shutil.copy(f, shipped / f.name)
+    before = {f.name: f.read_bytes() for f in shipped.iterdir()}
+    assert not export(vae, broken_run, shipped, ship=True, **quick)
+    assert {f.name: f.read_bytes() for f in shipped.iterdir()} == before
+
+    worse = tmp_path / "worse"                      # a folder holding the broken weights, exported without the rule
+    assert export(vae, broken_run, worse, **quick)
+    worse_probe = json.loads((worse / "embedded.json").read_text())["probe"]
+    assert worse_probe["image/seen"]["n"] == 6 and worse_probe["mean"]["color"] == 0 == worse_probe["mean"]["count"]
+    assert export(vae, good_run, worse, ship=True, **quick)
+    rec = json.loads((worse / "embedded.json").read_text())
+    assert rec["probe_seeds"] == 2 and ship_score(rec["probe"]) > ship_score(worse_probe)
+    assert rec["probe"]["mean"]["background"] >= 2 / 3
+    assert torch.equal(read_state_dict(worse / DIT_FILE.name)["head.head.weight"], good["head.head.weight"])
