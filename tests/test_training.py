@@ -58,3 +58,26 @@ def test_a_stop_signal_during_training_is_deferred_to_the_end_of_the_step():
         os.kill(os.getpid(), signal.SIGTERM)                 # would end the test process without the handler
         assert stop.requested
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_decoder_fine_tune_keeps_the_encoder_and_counts_its_steps(tmp_path):
+    """A decoder-only fine-tune (the recipe's last VAE stage, and its continuations) changes the decoder, never the
+    encoder (the DiT's latents stay valid), and a fine-tune of a fine-tuned decoder adds its steps to the record."""
+    import json
+    from spacetime.model.config import config_to_dict
+    from spacetime.model.loading import read_state_dict, write_safetensors_atomic
+    from spacetime.toyworld.train_vae import train_vae
+    src = tmp_path / "vae"
+    src.mkdir()
+    write_safetensors_atomic(_image_trained_stand_in(TINY).state_dict(), src / "vae.safetensors")
+    (src / "vae.json").write_text(json.dumps({"config": config_to_dict(TINY)}))
+    train_vae(tmp_path / "dec1", 2, 1e-3, decoder_only_from=src, measure_clips=2)
+    train_vae(tmp_path / "dec2", 3, 1e-3, decoder_only_from=tmp_path / "dec1", measure_clips=2)
+    a, b = read_state_dict(src / "vae.safetensors"), read_state_dict(tmp_path / "dec2" / "vae.safetensors")
+    enc = [k for k in a if not k.startswith(("decoder.", "conv2."))]
+    dec = [k for k in a if k.startswith("decoder.")]
+    assert enc and dec and all(torch.equal(a[k], b[k]) for k in enc)
+    assert any(not torch.equal(a[k], b[k]) for k in dec)
+    meta = json.loads((tmp_path / "dec2" / "vae.json").read_text())
+    assert meta["decoder_finetune_steps"] == 5 and meta["config"] == config_to_dict(TINY)
+    assert len(meta["recon_psnr_per_frame_33f"]) == 33

@@ -107,7 +107,7 @@ def reconstruct(vae, x, sample: bool):
 def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float = 1e-4, cfg: VAEConfig = TOY_VAE,
               batch_scale: float = 1.0, time_limit: float = 0.0, decoder_only_from: Path | None = None,
               bf16: bool = False, detail_weight: float = 0.0, image_steps: int = 0, image_lr: float = 3e-4,
-              init_from: Path | None = None):
+              init_from: Path | None = None, measure_clips: int = 24):
     """Train (or, with ``decoder_only_from``, fine-tune the decoder of) the VAE. Resumes from ``out/state.pt``.
     ``bf16``: autocast the convolutions to bfloat16 (about 1.5x faster on CPUs with AVX512-BF16; weights, losses
     and the final measurements stay float32). ``detail_weight``: extra loss weight on pixels that are not plain
@@ -115,7 +115,8 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
     ``image_steps``: a first stage on single frames only (its own warm-up and cosine decay from ``image_lr``): the
     spatial code is learned several times faster alone, and the clip stage then only adds time: it starts from the
     image VAE inflated to act frame by frame (``inflate_to_video``). ``init_from``: a trained VAE folder to start
-    from instead of a fresh one (inflated first when it has had no clip training and ``image_steps`` is 0)."""
+    from instead of a fresh one (inflated first when it has had no clip training and ``image_steps`` is 0).
+    ``measure_clips``: held-out 33-frame clips of the final per-position PSNR (the model card's figure)."""
     dev = device_and_threads()
     ck = Checkpointer(out)
     if decoder_only_from is not None:
@@ -196,11 +197,12 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
     if decoder_only_from is not None:
         meta = json.loads((Path(decoder_only_from) / "vae.json").read_text())
         write_safetensors_atomic(vae.state_dict(), Path(out) / "vae.safetensors", overwrite=True)
-        meta["decoder_finetune_steps"] = int(step + 1)
-        meta.update(measure_vae(vae))
+        # a fine-tune of a fine-tuned decoder adds its steps to the ones before
+        meta["decoder_finetune_steps"] = int(meta.get("decoder_finetune_steps", 0)) + int(step + 1)
+        meta.update(measure_vae(vae, measure_clips))
         (Path(out) / "vae.json").write_text(json.dumps(meta, indent=1))
     else:
-        finalize_vae(out, vae, seed, image_only=step + 1 <= image_steps)
+        finalize_vae(out, vae, seed, image_only=step + 1 <= image_steps, measure_clips=measure_clips)
 
 
 @torch.no_grad()
@@ -233,13 +235,13 @@ def measure_vae(vae, n_clips: int = 24, frames: int = 33, seed: int = 123) -> di
             "recon_psnr_min_33f": round(float(pf.min()), 2), "recon_psnr_mean_33f": round(float(pf.mean()), 2)}
 
 
-def finalize_vae(out: Path, vae, seed: int, image_only: bool = False):
+def finalize_vae(out: Path, vae, seed: int, image_only: bool = False, measure_clips: int = 24):
     """Per-channel latent statistics (the DiT's normalisation), per-frame PSNR; writes vae.safetensors + vae.json."""
     mean, std = latent_stats(vae, seed)
     cfg = replace(vae.cfg, latent_mean=tuple(round(v, 5) for v in mean.tolist()),
                   latent_std=tuple(round(v, 5) for v in std.tolist()))
     write_safetensors_atomic(vae.state_dict(), Path(out) / "vae.safetensors", overwrite=True)
-    m = measure_vae(vae)
+    m = measure_vae(vae, measure_clips)
     (Path(out) / "vae.json").write_text(json.dumps({"config": config_to_dict(cfg), "image_only": image_only, **m},
                                                        indent=1))
     print(f"VAE recon PSNR on 33-frame clips: min over positions {m['recon_psnr_min_33f']:.2f} dB, "
