@@ -374,7 +374,7 @@ def refuse_existing(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             ap.error(f"--{opt} {path}: the file exists; give a new path (reports never overwrite a file)")
 
 
-def _write_new(path: Path, text: str) -> None:
+def write_new(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, linked into place only if ``path`` does not exist."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
@@ -387,10 +387,10 @@ def _write_new(path: Path, text: str) -> None:
 def write_reports(report: Optional[Path], markdown, json_path: Optional[Path], figures) -> None:
     """Write the Markdown report (``markdown()`` makes it) and every figure as JSON where paths were given."""
     if report:
-        _write_new(report, markdown())
+        write_new(report, markdown())
         print("report:", report)
     if json_path:
-        _write_new(json_path, json.dumps(figures, indent=1, default=float))
+        write_new(json_path, json.dumps(figures, indent=1, default=float))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def ship_score(probe: dict) -> float:
     shape, background, clean picture, motion, relation, all), each averaged over the probe's rows. Every verdict
     counts, so progress on any attribute shows and a loss on another one is charged; "all" alone is a few percent
     for today's weights and moves by more than the differences between them from noise to noise."""
-    vals = [v for k, v in probe["mean"].items() if k != "n"]
+    vals = list(probe["mean"].values())                     # probe_weights' "mean" holds rates only (no "n")
     return float(np.mean(vals)) if vals else 0.0
 
 
@@ -407,8 +407,8 @@ def main(argv=None):
             print(f"{name:11s}", "  ".join(f"{k} {100 * v:5.1f}" for k, v in summ.items() if k != "n"),
                   f"  n {summ['n']}" if "n" in summ else "")
         if args.json:
-            from .drift import _write_new
-            _write_new(args.json, json.dumps(res, indent=1))           # never over a file that appeared meanwhile
+            from .drift import write_new
+            write_new(args.json, json.dumps(res, indent=1))           # never over a file that appeared meanwhile
     elif args.cmd == "export":
         export(args.vae, args.dit, args.out, ship=args.ship, seeds=args.seeds)
 
