@@ -417,11 +417,17 @@ def cmd_eval(a) -> int:
         from .toyworld.drift import main as eval_main
     elif a.storyboard:
         from .toyworld.storyboard_eval import main as eval_main
+    if a.parts and (a.drift or a.storyboard):
+        raise CliError("--parts chooses parts of the prompt evaluation; --drift and --storyboard have none")
     args = []
     if a.quick:
         args.append("--quick")
     if a.report:
         args += ["--report", a.report]
+    if a.dit:
+        args += ["--dit", a.dit]
+    if a.parts:
+        args += ["--parts", a.parts]
     return eval_main(args) or 0
 
 
@@ -546,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "or the first frame, with and without an anchor frame, instead")
     e.add_argument("--storyboard", action="store_true", help="evaluate multi-shot videos (cuts, per-shot prompts, "
                    "identity across cuts) instead")
+    e.add_argument("--dit", metavar="PATH", help="a DiT safetensors file to evaluate in place of the embedded one, "
+                   "e.g. a training run's dit_ema.safetensors (default: the embedded DiT)")
+    e.add_argument("--parts", metavar="LIST", help="comma-separated parts of the prompt evaluation: seen, single, "
+                   "pairs, occlusion, i2v, extension, fill (default: all)")
     e.set_defaults(func=cmd_eval)
     return ap
 

@@ -251,3 +251,9 @@ def test_zero_means_the_model_default_only_where_the_help_says_so():
     generate = build_parser()._subparsers._group_actions[0].choices["generate"]
     zero_ok = {a.dest for a in generate._actions if "0 = the model's default" in (a.help or "")}
     assert zero_ok == {"fps", "steps", "shift"}
+
+
+def test_eval_parts_belong_to_the_prompt_evaluation_only(capsys):
+    assert main(["eval", "--drift", "--parts", "fill"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "--parts chooses parts of the prompt evaluation" in err

@@ -36,3 +36,28 @@ def test_report_marks_targets():
     assert md.count("| yes |") == len(TARGETS) and "| no |" not in md
     res["color"] = 0.5
     assert "| no |" in report_md(res, {"cold_s": 2.0, "warm_s": 1.0}, "toyworld", quick=True)
+
+
+def test_parts_measure_only_what_is_asked_and_the_report_says_the_rest_was_not():
+    from spacetime.toyworld.eval import evaluate
+    res, samples = evaluate(Renderer(), quick=True, log=lambda *_: None, parts=("pairs",))
+    assert res["left_right"] == 1.0 and res["above_below"] == 1.0
+    assert not {"seen_color", "color", "permanence", "i2v_psnr", "seam", "fill_psnr"} & set(res)
+    md = report_md(res, {"cold_s": 2.0, "warm_s": 1.0}, "toyworld", quick=True)
+    assert md.count("not measured") == 21 and "| left/right correctness | 100% | >= 90% | yes |" in md
+    deaf, _ = evaluate(Renderer(scene_from_prompt("a red ball moving right on a gray background")), quick=True,
+                       log=lambda *_: None, parts=("pairs",))
+    assert deaf["left_right"] == 0.0 and deaf["above_below"] == 0.0
+
+
+def test_bad_parts_and_missing_dit_stop_before_any_work(tmp_path, capsys):
+    import pytest
+    from spacetime.toyworld.eval import evaluate, main
+    with pytest.raises(ValueError, match="allowed any of seen, single"):
+        evaluate(Renderer(), parts=("colour",))
+    with pytest.raises(SystemExit):
+        main(["--parts", "seen,colour"])
+    assert "--parts 'seen,colour': allowed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--dit", str(tmp_path / "none.safetensors")])
+    assert "no such file" in capsys.readouterr().err

@@ -77,13 +77,16 @@ def test_object_cells_follow_the_object():
 def test_training_masks_always_leave_something_to_generate():
     from spacetime.toyworld.train_dit import sample_mask
     rng = np.random.default_rng(0)
-    kinds = set()
+    kinds, heads = set(), set()
     for n in (2, 3, 5, 9):
         for _ in range(300):
             m, kind = sample_mask(n, rng)
             kinds.add(kind)
             assert m.shape == (n,) and m.min() == 0
+            if kind == "head" and n == 9:
+                heads.add(int(m.sum()))
     assert kinds == {"t2v", "i2v_head", "i2v_tail", "head", "tail", "head_tail", "random"}
+    assert heads == {1, 2, 3, 4, 5}            # 5 of 9 latent frames: 17 known frames extended by 16
     assert sample_mask(5, rng, t2v_only=True)[0].sum() == 0 and sample_mask(1, rng)[0].sum() == 0
 
 

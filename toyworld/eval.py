@@ -1,6 +1,7 @@
 """Evaluate the embedded model: generate from held-out prompts with fixed seeds and measure the decoded frames.
 
     python -m spacetime.toyworld.eval [--quick] [--report weights/EVAL.md] [--sheet weights/contact_sheet.png]
+    python -m spacetime.toyworld.eval --dit RUN/dit_ema.safetensors --parts extension,fill --json figures.json
 
 Held-out prompts use attribute combinations the training data never showed (see world.HELD_OUT_*) and wordings
 outside the caption templates. Measured: colour, shape, motion direction, left/right and above/below, object
@@ -116,14 +117,35 @@ def evaluate_seen(st, quick=False, seeds=(0, 1), log=print) -> dict:
     return res
 
 
-def evaluate(st, quick=False, seeds=(0, 1), log=print) -> tuple[dict, dict]:
-    res: dict = evaluate_seen(st, quick, seeds, log)
+PARTS = ("seen", "single", "pairs", "occlusion", "i2v", "extension", "fill")
+
+
+def evaluate(st, quick=False, seeds=(0, 1), log=print, parts=PARTS) -> tuple[dict, dict]:
+    """Every part of the evaluation named in ``parts`` (see PARTS); figures of the other parts are absent."""
+    bad = [x for x in parts if x not in PARTS]
+    if bad or not parts:
+        raise ValueError(f"parts={list(parts)!r}: allowed any of {', '.join(PARTS)}")
+    res: dict = evaluate_seen(st, quick, seeds, log) if "seen" in parts else {}
     samples: dict = {}
+    res["rows"] = []
     seeds = seeds[:1] if quick else seeds
-    single = SINGLE[:8] if quick else SINGLE
-    pairs = PAIRS[:4] if quick else PAIRS
-    occl = OCCLUSION[:3] if quick else OCCLUSION
     gts = GT_SCENES[:3] if quick else GT_SCENES
+    if "single" in parts:
+        _eval_single(st, SINGLE[:8] if quick else SINGLE, seeds, res, samples, log)
+    if "pairs" in parts:
+        _eval_pairs(st, PAIRS[:4] if quick else PAIRS, seeds, res, samples, log)
+    if "occlusion" in parts:
+        _eval_occlusion(st, OCCLUSION[:3] if quick else OCCLUSION, seeds, res, samples, log)
+    if "i2v" in parts:
+        _eval_i2v(st, gts, res, log)
+    if "extension" in parts:
+        _eval_extension(st, gts, res, samples, log)
+    if "fill" in parts:
+        _eval_fill(st, gts, res, log)
+    return res, samples
+
+
+def _eval_single(st, single, seeds, res, samples, log):
     color_ok, shape_ok, dir_ok, motion_ok, bg_ok, stable_ok, flick = [], [], [], [], [], [], []
     rows = []
     for i, (prompt, color, shape, motion, bg) in enumerate(single):
@@ -151,6 +173,10 @@ def evaluate(st, quick=False, seeds=(0, 1), log=print) -> tuple[dict, dict]:
     res.update(color=float(np.mean(color_ok)), shape=float(np.mean(shape_ok)), direction=float(np.mean(dir_ok)),
                motion=float(np.mean(motion_ok)), background=float(np.mean(bg_ok)),
                stability=float(np.mean(stable_ok)), flicker=float(np.mean(flick)), n_single=len(color_ok))
+    res["rows"] = rows
+
+
+def _eval_pairs(st, pairs, seeds, res, samples, log):
     lr, ab = [], []
     for i, (prompt, c1, sh1, rel, c2, bg) in enumerate(pairs):
         for s in seeds:
@@ -162,6 +188,9 @@ def evaluate(st, quick=False, seeds=(0, 1), log=print) -> tuple[dict, dict]:
             samples.setdefault(prompt, v)
     log(f"two-object prompts: left/right {np.mean(lr):.0%} above/below {np.mean(ab):.0%}")
     res.update(left_right=float(np.mean(lr)), above_below=float(np.mean(ab)))
+
+
+def _eval_occlusion(st, occl, seeds, res, samples, log):
     perm = []
     for i, (prompt, color, shape, motion, bg) in enumerate(occl):
         for s in seeds:
@@ -184,6 +213,9 @@ def evaluate(st, quick=False, seeds=(0, 1), log=print) -> tuple[dict, dict]:
             samples.setdefault(prompt, v)
     log(f"occlusion: permanence {np.mean(perm):.0%}")
     res.update(permanence=float(np.mean(perm)))
+
+
+def _eval_i2v(st, gts, res, log):
     # image-to-video: the first frame must reproduce the image; the rest must move as the prompt says
     i2v_psnr, i2v_motion = [], []
     from .captions import detailed_caption
@@ -196,6 +228,10 @@ def evaluate(st, quick=False, seeds=(0, 1), log=print) -> tuple[dict, dict]:
         i2v_motion.append(t is not None and motion_of(t, 17) == sc.main.motion)
     log(f"image-to-video: first-frame PSNR {np.mean(i2v_psnr):.1f} dB, motion as prompted {np.mean(i2v_motion):.0%}")
     res.update(i2v_psnr=float(np.mean(i2v_psnr)), i2v_motion=float(np.mean(i2v_motion)))
+
+
+def _eval_extension(st, gts, res, samples, log):
+    from .captions import detailed_caption
     # extension: a 17-frame ground-truth clip extended by 16 frames forward and backward
     fwd, bwd, cont = [], [], []
     for i, sc in enumerate(gts):
@@ -215,6 +251,10 @@ def evaluate(st, quick=False, seeds=(0, 1), log=print) -> tuple[dict, dict]:
         f"{np.mean(cont):.0%}")
     res.update(seam_forward=float(np.mean(fwd)), seam_backward=float(np.mean(bwd)),
                seam=float(np.mean(fwd + bwd)), extend_motion=float(np.mean(cont)))
+
+
+def _eval_fill(st, gts, res, log):
+    from .captions import detailed_caption
     # fill: 33-frame clip with its first and last 9 frames known
     fills = []
     for i, sc in enumerate(gts):
@@ -224,8 +264,6 @@ def evaluate(st, quick=False, seeds=(0, 1), log=print) -> tuple[dict, dict]:
         fills.append(np.mean([psnr(v[k], gt[k]) for k in range(9, 24)]))
     log(f"fill: PSNR on the missing frames {np.mean(fills):.1f} dB")
     res.update(fill_psnr=float(np.mean(fills)))
-    res["rows"] = rows
-    return res, samples
 
 
 def _continues(new_frames, scene: Scene) -> bool:
@@ -245,13 +283,14 @@ def _advance(scene: Scene, frames: int) -> Scene:
     return replace(scene, objects=(replace(o, x=o.x + dx, y=o.y + dy),) + tuple(scene.objects[1:]))
 
 
-def wall_time(preset="toyworld") -> dict:
-    """A default generation (17 frames, 20 steps, CFG) in a fresh bundle, model load included."""
+def wall_time(preset="toyworld", dit=None) -> dict:
+    """A default generation (17 frames, 20 steps, CFG) in a fresh bundle, model load included (``dit``: a DiT file
+    in place of the preset's)."""
     from ..model import text_encoders
     from ..model.pipeline import Spacetime
     text_encoders._MINILM_CACHE.clear()
     t0 = time.time()
-    st = Spacetime.load(preset)
+    st = Spacetime.load(preset, dit=dit)
     st.generate("a red ball bounces on a navy background", frames=17, steps=20, seed=0)
     cold = time.time() - t0
     t1 = time.time()
@@ -323,31 +362,40 @@ def report_md(res: dict, timing: dict, preset: str, quick: bool) -> str:
             ("extension seam ratio, both", "seam", "{:.2f}", "<= 1.5"),
             ("fill PSNR on missing frames", "fill_psnr", "{:.1f} dB", ">= 26 dB")]
     for name, key, fmt, target in rows:
-        lines.append(f"| {name} | {fmt.format(res[key])} | {target} | {mark(key, res[key])} |")
+        if key in res:
+            lines.append(f"| {name} | {fmt.format(res[key])} | {target} | {mark(key, res[key])} |")
+        else:
+            lines.append(f"| {name} | not measured | {target} | |")
     lines.append(f"| default generation, 17 frames, 20 steps, CFG, incl. model load | {timing['cold_s']:.1f} s | "
                  f"<= 10 s | {mark('cold_s', timing['cold_s'])} |")
     lines.append(f"| same, model already loaded | {timing['warm_s']:.1f} s | | |")
-    lines += ["", "Per-prompt results (single objects): prompt, seed, detected colour, shape, motion.", ""]
-    lines += [f"- {p} (seed {s}): {c}, {sh}, {m}" for p, s, c, sh, m in res["rows"]]
+    if res.get("rows"):
+        lines += ["", "Per-prompt results (single objects): prompt, seed, detected colour, shape, motion.", ""]
+        lines += [f"- {p} (seed {s}): {c}, {sh}, {m}" for p, s, c, sh, m in res["rows"]]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
+    from .drift import add_model_options, load_model
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="toyworld")
+    add_model_options(ap)
     ap.add_argument("--quick", action="store_true", help="fewer prompts and one seed")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"comma-separated parts to measure (default: all: {','.join(PARTS)})")
     ap.add_argument("--report", type=Path, help="write a markdown report here")
     ap.add_argument("--sheet", type=Path, help="write a PNG contact sheet here")
     ap.add_argument("--json", type=Path, help="write the figures as JSON here")
     a = ap.parse_args(argv)
-    from ..model.pipeline import Spacetime
+    parts = [x.strip() for x in a.parts.split(",") if x.strip()]
+    if not parts or any(x not in PARTS for x in parts):
+        ap.error(f"--parts {a.parts!r}: allowed a comma-separated choice of {', '.join(PARTS)}")
+    st = load_model(ap, a)                  # a missing --dit file stops here, before any work
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    timing = wall_time(a.preset)
+    timing = wall_time(a.preset, a.dit)
     print(f"default generation: {timing['cold_s']:.1f} s including model load, {timing['warm_s']:.1f} s warm")
-    st = Spacetime.load(a.preset)
-    res, samples = evaluate(st, quick=a.quick)
+    res, samples = evaluate(st, quick=a.quick, parts=parts)
     if a.report:
-        a.report.write_text(report_md(res, timing, a.preset, a.quick))
+        a.report.write_text(report_md(res, timing, a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}", a.quick))
         print("report:", a.report)
     if a.sheet:
         contact_sheet(samples, a.sheet)

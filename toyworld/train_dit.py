@@ -191,7 +191,7 @@ def sample_mask(n: int, rng: np.random.Generator, t2v_only: bool = False) -> tup
         return m, "t2v"
     kinds, weights = zip(*MASK_MIX)
     kind = kinds[int(rng.choice(len(kinds), p=np.array(weights) / sum(weights)))]
-    half = max(1, n // 2)
+    half = max(1, (n + 1) // 2)        # up to 5 of 9: a 17-frame clip extended by 16 frames
     if kind == "i2v_head":
         m[0] = 1
     elif kind == "i2v_tail":
