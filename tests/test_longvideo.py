@@ -377,8 +377,10 @@ def test_evaluation_reports_never_overwrite(dirs):
     folder = dirs["output"]
     kept = folder / "drift.md"
     kept.write_text("kept")
-    for run, opt in ((drift_main, "--report"), (storyboard_main, "--json")):   # refused before the model loads
-        with pytest.raises(SystemExit) as e:
+    from spacetime.toyworld.train import main as train_main
+    probe_main = lambda argv: train_main(["probe", *argv])                            # noqa: E731
+    for run, opt in ((drift_main, "--report"), (storyboard_main, "--json"), (probe_main, "--json")):
+        with pytest.raises(SystemExit) as e:                        # refused before the model loads
             run([opt, str(kept)])
         assert e.value.code == 2
     for run in (drift_main, storyboard_main):                      # a DiT file that is not there: refused too

@@ -367,9 +367,10 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
 
 
 def refuse_existing(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    """Stop before any work when ``--report`` or ``--json`` names a file that exists (reports never overwrite)."""
+    """Stop before any work when ``--report`` or ``--json`` (those of them the command has) names a file that exists
+    (reports never overwrite)."""
     for opt in ("report", "json"):
-        path = getattr(a, opt)
+        path = getattr(a, opt, None)
         if path is not None and path.exists():
             ap.error(f"--{opt} {path}: the file exists; give a new path (reports never overwrite a file)")
 

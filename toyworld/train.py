@@ -400,14 +400,13 @@ def main(argv=None):
         run_overfit(args.vae, args.out, args.steps, args.lr, args.clips, args.per_step, args.init,
                     probe_every=args.probe_every, sigma_shift=args.sigma_shift, seed=args.seed)
     elif args.cmd == "probe":
-        if args.json and args.json.exists():
-            ap.error(f"--json {args.json}: the file exists; give a new path (reports never overwrite a file)")
+        from .drift import refuse_existing, write_new
+        refuse_existing(ap, args)
         res = probe_weights(args.dit, args.vae, args.seeds, args.cfg, args.shift)
         for name, summ in res.items():
             print(f"{name:11s}", "  ".join(f"{k} {100 * v:5.1f}" for k, v in summ.items() if k != "n"),
                   f"  n {summ['n']}" if "n" in summ else "")
         if args.json:
-            from .drift import write_new
             write_new(args.json, json.dumps(res, indent=1))           # never over a file that appeared meanwhile
     elif args.cmd == "export":
         export(args.vae, args.dit, args.out, ship=args.ship, seeds=args.seeds)
