@@ -395,7 +395,8 @@ def main(argv=None):
     print(f"default generation: {timing['cold_s']:.1f} s including model load, {timing['warm_s']:.1f} s warm")
     res, samples = evaluate(st, quick=a.quick, parts=parts)
     if a.report:
-        a.report.write_text(report_md(res, timing, a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}", a.quick))
+        label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
+        a.report.write_text(report_md(res, timing, label, a.quick))
         print("report:", a.report)
     if a.sheet:
         contact_sheet(samples, a.sheet)
