@@ -2,9 +2,12 @@
 
 Pixel frame p lives in latent slot 0 when p == 0 and in slot (p - 1) // tf + 1 otherwise (tf = the VAE's temporal
 factor, 4 for Wan): slot 0 is a single first frame, every later slot covers tf frames. A slot is *known* when all of
-its pixel frames are known. Known pixels are encoded in place, with the unknown frames of the clip set to mid-gray,
-so a known slot's latent is what the causal VAE gives for those frames (exactly so for a known head, as the encoder
-is causal).
+its pixel frames are known. Known pixels are encoded in place, so a known slot's latent is what the causal VAE gives
+for those frames: exactly so for a known head, as the encoder is causal. Unknown frames before a known one hold that
+known frame (a still lead-in): the causal encoder reads a few frames back, and mid-gray there would put a fade from
+gray into the first latents of a known tail (measured: 8-25 % relative error on the first known latent of a tail,
+about 2.5 % with the hold). Models that read every slot (``whole``, Wan's image-to-video concat) get mid-gray
+unknown frames, as they were trained.
 
 Tasks, as placements of known frames in a clip of T = 1 + tf * k frames:
   text-to-video        nothing known
@@ -104,6 +107,8 @@ def encode_placement(vae, placement: Placement, whole: bool = False) -> Optional
         return None
     video = placement.video.clone()
     video[:, :, ~placement.known] = 0.0
+    if not whole:
+        video = hold_before_known(video, placement.known)
     # Only the clip up to the last known slot needs encoding (the encoder is causal).
     last = int(mask.nonzero().max())
     n_pix = placement.video.shape[2] if whole else max(slot_pixels(last, tf)) + 1
@@ -111,6 +116,19 @@ def encode_placement(vae, placement: Placement, whole: bool = False) -> Optional
     full = torch.zeros(z.shape[0], z.shape[1], mask.shape[0], *z.shape[3:])
     full[:, :, :z.shape[2]] = z
     return FrameCondition(full, mask.expand(z.shape[0], -1).clone())
+
+
+def hold_before_known(video: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """``video`` [B, 3, T, H, W] with every unknown frame that comes before a known one replaced by the next known
+    frame (unknown frames after the last known one are left as they are)."""
+    out = video.clone()
+    nxt = None
+    for t in range(video.shape[2] - 1, -1, -1):
+        if bool(known[t]):
+            nxt = t
+        elif nxt is not None:
+            out[:, :, t] = video[:, :, nxt]
+    return out
 
 
 def latent_condition(known_latents: torch.Tensor, mask: torch.Tensor) -> FrameCondition:
