@@ -141,7 +141,7 @@ def _dit_run(folder, state_dict, config):
     return folder
 
 
-def test_ship_rule_probes_both_sides_and_ships_only_the_better_weights(tmp_path):
+def test_ship_rule_probes_both_sides_and_ships_only_the_better_weights(tmp_path, capsys):
     """``export --ship`` runs the same probe on the candidate and on the weights already in the folder: weights that
     draw nothing (a zeroed output layer) are refused and the folder stays as it was; the shipped weights then replace
     them, with the probe recorded."""
@@ -167,6 +167,8 @@ def test_ship_rule_probes_both_sides_and_ships_only_the_better_weights(tmp_path)
     before = {f.name: f.read_bytes() for f in shipped.iterdir()}
     assert not export(vae, broken_run, shipped, ship=True, **quick)
     assert {f.name: f.read_bytes() for f in shipped.iterdir()} == before
+    said = capsys.readouterr().out                                  # the refusal shows every verdict, both sides
+    assert "not shipped" in said and "verdicts, candidate / shipped: " in said and "color 0.0 / " in said
 
     worse = tmp_path / "worse"                      # a folder holding the broken weights, exported without the rule
     assert export(vae, broken_run, worse, **quick)
