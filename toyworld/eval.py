@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .analysis import analyse, flicker, motion_of, psnr, relation_of, seam_ratio
+from .captions import detailed_caption
 from .world import Obj, Scene, render
 
 # (prompt, expected) -- expected: kind, color, shape, motion or relation (+ second color), background
@@ -218,7 +219,6 @@ def _eval_occlusion(st, occl, seeds, res, samples, log):
 def _eval_i2v(st, gts, res, log):
     # image-to-video: the first frame must reproduce the image; the rest must move as the prompt says
     i2v_psnr, i2v_motion = [], []
-    from .captions import detailed_caption
     for i, sc in enumerate(gts):
         gt = _gt(sc, 17)
         img = _frames_tensor(gt[:1])[0]
@@ -231,7 +231,6 @@ def _eval_i2v(st, gts, res, log):
 
 
 def _eval_extension(st, gts, res, samples, log):
-    from .captions import detailed_caption
     # extension: a 17-frame ground-truth clip extended by 16 frames forward and backward
     fwd, bwd, cont = [], [], []
     for i, sc in enumerate(gts):
@@ -254,7 +253,6 @@ def _eval_extension(st, gts, res, samples, log):
 
 
 def _eval_fill(st, gts, res, log):
-    from .captions import detailed_caption
     # fill: 33-frame clip with its first and last 9 frames known
     fills = []
     for i, sc in enumerate(gts):

@@ -82,7 +82,7 @@ def export(vae_dir: Path, dit_dir: Path, out: Path, ship: bool = False, dtype=to
         shipped = probe_weights(out, out, seeds=seeds, **probe_kw)
         new_score, old_score = ship_score(new), ship_score(shipped)
         print(f"probe score (mean verdict rate, {seeds} noises a prompt): candidate {new_score:.4f}, "
-              f"shipped {old_score:.4f}; 'all' {new['mean'].get('all', 0):.3f} vs {shipped['mean'].get('all', 0):.3f}")
+              f"shipped {old_score:.4f}")
         print("verdicts, candidate / shipped: " + ", ".join(
             f"{k} {100 * v:.1f} / {100 * shipped['mean'].get(k, float('nan')):.1f}" for k, v in new["mean"].items()))
         if new_score <= old_score:
