@@ -547,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_verify)
     e = _parser(sub, "eval", "evaluate the embedded model on held-out prompts")
     e.add_argument("--quick", action="store_true", help="fewer prompts and one seed")
-    e.add_argument("--report", metavar="PATH", help="also write the results as Markdown to PATH")
+    e.add_argument("--report", metavar="PATH", help="also write the results as Markdown to PATH, a new file")
     e.add_argument("--drift", action="store_true", help="evaluate long-video drift over 10 windows, from the prompt "
                    "or the first frame, with and without an anchor frame, instead")
     e.add_argument("--storyboard", action="store_true", help="evaluate multi-shot videos (cuts, per-shot prompts, "

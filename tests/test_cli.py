@@ -257,3 +257,14 @@ def test_eval_parts_belong_to_the_prompt_evaluation_only(capsys):
     assert main(["eval", "--drift", "--parts", "fill"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "--parts chooses parts of the prompt evaluation" in err
+
+
+def test_eval_report_never_overwrites_a_file_in_any_evaluation(tmp_path, capsys):
+    import pytest
+    old = tmp_path / "eval.md"
+    old.write_text("kept")
+    for extra in ([], ["--drift"], ["--storyboard"]):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--report", str(old), *extra])
+        assert e.value.code == 2 and "the file exists" in capsys.readouterr().err
+    assert old.read_text() == "kept"

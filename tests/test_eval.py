@@ -61,3 +61,29 @@ def test_bad_parts_and_missing_dit_stop_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--dit", str(tmp_path / "none.safetensors")])
     assert "no such file" in capsys.readouterr().err
+
+
+def test_existing_report_sheet_or_json_stops_before_any_work_and_is_kept(tmp_path, capsys):
+    import pytest
+    from spacetime.toyworld.eval import main
+    for opt in ("--report", "--sheet", "--json"):
+        old = tmp_path / f"old{opt[2:]}"
+        old.write_text("kept")
+        with pytest.raises(SystemExit):
+            main([opt, str(old), "--dit", str(tmp_path / "none.safetensors")])
+        assert f"{opt} {old}: the file exists" in capsys.readouterr().err
+        assert old.read_text() == "kept"
+
+
+def test_contact_sheet_is_written_once_and_never_over_a_file(tmp_path):
+    import pytest
+    from spacetime.toyworld.eval import contact_sheet
+    from PIL import Image
+    samples = {"a red ball": np.zeros((4, 8, 8, 3), np.uint8)}
+    path = tmp_path / "sheet.png"
+    contact_sheet(samples, path)
+    assert Image.open(path).size[0] > 0 and [p.name for p in tmp_path.iterdir()] == ["sheet.png"]
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        contact_sheet(samples, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["sheet.png"]

@@ -27,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -367,22 +367,23 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
 
 
 def refuse_existing(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    """Stop before any work when ``--report`` or ``--json`` (those of them the command has) names a file that exists
-    (reports never overwrite)."""
-    for opt in ("report", "json"):
+    """Stop before any work when ``--report``, ``--json`` or ``--sheet`` (those of them the command has) names a file
+    that exists (reports never overwrite)."""
+    for opt in ("report", "json", "sheet"):
         path = getattr(a, opt, None)
         if path is not None and path.exists():
             ap.error(f"--{opt} {path}: the file exists; give a new path (reports never overwrite a file)")
 
 
-def write_new(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, linked into place only if ``path`` does not exist."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+def write_new(path: Path, text: Union[str, Callable[[Path], None]]) -> None:
+    """Write ``text`` (or what ``text(tmp)`` writes) to ``path`` through a temporary file, linked into place only if
+    ``path`` does not exist."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     try:
+        tmp.write_text(text) if isinstance(text, str) else text(tmp)
         os.link(tmp, path)
     finally:
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def write_reports(report: Optional[Path], markdown, json_path: Optional[Path], figures) -> None:

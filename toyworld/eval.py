@@ -1,12 +1,14 @@
 """Evaluate the embedded model: generate from held-out prompts with fixed seeds and measure the decoded frames.
 
-    python -m spacetime.toyworld.eval [--quick] [--report weights/EVAL.md] [--sheet weights/contact_sheet.png]
+    python -m spacetime.toyworld.eval [--quick] [--report eval.md] [--sheet sheet.png]
     python -m spacetime.toyworld.eval --dit RUN/dit_ema.safetensors --parts extension,fill --json figures.json
 
 Held-out prompts use attribute combinations the training data never showed (see world.HELD_OUT_*) and wordings
 outside the caption templates. Measured: colour, shape, motion direction, left/right and above/below, object
 permanence through an occlusion, temporal stability, image-to-video first-frame PSNR, extension seam ratio
 (forward and backward), fill PSNR, and the wall time of a default generation including model load.
+Reports, sheets and JSON are new files: a path that exists stops the run before any work (remove the old
+weights/EVAL.md first to redo it).
 """
 from __future__ import annotations
 
@@ -312,9 +314,8 @@ def contact_sheet(samples: dict, path: Path, per_row: int = 6, scale: int = 2):
         im = Image.fromarray(row).resize((row.shape[1] * scale, row.shape[0] * scale), Image.NEAREST)
         sheet.paste(im, (0, k * h_row + 14))
         d.text((2, k * h_row + 1), prompt[:110], fill="black")
-    tmp = path.with_suffix(".tmp.png")
-    sheet.save(tmp)
-    tmp.replace(path)
+    from .drift import write_new
+    write_new(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 TARGETS = {"seen_color": 0.95, "seen_shape": 0.90, "seen_direction": 0.90, "seen_bounce_grow_shrink": 0.80,
@@ -374,19 +375,20 @@ def report_md(res: dict, timing: dict, preset: str, quick: bool) -> str:
 
 
 def main(argv=None):
-    from .drift import add_model_options, load_model
+    from .drift import add_model_options, load_model, refuse_existing, write_new
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(ap)
     ap.add_argument("--quick", action="store_true", help="fewer prompts and one seed")
     ap.add_argument("--parts", default=",".join(PARTS),
                     help=f"comma-separated parts to measure (default: all: {','.join(PARTS)})")
-    ap.add_argument("--report", type=Path, help="write a markdown report here")
-    ap.add_argument("--sheet", type=Path, help="write a PNG contact sheet here")
-    ap.add_argument("--json", type=Path, help="write the figures as JSON here")
+    ap.add_argument("--report", type=Path, help="write a markdown report to this new file")
+    ap.add_argument("--sheet", type=Path, help="write a PNG contact sheet to this new file")
+    ap.add_argument("--json", type=Path, help="write the figures as JSON to this new file")
     a = ap.parse_args(argv)
     parts = [x.strip() for x in a.parts.split(",") if x.strip()]
     if not parts or any(x not in PARTS for x in parts):
         ap.error(f"--parts {a.parts!r}: allowed a comma-separated choice of {', '.join(PARTS)}")
+    refuse_existing(ap, a)                  # reports never overwrite: an existing path stops here
     st = load_model(ap, a)                  # a missing --dit file stops here, before any work
     torch.set_num_threads(max(1, torch.get_num_threads()))
     timing = wall_time(a.preset, a.dit)
@@ -394,13 +396,13 @@ def main(argv=None):
     res, samples = evaluate(st, quick=a.quick, parts=parts)
     if a.report:
         label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
-        a.report.write_text(report_md(res, timing, label, a.quick))
+        write_new(a.report, report_md(res, timing, label, a.quick))
         print("report:", a.report)
     if a.sheet:
         contact_sheet(samples, a.sheet)
         print("contact sheet:", a.sheet)
     if a.json:
-        a.json.write_text(json.dumps({**{k: v for k, v in res.items() if k != "rows"}, **timing}, indent=1))
+        write_new(a.json, json.dumps({**{k: v for k, v in res.items() if k != "rows"}, **timing}, indent=1))
     return 0
 
 
