@@ -44,10 +44,19 @@ def test_parts_measure_only_what_is_asked_and_the_report_says_the_rest_was_not()
     assert res["left_right"] == 1.0 and res["above_below"] == 1.0
     assert not {"seen_color", "color", "permanence", "i2v_psnr", "seam", "fill_psnr"} & set(res)
     md = report_md(res, {"cold_s": 2.0, "warm_s": 1.0}, "toyworld", quick=True)
-    assert md.count("not measured") == 21 and "| left/right correctness | 100% | >= 90% | yes |" in md
+    assert md.count("not measured") == 21 and "| left/right correctness | 100% | 2 | >= 90% | yes |" in md
     deaf, _ = evaluate(Renderer(scene_from_prompt("a red ball moving right on a gray background")), quick=True,
                        log=lambda *_: None, parts=("pairs",))
     assert deaf["left_right"] == 0.0 and deaf["above_below"] == 0.0
+
+
+def test_full_evaluation_counts_its_samples_and_the_report_shows_them():
+    from spacetime.toyworld.eval import OCCLUSION, PAIRS, evaluate
+    res, _ = evaluate(Renderer(), log=lambda *_: None, parts=("pairs", "occlusion"))
+    assert res["n"] == {"left_right": 16, "above_below": 16, "permanence": 4 * len(OCCLUSION)} and len(PAIRS) == 8
+    assert res["left_right"] == res["above_below"] == res["permanence"] == 1.0
+    md = report_md(res, {"cold_s": 2.0, "warm_s": 1.0}, "toyworld", quick=False)
+    assert "| above/below correctness | 100% | 16 | >= 90% | yes |" in md
 
 
 def test_bad_parts_and_missing_dit_stop_before_any_work(tmp_path, capsys):

@@ -65,7 +65,7 @@ OCCLUSION = [
     ("a green block moving right behind a pillar on white", "green", "box", "moves right", "white"),
     ("a red disc moving left passes behind a pillar on sky blue", "red", "ball", "moves left", "sky blue"),
 ]
-# ground-truth scenes for image-to-video, extension and fill (held-out combinations)
+# ground-truth scenes for image-to-video, extension and fill (most of them held-out combinations)
 GT_SCENES = [
     Scene("beige", (Obj("triangle", "purple", "medium", "moves right", 0.25, 0.5),)),
     Scene("navy", (Obj("ball", "orange", "medium", "moves left", 0.75, 0.45),)),
@@ -73,8 +73,22 @@ GT_SCENES = [
     Scene("gray", (Obj("ball", "yellow", "large", "moves up", 0.45, 0.72),)),
     Scene("white", (Obj("box", "green", "medium", "moves left", 0.72, 0.55),)),
     Scene("sky blue", (Obj("triangle", "red", "medium", "moves right", 0.28, 0.4),)),
+    Scene("black", (Obj("ball", "yellow", "medium", "moves up", 0.4, 0.7),)),
+    Scene("beige", (Obj("box", "cyan", "medium", "moves right", 0.25, 0.45),)),
+    Scene("navy", (Obj("triangle", "purple", "medium", "moves left", 0.72, 0.5),)),
+    Scene("gray", (Obj("ball", "green", "medium", "moves left", 0.7, 0.4),)),
+    Scene("white", (Obj("ball", "orange", "medium", "moves down", 0.5, 0.3),)),
+    Scene("sky blue", (Obj("box", "blue", "medium", "moves up", 0.55, 0.7),)),
 ]
 DIRECTIONS = ("moves left", "moves right", "moves up", "moves down")
+
+
+def _put(res: dict, **rates) -> None:
+    """Store each metric's mean of its per-sample values (nan when none) and, in res["n"], how many samples it has."""
+    for key, vals in rates.items():
+        vals = [float(v) for v in vals]
+        res[key] = float(np.mean(vals)) if vals else float("nan")
+        res.setdefault("n", {})[key] = len(vals)
 
 
 def _track(a, color):
@@ -106,15 +120,14 @@ def evaluate_seen(st, quick=False, seeds=(0, 1), log=print) -> dict:
             rows.append((it.scene, score(v, it.scene)))
     single = [(sc, r) for sc, r in rows if sc.kind == "single"]
 
-    def rate(sel, key):
-        vals = [r[key] for _, r in sel if r.get(key) is not None]
-        return float(np.mean(vals)) if vals else float("nan")
-    res = {"seen_color": rate(single, "color"), "seen_shape": rate(single, "shape"),
-           "seen_direction": rate([x for x in single if x[0].main.motion in DIRECTIONS], "motion"),
-           "seen_bounce_grow_shrink": rate([x for x in single if x[0].main.motion in ("bounces", "grows", "shrinks")],
-                                           "motion"),
-           "seen_relation": rate([x for x in rows if x[0].kind == "pair"], "relation"),
-           "seen_all": rate(rows, "all"), "n_seen": len(rows)}
+    def vals(sel, key):
+        return [r[key] for _, r in sel if r.get(key) is not None]
+    res: dict = {}
+    _put(res, seen_color=vals(single, "color"), seen_shape=vals(single, "shape"),
+         seen_direction=vals([x for x in single if x[0].main.motion in DIRECTIONS], "motion"),
+         seen_bounce_grow_shrink=vals([x for x in single if x[0].main.motion in ("bounces", "grows", "shrinks")],
+                                      "motion"),
+         seen_relation=vals([x for x in rows if x[0].kind == "pair"], "relation"), seen_all=vals(rows, "all"))
     log(f"seen combinations: colour {res['seen_color']:.0%} shape {res['seen_shape']:.0%} direction "
         f"{res['seen_direction']:.0%} bounce/grow/shrink {res['seen_bounce_grow_shrink']:.0%} all {res['seen_all']:.0%}")
     return res
@@ -132,13 +145,14 @@ def evaluate(st, quick=False, seeds=(0, 1), log=print, parts=PARTS) -> tuple[dic
     samples: dict = {}
     res["rows"] = []
     seeds = seeds[:1] if quick else seeds
+    rel_seeds = seeds if quick else tuple(range(2 * len(seeds)))   # few prompts: 16 samples a relation, 24 occlusions
     gts = GT_SCENES[:3] if quick else GT_SCENES
     if "single" in parts:
         _eval_single(st, SINGLE[:8] if quick else SINGLE, seeds, res, samples, log)
     if "pairs" in parts:
-        _eval_pairs(st, PAIRS[:4] if quick else PAIRS, seeds, res, samples, log)
+        _eval_pairs(st, PAIRS[:4] if quick else PAIRS, rel_seeds, res, samples, log)
     if "occlusion" in parts:
-        _eval_occlusion(st, OCCLUSION[:3] if quick else OCCLUSION, seeds, res, samples, log)
+        _eval_occlusion(st, OCCLUSION[:3] if quick else OCCLUSION, rel_seeds, res, samples, log)
     if "i2v" in parts:
         _eval_i2v(st, gts, res, log)
     if "extension" in parts:
@@ -173,9 +187,8 @@ def _eval_single(st, single, seeds, res, samples, log):
             samples.setdefault(prompt, v)
     log(f"single-object prompts: colour {np.mean(color_ok):.0%} shape {np.mean(shape_ok):.0%} "
         f"direction {np.mean(dir_ok):.0%}")
-    res.update(color=float(np.mean(color_ok)), shape=float(np.mean(shape_ok)), direction=float(np.mean(dir_ok)),
-               motion=float(np.mean(motion_ok)), background=float(np.mean(bg_ok)),
-               stability=float(np.mean(stable_ok)), flicker=float(np.mean(flick)), n_single=len(color_ok))
+    _put(res, color=color_ok, shape=shape_ok, direction=dir_ok, motion=motion_ok, background=bg_ok,
+         stability=stable_ok, flicker=flick)
     res["rows"] = rows
 
 
@@ -190,7 +203,7 @@ def _eval_pairs(st, pairs, seeds, res, samples, log):
             (lr if rel in ("left of", "right of") else ab).append(ok)
             samples.setdefault(prompt, v)
     log(f"two-object prompts: left/right {np.mean(lr):.0%} above/below {np.mean(ab):.0%}")
-    res.update(left_right=float(np.mean(lr)), above_below=float(np.mean(ab)))
+    _put(res, left_right=lr, above_below=ab)
 
 
 def _eval_occlusion(st, occl, seeds, res, samples, log):
@@ -215,7 +228,7 @@ def _eval_occlusion(st, occl, seeds, res, samples, log):
             perm.append(ok)
             samples.setdefault(prompt, v)
     log(f"occlusion: permanence {np.mean(perm):.0%}")
-    res.update(permanence=float(np.mean(perm)))
+    _put(res, permanence=perm)
 
 
 def _eval_i2v(st, gts, res, log):
@@ -229,7 +242,7 @@ def _eval_i2v(st, gts, res, log):
         t = _track(analyse(v), sc.main.color)
         i2v_motion.append(t is not None and motion_of(t, 17) == sc.main.motion)
     log(f"image-to-video: first-frame PSNR {np.mean(i2v_psnr):.1f} dB, motion as prompted {np.mean(i2v_motion):.0%}")
-    res.update(i2v_psnr=float(np.mean(i2v_psnr)), i2v_motion=float(np.mean(i2v_motion)))
+    _put(res, i2v_psnr=i2v_psnr, i2v_motion=i2v_motion)
 
 
 def _eval_extension(st, gts, res, samples, log):
@@ -250,8 +263,7 @@ def _eval_extension(st, gts, res, samples, log):
             samples["extend forward: " + cap] = v
     log(f"extension seam ratio: forward {np.mean(fwd):.2f}, backward {np.mean(bwd):.2f}; motion continues "
         f"{np.mean(cont):.0%}")
-    res.update(seam_forward=float(np.mean(fwd)), seam_backward=float(np.mean(bwd)),
-               seam=float(np.mean(fwd + bwd)), extend_motion=float(np.mean(cont)))
+    _put(res, seam_forward=fwd, seam_backward=bwd, seam=fwd + bwd, extend_motion=cont)
 
 
 def _eval_fill(st, gts, res, log):
@@ -263,7 +275,7 @@ def _eval_fill(st, gts, res, log):
                  after=_frames_tensor(gt[-9:]))
         fills.append(np.mean([psnr(v[k], gt[k]) for k in range(9, 24)]))
     log(f"fill: PSNR on the missing frames {np.mean(fills):.1f} dB")
-    res.update(fill_psnr=float(np.mean(fills)))
+    _put(res, fill_psnr=fills)
 
 
 def _continues(new_frames, scene: Scene) -> bool:
@@ -337,7 +349,7 @@ def report_md(res: dict, timing: dict, preset: str, quick: bool) -> str:
              "Seen combinations (the probe's fixed prompts) and held-out prompts (attribute combinations never seen in "
              "training, free wording), fixed seeds, 64x64, 17 frames, sampling defaults of the preset. Figures from the "
              "decoded frames.", "",
-             "| metric | value | target | met |", "|---|---|---|---|"]
+             "| metric | value | samples | target | met |", "|---|---|---|---|---|"]
     rows = [("seen: object colour", "seen_color", "{:.0%}", ">= 95%"), ("seen: shape", "seen_shape", "{:.0%}", ">= 90%"),
             ("seen: motion direction", "seen_direction", "{:.0%}", ">= 90%"),
             ("seen: bounce / grow / shrink", "seen_bounce_grow_shrink", "{:.0%}", ">= 80%"),
@@ -360,14 +372,15 @@ def report_md(res: dict, timing: dict, preset: str, quick: bool) -> str:
             ("extension seam ratio, backward", "seam_backward", "{:.2f}", ""),
             ("extension seam ratio, both", "seam", "{:.2f}", "<= 1.5"),
             ("fill PSNR on missing frames", "fill_psnr", "{:.1f} dB", ">= 26 dB")]
+    n = res.get("n", {})
     for name, key, fmt, target in rows:
         if key in res:
-            lines.append(f"| {name} | {fmt.format(res[key])} | {target} | {mark(key, res[key])} |")
+            lines.append(f"| {name} | {fmt.format(res[key])} | {n.get(key, '')} | {target} | {mark(key, res[key])} |")
         else:
-            lines.append(f"| {name} | not measured | {target} | |")
-    lines.append(f"| default generation, 17 frames, 20 steps, CFG, incl. model load | {timing['cold_s']:.1f} s | "
+            lines.append(f"| {name} | not measured | | {target} | |")
+    lines.append(f"| default generation, 17 frames, 20 steps, CFG, incl. model load | {timing['cold_s']:.1f} s | 1 | "
                  f"<= 10 s | {mark('cold_s', timing['cold_s'])} |")
-    lines.append(f"| same, model already loaded | {timing['warm_s']:.1f} s | | |")
+    lines.append(f"| same, model already loaded | {timing['warm_s']:.1f} s | 1 | | |")
     if res.get("rows"):
         lines += ["", "Per-prompt results (single objects): prompt, seed, detected colour, shape, motion.", ""]
         lines += [f"- {p} (seed {s}): {c}, {sh}, {m}" for p, s, c, sh, m in res["rows"]]
