@@ -96,3 +96,20 @@ def test_contact_sheet_is_written_once_and_never_over_a_file(tmp_path):
     with pytest.raises(FileExistsError):
         contact_sheet(samples, path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["sheet.png"]
+
+
+def test_main_writes_the_report_and_json_once(tmp_path, monkeypatch):
+    import json
+    import pytest
+    from spacetime.toyworld import drift, eval as ev
+    monkeypatch.setattr(drift, "load_model", lambda ap, a: Renderer())
+    monkeypatch.setattr(ev, "wall_time", lambda preset, dit: {"cold_s": 2.0, "warm_s": 1.0})
+    report, figures = tmp_path / "eval.md", tmp_path / "eval.json"
+    args = ["--quick", "--parts", "pairs", "--report", str(report), "--json", str(figures)]
+    assert ev.main(args) == 0
+    assert "| left/right correctness | 100% | 2 | >= 90% | yes |" in report.read_text()
+    got = json.loads(figures.read_text())
+    assert got["left_right"] == 1.0 and got["n"]["left_right"] == 2 and got["cold_s"] == 2.0 and "rows" not in got
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.md"]
+    with pytest.raises(SystemExit):
+        ev.main(args)

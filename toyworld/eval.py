@@ -13,7 +13,6 @@ weights/EVAL.md first to redo it).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -388,7 +387,7 @@ def report_md(res: dict, timing: dict, preset: str, quick: bool) -> str:
 
 
 def main(argv=None):
-    from .drift import add_model_options, load_model, refuse_existing, write_new
+    from .drift import add_model_options, load_model, refuse_existing, write_reports
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(ap)
     ap.add_argument("--quick", action="store_true", help="fewer prompts and one seed")
@@ -407,15 +406,12 @@ def main(argv=None):
     timing = wall_time(a.preset, a.dit)
     print(f"default generation: {timing['cold_s']:.1f} s including model load, {timing['warm_s']:.1f} s warm")
     res, samples = evaluate(st, quick=a.quick, parts=parts)
-    if a.report:
-        label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
-        write_new(a.report, report_md(res, timing, label, a.quick))
-        print("report:", a.report)
+    label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
+    write_reports(a.report, lambda: report_md(res, timing, label, a.quick), a.json,
+                  {**{k: v for k, v in res.items() if k != "rows"}, **timing})
     if a.sheet:
         contact_sheet(samples, a.sheet)
         print("contact sheet:", a.sheet)
-    if a.json:
-        write_new(a.json, json.dumps({**{k: v for k, v in res.items() if k != "rows"}, **timing}, indent=1))
     return 0
 
 
