@@ -44,7 +44,7 @@ def test_parts_measure_only_what_is_asked_and_the_report_says_the_rest_was_not()
     assert res["left_right"] == 1.0 and res["above_below"] == 1.0
     assert not {"seen_color", "color", "permanence", "i2v_psnr", "seam", "fill_psnr"} & set(res)
     md = report_md(res, {"cold_s": 2.0, "warm_s": 1.0}, "toyworld", quick=True)
-    assert md.count("not measured") == 21 and "| left/right correctness | 100% | 2 | >= 90% | yes |" in md
+    assert md.count("not measured") == 22 and "| left/right correctness | 100% | 2 | >= 90% | yes |" in md
     deaf, _ = evaluate(Renderer(scene_from_prompt("a red ball moving right on a gray background")), quick=True,
                        log=lambda *_: None, parts=("pairs",))
     assert deaf["left_right"] == 0.0 and deaf["above_below"] == 0.0
@@ -113,3 +113,10 @@ def test_main_writes_the_report_and_json_once(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.md"]
     with pytest.raises(SystemExit):
         ev.main(args)
+
+
+def test_a_tail_extension_seam_lies_at_the_first_wholly_known_latent_frame():
+    from spacetime.toyworld.eval import known_from
+    # 17 known frames at 16..32 of a 33-frame clip: latent frame 4 (pixels 13-16) is generated, 5 (17-20) is known
+    assert known_from(16) == 17 and known_from(17) == 17 and known_from(13) == 13 and known_from(14) == 17
+    assert known_from(0) == 0 and known_from(1) == 1 and known_from(2) == 5 and known_from(6, tf=2) == 7
