@@ -90,6 +90,23 @@ def test_training_masks_always_leave_something_to_generate():
     assert sample_mask(5, rng, t2v_only=True)[0].sum() == 0 and sample_mask(1, rng)[0].sum() == 0
 
 
+def test_extension_masks_know_a_long_head_or_tail_and_leave_the_rest_to_generate():
+    from spacetime.toyworld.train_dit import sample_mask
+    rng = np.random.default_rng(1)
+    seen = {}
+    for _ in range(400):
+        m, kind = sample_mask(9, rng, extend_frac=1.0)
+        k = int(m.sum())
+        assert kind in ("extend_head", "extend_tail") and 4 <= k <= 8
+        run = m[:k] if kind == "extend_head" else m[9 - k:]
+        assert run.all() and m.sum() == k                    # one known run at the chosen end
+        seen.setdefault(kind, set()).add(k)
+    assert seen == {"extend_head": {4, 5, 6, 7, 8}, "extend_tail": {4, 5, 6, 7, 8}}
+    kinds = [sample_mask(9, rng, extend_frac=0.3)[1] for _ in range(1000)]
+    assert 0.25 < sum(k.startswith("extend") for k in kinds) / 1000 < 0.35
+    assert sample_mask(2, rng, extend_frac=1.0)[1] != "extend_head" and sample_mask(1, rng, extend_frac=1.0)[1] == "t2v"
+
+
 def test_training_noise_levels_follow_the_shift():
     import torch
     from spacetime.toyworld.train_dit import sample_sigma

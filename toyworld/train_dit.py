@@ -184,11 +184,21 @@ MASK_MIX = (("t2v", 0.45), ("i2v_head", 0.17), ("i2v_tail", 0.05), ("head", 0.10
             ("head_tail", 0.08), ("random", 0.07))
 
 
-def sample_mask(n: int, rng: np.random.Generator, t2v_only: bool = False) -> tuple[np.ndarray, str]:
-    """A per-latent-frame known mask (1 = known) for one training example, with at least one unknown frame."""
+def sample_mask(n: int, rng: np.random.Generator, t2v_only: bool = False,
+                extend_frac: float = 0.0) -> tuple[np.ndarray, str]:
+    """A per-latent-frame known mask (1 = known) for one training example, with at least one unknown frame.
+    ``extend_frac``: share of examples that continue a long known head or lead into a long known tail (half the
+    clip up to all but one latent frame: extending a clip, the task ``spacetime eval`` measures)."""
     m = np.zeros(n, np.float32)
     if t2v_only or n == 1:
         return m, "t2v"
+    if extend_frac > 0 and n > 2 and rng.random() < extend_frac:
+        k = int(rng.integers(max(1, n // 2), n))
+        if rng.random() < 0.5:
+            m[:k] = 1
+            return m, "extend_head"
+        m[n - k:] = 1
+        return m, "extend_tail"
     kinds, weights = zip(*MASK_MIX)
     kind = kinds[int(rng.choice(len(kinds), p=np.array(weights) / sum(weights)))]
     half = max(1, (n + 1) // 2)        # up to 5 of 9: a 17-frame clip extended by 16 frames
@@ -276,6 +286,7 @@ class DitRecipe:
     max_batch: int = 256
     story_frac: float = 0.0         # share of steps on multi-shot stories (``stories_dir``; after ``image_steps``)
     story_ref_frac: float = 0.5     # share of story steps that learn the reference modes instead of per-shot text
+    extend_frac: float = 0.0        # share of clip examples with a long known head or tail (see sample_mask)
     dit: dict = field(default_factory=lambda: config_to_dict(TOY_DIT))
 
     @classmethod
@@ -319,7 +330,7 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
     B = batch_size(r, cfg, Fp, *b.latents.shape[3:])
     idx = rng.integers(0, b.latents.shape[0], B)
     caps = [training_caption(b.scenes[i], rng, r.p_short) if rng.random() >= r.p_drop else "" for i in idx]
-    m = np.stack([sample_mask(Fp, rng, r.t2v_only)[0] for _ in range(B)])
+    m = np.stack([sample_mask(Fp, rng, r.t2v_only, r.extend_frac)[0] for _ in range(B)])
     return Batch(b.name, "image" if img_step else "video", b.latents[idx][:, :, :Fp].float(),
                  b.objects[idx][:, :Fp].float().div(255), m, caps)
 
