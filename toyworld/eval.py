@@ -275,10 +275,11 @@ def known_from(start: int, tf: int = 4) -> int:
     """The first pixel frame of the first latent frame that is wholly known when known pixel frames begin at
     ``start`` (latent frame 0 holds pixel frame 0, latent frame j >= 1 pixel frames tf*j-tf+1 .. tf*j): the frame
     before it was generated, so this is where a tail extension's seam lies."""
-    if start <= 0:
-        return 0
-    j = -(-(start + tf - 1) // tf)
-    return tf * j - tf + 1
+    from ..model.conditioning import slot_of, slot_pixels
+    j = slot_of(start, tf)
+    if slot_pixels(j, tf).start < start:          # start falls inside latent frame j: j is partly generated
+        j += 1
+    return slot_pixels(j, tf).start
 
 
 @torch.no_grad()
