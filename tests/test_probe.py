@@ -2,6 +2,7 @@
 pieces it depends on (object cells, captions cache, frame masks) must do what they say."""
 import numpy as np
 import pytest
+import torch
 
 from spacetime.toyworld.analysis import background_flatness, components, object_count
 from spacetime.toyworld.probe import HELD, SEEN, METRICS, score, summarize
@@ -196,3 +197,71 @@ def test_ship_rule_probes_both_sides_and_ships_only_the_better_weights(tmp_path,
     assert rec["probe_seeds"] == 2 and ship_score(rec["probe"]) > ship_score(worse_probe)
     assert rec["probe"]["mean"]["background"] >= 2 / 3
     assert torch.equal(read_state_dict(worse / DIT_FILE.name)["head.head.weight"], good["head.head.weight"])
+
+
+class _LatentsOf:
+    """A stand-in VAE: every 4th frame, 4x4 average-pooled (deterministic), remembering what it returned."""
+    device = torch.device("cpu")
+
+    def encode(self, x):
+        self.x0 = torch.nn.functional.avg_pool3d(x[:, :, ::4], (1, 4, 4))
+        return self.x0
+
+
+class _Captions:
+    """A stand-in text encoder that marks the first batch of captions it is given 1 and later ones 0."""
+
+    def __init__(self):
+        self.calls = []
+
+    def encode(self, captions):
+        self.calls.append(list(captions))
+        ctx = torch.full((len(captions), 3, 8), 1.0 if len(self.calls) == 1 else 0.0)
+        return ctx, torch.full((len(captions),), 3)
+
+
+def test_motion_word_gap_is_zero_for_a_text_blind_model_and_large_for_one_that_reads_the_word():
+    from spacetime.toyworld.probe import OPPOSITE_DIRECTION, motion_word_gap
+
+    class Blind(torch.nn.Linear):
+        def __call__(self, xs, t, ctx, lens):
+            return torch.zeros_like(xs)
+
+    vae, text = _LatentsOf(), _Captions()
+    gap = motion_word_gap(Blind(1, 1), vae, text, clips=6, sigmas=(0.9, 0.99))
+    assert set(gap) == {"t2v", "i2v"} and all(set(g) == {0.9, 0.99} for g in gap.values())
+    assert all(abs(v) < 1e-9 for g in gap.values() for v in g.values())
+    # the two caption lists name opposite directions in otherwise identical words
+    true, other = text.calls
+    for a, b in zip(true, other):
+        diff = [(x, y) for x, y in zip(a.split(), b.split()) if x != y]
+        assert len(a.split()) == len(b.split()) and len(diff) == 1
+        assert {w.strip(".") for w in diff[0]} in ({"right", "left"}, {"upward", "downward"})
+
+    class Reader(torch.nn.Linear):
+        """Fits the clip exactly with the true caption (marked 1), half-way with the other one."""
+        def __call__(self, xs, t, ctx, lens):
+            s = (t / 1000.0).clamp(min=1e-6)[:, None, :, None, None]
+            exact = (xs - vae.x0) / s
+            return exact if float(ctx[0, 0, 0]) == 1.0 else 0.5 * exact
+
+    vae, text = _LatentsOf(), _Captions()
+    gap = motion_word_gap(Reader(1, 1), vae, text, clips=6, sigmas=(0.9, 0.99))
+    assert all(v > 1e3 for g in gap.values() for v in g.values())
+    assert set(OPPOSITE_DIRECTION.values()) == set(OPPOSITE_DIRECTION)
+
+
+def test_mask_mix_replaces_the_default_mixture_and_rejects_unknown_kinds():
+    from spacetime.toyworld.train_dit import MASK_MIX, check_mask_mix, sample_mask
+    rng = np.random.default_rng(2)
+    kinds = [sample_mask(5, rng, mix={"i2v_head": 3.0, "t2v": 1.0}) for _ in range(800)]
+    assert {k for _, k in kinds} == {"i2v_head", "t2v"}
+    assert 0.70 < sum(k == "i2v_head" for _, k in kinds) / 800 < 0.80
+    assert all(m.tolist() == [1, 0, 0, 0, 0] for m, k in kinds if k == "i2v_head")
+    a, b = np.random.default_rng(4), np.random.default_rng(4)           # {} is the default mixture, draw for draw
+    assert [sample_mask(9, a, mix={})[1] for _ in range(50)] == [sample_mask(9, b)[1] for _ in range(50)]
+    assert check_mask_mix({}) == {} and check_mask_mix(dict(MASK_MIX)) == dict(MASK_MIX)
+    for bad, word in (({"sideways": 1.0}, "sideways"), ({"t2v": -1.0}, "weights"), ({"t2v": 0.0}, "weights"),
+                      ([1, 2], "mask_mix")):
+        with pytest.raises(ValueError, match=word):
+            check_mask_mix(bad)

@@ -232,3 +232,63 @@ def test_cli_story_stages(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         train.main(["shipped-vae", "--out", str(tmp_path / "vae")])
     assert "already holds a VAE" in capsys.readouterr().err
+
+
+def test_contrasting_captions_name_the_opposite_motion_in_the_same_words():
+    from spacetime.toyworld.captions import parse_prompt
+    from spacetime.toyworld.world import Obj, Scene
+    rng = np.random.default_rng(3)
+    scenes = [Scene("black", (Obj("ball", "red", "small", mo, 0.3, 0.5),)) for mo in
+              ("moves right", "moves up", "grows", "bounces")]
+    pair = Scene("black", (Obj("ball", "red", "small", "stays still", 0.3, 0.5),
+                           Obj("box", "blue", "small", "stays still", 0.7, 0.5)), relation="left of", kind="pair")
+    b = td.Bucket("64x64_5f", torch.zeros(4, 4, 2, 4, 4, dtype=torch.float16), torch.zeros(4, 2, 4, 4, dtype=torch.uint8), scenes)
+    r = td.DitRecipe(tokens=64, p_drop=0.0, image_frac=0.0, contrast=1.0, p_short=0.5)
+    checked = 0
+    for step in range(40):
+        bt = td.clip_batch([b], rng, r, TINY_DIT, step)
+        assert bt.negatives is not None and len(bt.negatives) == len(bt.captions)
+        for cap, neg in zip(bt.captions, bt.negatives):
+            assert neg is not None and neg != cap
+            assert cap.split()[:3] == neg.split()[:3]                 # the same object words
+            want = parse_prompt(cap)["objects"][0]["motion"]
+            assert parse_prompt(neg)["objects"][0]["motion"] == td.OPPOSITE_MOTION[want]
+            checked += 1
+    assert checked > 40
+    # a held-out combination never appears, not even as a contrasting caption
+    held = Scene("black", (Obj("ball", "green", "small", "moves right", 0.3, 0.5),))   # green moving left: held out
+    assert td.opposite_motion(held) is None and td.opposite_motion(pair) is None
+    # off by default: no second caption, the same random stream as before
+    bt = td.clip_batch([b], np.random.default_rng(0), td.DitRecipe(tokens=64, p_drop=0.0, image_frac=0.0),
+                       TINY_DIT, 0)
+    assert bt.negatives is None
+
+
+def test_contrast_hinge_charges_a_caption_blind_model_and_only_at_high_noise():
+    g = torch.Generator().manual_seed(2)
+    B, Fp = 4, 3
+    x0 = torch.randn(B, 4, Fp, 4, 4, generator=g)
+    objw = torch.rand(B, Fp, 4, 4, generator=g)
+    m = torch.zeros(B, Fp)
+    ctx = torch.randn(B, 7, 384, generator=g)
+    lens = torch.full((B,), 7)
+    noise = torch.randn(x0.shape, generator=g)
+    model = _model(1)
+    sigma = torch.tensor([0.9, 0.8, 0.3, 0.7])
+    plain = td.flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, 3.0)
+    rows = torch.tensor([0, 2, 3])
+    # the contrasting caption is the same caption: L_neg = L_true, the hinge is margin x L_true on rows >= min_sigma
+    same = td.flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, 3.0, negatives=(rows, ctx, lens),
+                        contrast=2.0, margin=0.25, min_sigma=0.5)
+    with torch.no_grad():
+        xs = (1 - sigma.view(B, 1, 1, 1, 1)) * x0 + sigma.view(B, 1, 1, 1, 1) * noise
+        v = model(xs, sigma[:, None].expand(B, Fp) * 1000, ctx, lens)
+        per = ((v - (noise - x0)) ** 2 * (1 + 2 * objw[:, None])).sum(dim=(1, 2, 3, 4)) / (4 * Fp * 16)
+    torch.testing.assert_close(same - plain, 2.0 * 0.25 * per[[0, 3]].mean(), atol=1e-5, rtol=1e-4)
+    # with no margin, a caption read exactly like the true one adds nothing; below min_sigma nothing is added
+    zero = td.flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, 3.0, negatives=(rows, ctx, lens),
+                        contrast=2.0, margin=0.0, min_sigma=0.5)
+    torch.testing.assert_close(zero, plain)
+    low = td.flow_loss(model, x0, objw, m, ctx, lens, sigma * 0 + 0.2, noise, 3.0, negatives=(rows, ctx, lens),
+                       contrast=2.0, margin=0.25, min_sigma=0.5)
+    torch.testing.assert_close(low, td.flow_loss(model, x0, objw, m, ctx, lens, sigma * 0 + 0.2, noise, 3.0))

@@ -16,6 +16,10 @@ see weights/MODEL_CARD.md):
 - **Noise levels where the sampler spends its steps.** ``sigma_shift`` moves the logit-normal training levels towards
   noise as the sampler's shift moves its schedule; where motion and the number of objects are decided (high noise),
   shift 3 trains about three times as often as none, and motion is learned sooner (``train all`` uses it).
+- **Captions that contrast.** ``contrast`` > 0 adds a hinge on clips of one object: the same noisy clip read with
+  the caption of the opposite motion (right <-> left, up <-> down, grows <-> shrinks, bounces <-> stays still) must
+  fit its target worse, by ``contrast_margin`` of the true caption's loss. Without it the flow loss alone left the
+  model blind to the direction word (swapping it changed the loss by under 0.5 % at every noise level).
 - Text embeddings of repeated captions are cached, so the text encoder does not dominate single-frame steps.
 
 With ``--stories DIR`` (``train_shots``) the ``story_frac`` share of the steps trains on multi-shot stories: per-shot
@@ -24,9 +28,10 @@ makes them.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -39,7 +44,7 @@ from ..model.dit import build_dit
 from ..model.embedded import TOY_DIT
 from ..model.loading import read_state_dict, write_safetensors_atomic
 from .runs import Checkpointer, StopOnSignal, clips_to_tensor, device_and_threads, lr_at
-from .world import Obj, Scene, random_clip, render
+from .world import Obj, Scene, is_held_out, random_clip, render
 
 TRAIN_SIZES = ((64, 64), (96, 64), (64, 96))
 # clips per bucket as fractions of the total: single frames are cheap and plentiful, clips teach motion
@@ -185,7 +190,7 @@ MASK_MIX = (("t2v", 0.45), ("i2v_head", 0.17), ("i2v_tail", 0.05), ("head", 0.10
 
 
 def sample_mask(n: int, rng: np.random.Generator, t2v_only: bool = False,
-                extend_frac: float = 0.0) -> tuple[np.ndarray, str]:
+                extend_frac: float = 0.0, mix: Optional[dict] = None) -> tuple[np.ndarray, str]:
     """A per-latent-frame known mask (1 = known) for one training example, with at least one unknown frame.
     ``extend_frac``: share of examples that continue a long known head or lead into a long known tail (half the
     clip up to all but one latent frame: extending a clip, the task ``spacetime eval`` measures)."""
@@ -199,7 +204,7 @@ def sample_mask(n: int, rng: np.random.Generator, t2v_only: bool = False,
             return m, "extend_head"
         m[n - k:] = 1
         return m, "extend_tail"
-    kinds, weights = zip(*MASK_MIX)
+    kinds, weights = zip(*(mix.items() if mix else MASK_MIX))
     kind = kinds[int(rng.choice(len(kinds), p=np.array(weights) / sum(weights)))]
     half = max(1, (n + 1) // 2)        # up to 5 of 9: a 17-frame clip extended by 16 frames
     if kind == "i2v_head":
@@ -218,6 +223,20 @@ def sample_mask(n: int, rng: np.random.Generator, t2v_only: bool = False,
     if m.all():
         m[int(rng.integers(1, n))] = 0
     return m, kind
+
+
+def check_mask_mix(mix: dict) -> dict:
+    """A recipe's ``mask_mix`` ({} = MASK_MIX), checked: known kinds, weights >= 0 with a positive sum."""
+    known = [k for k, _ in MASK_MIX]
+    if not isinstance(mix, dict):
+        raise ValueError(f"mask_mix={mix!r}: allowed a JSON object {{kind: weight}} with kinds from {known}")
+    bad = [k for k in mix if k not in known]
+    if bad:
+        raise ValueError(f"mask_mix kinds {bad}: allowed {known}")
+    w = [float(v) for v in mix.values()]
+    if mix and (min(w) < 0 or not sum(w) > 0 or not all(np.isfinite(w))):
+        raise ValueError(f"mask_mix weights {mix}: allowed finite weights >= 0 with a positive sum")
+    return mix
 
 
 def sample_sigma(b: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:
@@ -287,6 +306,10 @@ class DitRecipe:
     story_frac: float = 0.0         # share of steps on multi-shot stories (``stories_dir``; after ``image_steps``)
     story_ref_frac: float = 0.5     # share of story steps that learn the reference modes instead of per-shot text
     extend_frac: float = 0.0        # share of clip examples with a long known head or tail (see sample_mask)
+    mask_mix: dict = field(default_factory=dict)   # {kind: weight} for clip frame masks; {} = MASK_MIX
+    contrast: float = 0.0           # weight of the opposite-motion caption hinge (0 = off; see the module notes)
+    contrast_margin: float = 0.2    # the opposite caption's loss must exceed the true one's by this share
+    contrast_min_sigma: float = 0.5  # the hinge applies at noise levels from here (below, the clip shows its motion)
     dit: dict = field(default_factory=lambda: config_to_dict(TOY_DIT))
 
     @classmethod
@@ -307,6 +330,7 @@ class Batch:
     known: np.ndarray              # float32 [B, F']
     captions: list
     frame_shots: Optional[torch.Tensor] = None
+    negatives: Optional[list] = None   # per example: the caption of the opposite motion, or None (``contrast``)
 
 
 def batch_size(r: "DitRecipe", cfg: DiTConfig, frames: int, hp: int, wp: int) -> int:
@@ -329,10 +353,35 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
     Fp = 1 if img_step else b.frames
     B = batch_size(r, cfg, Fp, *b.latents.shape[3:])
     idx = rng.integers(0, b.latents.shape[0], B)
-    caps = [training_caption(b.scenes[i], rng, r.p_short) if rng.random() >= r.p_drop else "" for i in idx]
-    m = np.stack([sample_mask(Fp, rng, r.t2v_only, r.extend_frac)[0] for _ in range(B)])
+    caps, negs = [], []
+    for i in idx:
+        if rng.random() < r.p_drop:
+            caps.append("")
+            negs.append(None)
+            continue
+        opposite = opposite_motion(b.scenes[i]) if (r.contrast > 0 and not img_step) else None
+        twin = copy.deepcopy(rng) if opposite is not None else None     # the same wording, the other motion
+        caps.append(training_caption(b.scenes[i], rng, r.p_short))
+        negs.append(None if opposite is None else training_caption(opposite, twin, r.p_short))
+    m = np.stack([sample_mask(Fp, rng, r.t2v_only, r.extend_frac, r.mask_mix)[0] for _ in range(B)])
     return Batch(b.name, "image" if img_step else "video", b.latents[idx][:, :, :Fp].float(),
-                 b.objects[idx][:, :Fp].float().div(255), m, caps)
+                 b.objects[idx][:, :Fp].float().div(255), m, caps,
+                 negatives=negs if any(n is not None for n in negs) else None)
+
+
+OPPOSITE_MOTION = {"moves right": "moves left", "moves left": "moves right", "moves up": "moves down",
+                   "moves down": "moves up", "grows": "shrinks", "shrinks": "grows", "bounces": "stays still",
+                   "stays still": "bounces"}
+
+
+def opposite_motion(scene: Scene) -> Optional[Scene]:
+    """The scene of one object with the opposite motion (the contrasting caption's scene), or None for scenes of
+    another kind (pairs, occlusion, pans)."""
+    if scene.kind != "single" or len(scene.objects) != 1:
+        return None
+    o = scene.main
+    other = replace(scene, objects=(replace(o, motion=OPPOSITE_MOTION[o.motion]),))
+    return None if is_held_out(other) else other             # held-out captions stay out of training entirely
 
 
 def predict(model, xs: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, lens: torch.Tensor,
@@ -352,9 +401,14 @@ def predict(model, xs: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, lens: t
 
 def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx: torch.Tensor, lens: torch.Tensor,
               sigma: torch.Tensor, noise: torch.Tensor, obj_weight: float, bf16: bool = False,
-              frame_shots: Optional[torch.Tensor] = None) -> torch.Tensor:
+              frame_shots: Optional[torch.Tensor] = None, negatives: Optional[tuple] = None,
+              contrast: float = 0.0, margin: float = 0.2, min_sigma: float = 0.5) -> torch.Tensor:
     """Flow-matching loss of one batch: unknown frames (``m`` 0) noised to ``sigma``, known ones clean at timestep
-    0 without loss; object cells weigh ``obj_weight``, the sum is divided by the number of unknown cells."""
+    0 without loss; object cells weigh ``obj_weight``, the sum is divided by the number of unknown cells.
+
+    ``negatives`` (rows [K] long, their contrasting captions' ctx, lens) with ``contrast`` > 0 adds, for those rows
+    at ``sigma`` >= ``min_sigma``, ``contrast`` x relu(margin x L_true - (L_neg - L_true)) averaged over the rows,
+    where L is an example's weighted loss read with its own or with the contrasting caption."""
     B, Fp = m.shape
     Hp, Wp = x0.shape[3:]
     s5 = sigma.view(B, 1, 1, 1, 1)
@@ -366,7 +420,22 @@ def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx:
     err = (v.float() - (noise - x0)) ** 2
     w = (1 - known) * (1 + (obj_weight - 1) * objw[:, None])
     n_unknown = ((1 - known).sum() * x0.shape[1] * Hp * Wp).clamp(min=1)
-    return (err * w).sum() / n_unknown
+    loss = (err * w).sum() / n_unknown
+    if negatives is None or contrast <= 0:
+        return loss
+    rows, nctx, nlens = negatives
+    rows = rows[sigma[rows] >= min_sigma]
+    if rows.numel() == 0:
+        return loss
+    if frame_shots is not None:
+        raise ValueError("contrasting captions apply to one caption per example, not to per-shot text")
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        vn = predict(model, xs[rows], t[rows], nctx[rows], nlens[rows])
+    wr = w[rows]
+    cells = ((1 - known[rows]).sum(dim=(1, 2, 3, 4)) * x0.shape[1] * Hp * Wp).clamp(min=1)
+    l_true = (err[rows] * wr).sum(dim=(1, 2, 3, 4)) / cells
+    l_neg = ((vn.float() - (noise[rows] - x0[rows])) ** 2 * wr).sum(dim=(1, 2, 3, 4)) / cells
+    return loss + contrast * F.relu(margin * l_true - (l_neg - l_true)).mean()
 
 
 def _param_groups(model):
@@ -385,12 +454,13 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     summary."""
     from ..model.config import config_from_dict
     from ..model.text_encoders import load_minilm
-    from .probe import HELD, SEEN, probe_sheet, run_probe
+    from .probe import HELD, SEEN, motion_word_gap, probe_sheet, run_probe
     from .train_shots import load_stories, story_batch
     from .train_vae import load_trained_vae
     r = recipe
     if not 0.0 <= r.story_frac <= 1.0 or not 0.0 <= r.story_ref_frac <= 1.0:
         raise ValueError(f"story_frac={r.story_frac}, story_ref_frac={r.story_ref_frac}: allowed 0..1")
+    check_mask_mix(r.mask_mix)
     if r.story_frac > 0 and stories_dir is None:
         raise ValueError(f"story_frac={r.story_frac} needs encoded stories: pass stories_dir (--stories DIR, made "
                          f"by 'encode-stories')")
@@ -446,9 +516,13 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
                 ck.log({"step": step, "mode": "image" if frames == 1 else "video", "set": name, **s}, "probe.jsonl")
                 summary[f"{'image' if frames == 1 else 'video'}/{name}"] = s
             probe_sheet([v for vs in clips.values() for v in vs], Path(out) / f"probe_{frames}f.png")
+        gap = motion_word_gap(ema, vae, text.enc)
+        ck.log({"step": step, "mode": "motion_word_gap", **{f"{k}@{s:g}": v for k, d in gap.items()
+                                                            for s, v in d.items()}}, "probe.jsonl")
         _plot_probe(ck)
         line = " ".join(f"{k}: all {v['all']:.0%} col {v['color']:.0%} shp {v['shape']:.0%}" +
                         (f" mot {v['motion']:.0%}" if "motion" in v else "") for k, v in summary.items())
+        line += " motion word gap (i2v) " + " ".join(f"{g:+.1f}%" for g in gap["i2v"].values())
         print(f"probe @ {step} ({time.time() - tp:.0f}s): {line}", flush=True)
 
     step = start - 1                                        # the last step done
@@ -467,7 +541,13 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, r.steps, r.lr, warmup=r.warmup)
             fs = None if bt.frame_shots is None else bt.frame_shots.to(dev)
-            loss = flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, r.obj_weight, use_bf16, fs)
+            negs = None
+            if bt.negatives is not None and r.contrast > 0:
+                rows = [i for i, n in enumerate(bt.negatives) if n is not None]
+                nctx, nlens = text([bt.negatives[i] if bt.negatives[i] is not None else "" for i in range(B)], dev)
+                negs = (torch.tensor(rows, device=dev), nctx, nlens)
+            loss = flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, r.obj_weight, use_bf16, fs, negs,
+                             r.contrast, r.contrast_margin, r.contrast_min_sigma)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -510,6 +590,11 @@ def _plot_probe(ck: Checkpointer):
             ("video", "seen"): ("color", "motion", "all"), ("video", "held"): ("color", "all")}
     series = {}
     for r in rows:
+        if r["mode"] == "motion_word_gap":
+            for k in ("i2v@0.99", "t2v@0.95"):
+                if k in r:
+                    series.setdefault(f"motion word gap {k} (x0.01)", []).append((r["step"], r[k] / 100.0))
+            continue
         for m in keep.get((r["mode"], r["set"]), ("all",)):
             if m in r:
                 series.setdefault(f"{r['mode']}/{r['set']}/{m}", []).append((r["step"], r[m]))
