@@ -292,3 +292,23 @@ def test_contrast_hinge_charges_a_caption_blind_model_and_only_at_high_noise():
     low = td.flow_loss(model, x0, objw, m, ctx, lens, sigma * 0 + 0.2, noise, 3.0, negatives=(rows, ctx, lens),
                        contrast=2.0, margin=0.25, min_sigma=0.5)
     torch.testing.assert_close(low, td.flow_loss(model, x0, objw, m, ctx, lens, sigma * 0 + 0.2, noise, 3.0))
+
+
+def test_probe_sets_none_logs_only_the_motion_word_gap(run, tmp_path, monkeypatch):
+    from spacetime.toyworld import probe as pr
+    gaps = []
+
+    def fake_gap(dit, vae, text_encoder, **k):
+        gaps.append(type(dit).__name__)
+        return {"t2v": {0.99: 0.5}, "i2v": {0.99: 12.0}}
+
+    def no_probe(*a, **k):
+        raise AssertionError("probe_sets='none' must not generate probe prompts")
+    monkeypatch.setattr(pr, "motion_word_gap", fake_gap)
+    monkeypatch.setattr(pr, "run_probe", no_probe)
+    r = td.DitRecipe(steps=6, tokens=256, warmup=2, probe_every=3, probe_sets="none", dit=config_to_dict(TINY_DIT),
+                     max_batch=8)
+    td.train_dit(run / "data", run / "vae", tmp_path, r)
+    rows = [json.loads(line) for line in (tmp_path / "probe.jsonl").read_text().splitlines()]
+    assert len(gaps) == 2 and [x["step"] for x in rows] == [3, 6]
+    assert all(x["mode"] == "motion_word_gap" and x["i2v@0.99"] == 12.0 for x in rows)

@@ -298,7 +298,7 @@ class DitRecipe:
     p_short: float = 0.25           # share of short, user-style captions
     probe_every: int = 500
     probe_video: bool = True        # probe 17-frame clips as well as single frames
-    probe_sets: str = "seen,held"
+    probe_sets: str = "seen,held"    # "" or "none": only the motion word gap (seconds instead of minutes)
     bf16: bool = False              # bf16 autocast (default on CUDA)
     time_limit: float = 0.0         # seconds; stop (and save) after this long, resume later
     seed: int = 0
@@ -500,7 +500,8 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
             model.load_state_dict({k: v.float() for k, v in sd.items()})
             print(f"warm start from {init}", flush=True)
         ema.load_state_dict(model.state_dict())
-    sets = probe_items or {k: {"seen": SEEN, "held": HELD}[k] for k in r.probe_sets.split(",")}
+    sets = probe_items or {k: {"seen": SEEN, "held": HELD}[k] for k in r.probe_sets.split(",")
+                           if k not in ("", "none")}
     use_bf16 = r.bf16 or dev.type == "cuda"
     rng = np.random.default_rng([r.seed, start])
     gen = torch.Generator().manual_seed(r.seed * 7919 + start)
@@ -508,7 +509,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
 
     def probe(step):
         nonlocal summary
-        modes = [1] + ([17] if r.probe_video else [])
+        modes = ([1] + ([17] if r.probe_video else [])) if sets else []
         tp = time.time()
         for frames in modes:
             res, clips = run_probe(ema, vae, text.enc, frames=frames, sets=sets)
