@@ -312,3 +312,36 @@ def test_probe_sets_none_logs_only_the_motion_word_gap(run, tmp_path, monkeypatc
     rows = [json.loads(line) for line in (tmp_path / "probe.jsonl").read_text().splitlines()]
     assert len(gaps) == 2 and [x["step"] for x in rows] == [3, 6]
     assert all(x["mode"] == "motion_word_gap" and x["i2v@0.99"] == 12.0 for x in rows)
+
+
+def test_motion_boost_draws_clips_that_move_left_right_up_or_down():
+    from spacetime.model.config import config_from_dict
+    from spacetime.toyworld.world import sample_scene
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(rng, "single", True) for _ in range(64)]
+    moving = np.array([s.main.motion in td.DIRECTIONS for s in scenes])
+    assert 0 < moving.sum() < len(scenes) / 2
+    lat = torch.arange(64, dtype=torch.float16).view(64, 1, 1, 1, 1).expand(64, 16, 3, 4, 4).contiguous()
+    b = td.Bucket("64x64_9f", lat, torch.zeros(64, 3, 4, 4, dtype=torch.uint8), scenes)
+    cfg = config_from_dict(DiTConfig, config_to_dict(TINY_DIT))
+
+    def share(boost):
+        r = td.DitRecipe(tokens=1024, image_frac=0.0, motion_boost=boost, max_batch=64)
+        idx = [bt.x0[:, 0, 0, 0, 0].long() for bt in (td.clip_batch([b], rng, r, cfg, s) for s in range(20))]
+        return float(moving[torch.cat(idx).numpy()].mean())
+    plain, boosted = share(0.0), share(50.0)
+    assert abs(plain - moving.mean()) < 0.1 and boosted > 0.9, (plain, boosted)
+
+
+def test_text_lr_mult_gives_the_caption_path_its_own_rate():
+    model = _model(1)
+    plain = td._param_groups(model)
+    assert [g["weight_decay"] for g in plain] == [0.01, 0.0] and all(g["lr_mult"] == 1.0 for g in plain)
+    assert sum(len(g["params"]) for g in plain) == len(list(model.parameters()))
+    groups = td._param_groups(model, 4.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert len(groups) == 4 and sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    for g in groups:
+        text = [(names[id(p)].startswith("text_embedding.") or ".cross_attn." in names[id(p)]) for p in g["params"]]
+        assert all(text) if g["lr_mult"] == 4.0 else not any(text)
+    assert {g["lr_mult"] for g in groups} == {1.0, 4.0}

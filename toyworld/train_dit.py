@@ -310,6 +310,8 @@ class DitRecipe:
     contrast: float = 0.0           # weight of the opposite-motion caption hinge (0 = off; see the module notes)
     contrast_margin: float = 0.2    # the opposite caption's loss must exceed the true one's by this share
     contrast_min_sigma: float = 0.5  # the hinge applies at noise levels from here (below, the clip shows its motion)
+    motion_boost: float = 0.0       # clip steps draw clips whose object moves left/right/up/down 1 + this times as often
+    text_lr_mult: float = 1.0       # learning rate multiplier of the caption's path (text embedding, cross-attention)
     dit: dict = field(default_factory=lambda: config_to_dict(TOY_DIT))
 
     @classmethod
@@ -352,7 +354,11 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
     b = data[bi]
     Fp = 1 if img_step else b.frames
     B = batch_size(r, cfg, Fp, *b.latents.shape[3:])
-    idx = rng.integers(0, b.latents.shape[0], B)
+    if r.motion_boost > 0 and not img_step:
+        w = 1.0 + r.motion_boost * _directional(b)
+        idx = rng.choice(b.latents.shape[0], B, p=w / w.sum())
+    else:
+        idx = rng.integers(0, b.latents.shape[0], B)
     caps, negs = [], []
     for i in idx:
         if rng.random() < r.p_drop:
@@ -367,6 +373,18 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
     return Batch(b.name, "image" if img_step else "video", b.latents[idx][:, :, :Fp].float(),
                  b.objects[idx][:, :Fp].float().div(255), m, caps,
                  negatives=negs if any(n is not None for n in negs) else None)
+
+
+DIRECTIONS = ("moves right", "moves left", "moves up", "moves down")
+_DIRECTIONAL: dict = {}
+
+
+def _directional(b) -> np.ndarray:
+    """1.0 for the clips of a bucket whose scene has an object moving left, right, up or down, else 0 (cached)."""
+    key = (id(b), len(b.scenes))
+    if key not in _DIRECTIONAL:
+        _DIRECTIONAL[key] = np.array([float(any(o.motion in DIRECTIONS for o in s.objects)) for s in b.scenes])
+    return _DIRECTIONAL[key]
 
 
 OPPOSITE_MOTION = {"moves right": "moves left", "moves left": "moves right", "moves up": "moves down",
@@ -438,11 +456,17 @@ def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx:
     return loss + contrast * F.relu(margin * l_true - (l_neg - l_true)).mean()
 
 
-def _param_groups(model):
-    decay, no_decay = [], []
+def _param_groups(model, text_lr_mult: float = 1.0):
+    """AdamW groups: weight decay on matrices only; with ``text_lr_mult`` != 1 the caption's path (text embedding,
+    cross-attention) gets groups of its own whose ``lr_mult`` scales the schedule's rate."""
+    groups: dict = {}
     for n, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "modulation" not in n else no_decay).append(p)
-    return [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = p.dim() >= 2 and "modulation" not in n
+        text = text_lr_mult != 1.0 and (n.startswith("text_embedding.") or ".cross_attn." in n)
+        g = groups.setdefault((text, decay), {"params": [], "weight_decay": 0.01 if decay else 0.0,
+                                              "lr_mult": text_lr_mult if text else 1.0})
+        g["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
 def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init: Optional[Path] = None,
@@ -482,7 +506,8 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     model = build_dit(cfg).to(dev).train()
     ema = build_dit(cfg).to(dev).eval().requires_grad_(False)
     text = CachedText(load_minilm(device=dev))
-    opt = torch.optim.AdamW(_param_groups(model), lr=r.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(_param_groups(model, r.text_lr_mult), lr=r.lr, betas=(0.9, 0.98))
+    lr_mults = [g["lr_mult"] for g in opt.param_groups]     # before a resumed state replaces the groups' settings
     start = 0
     summary: dict = {}
     state = ck.load()
@@ -539,8 +564,8 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
             m = torch.from_numpy(bt.known).to(dev)
             sigma = sample_sigma(B, gen, r.sigma_shift).to(dev)
             noise = torch.randn(x0.shape, generator=gen).to(dev)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, r.steps, r.lr, warmup=r.warmup)
+            for g, mult in zip(opt.param_groups, lr_mults):
+                g["lr"] = lr_at(step, r.steps, r.lr, warmup=r.warmup) * mult
             fs = None if bt.frame_shots is None else bt.frame_shots.to(dev)
             negs = None
             if bt.negatives is not None and r.contrast > 0:
