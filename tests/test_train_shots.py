@@ -345,3 +345,15 @@ def test_text_lr_mult_gives_the_caption_path_its_own_rate():
         text = [(names[id(p)].startswith("text_embedding.") or ".cross_attn." in names[id(p)]) for p in g["params"]]
         assert all(text) if g["lr_mult"] == 4.0 else not any(text)
     assert {g["lr_mult"] for g in groups} == {1.0, 4.0}
+
+
+def test_resuming_with_another_text_lr_mult_is_refused(run, tmp_path):
+    r = td.DitRecipe(steps=3, tokens=256, warmup=1, probe_every=0, dit=config_to_dict(TINY_DIT), max_batch=8,
+                     text_lr_mult=3.0)
+    td.train_dit(run / "data", run / "vae", tmp_path, r)
+    td.train_dit(run / "data", run / "vae", tmp_path, td.DitRecipe(**{**r.__dict__, "steps": 4}))   # same: resumes
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["step"] == 4 and len(state["opt"]["param_groups"]) == 4
+    with pytest.raises(ValueError, match=r"text_lr_mult=1.0: the run in .* was started with another text_lr_mult"):
+        td.train_dit(run / "data", run / "vae", tmp_path, td.DitRecipe(**{**r.__dict__, "steps": 5,
+                                                                         "text_lr_mult": 1.0}))

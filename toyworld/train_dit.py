@@ -512,6 +512,10 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     summary: dict = {}
     state = ck.load()
     if state is not None:
+        if len(state["opt"]["param_groups"]) != len(opt.param_groups):
+            raise ValueError(f"text_lr_mult={r.text_lr_mult}: the run in {out} was started with "
+                             f"{'text_lr_mult 1' if len(opt.param_groups) > 2 else 'another text_lr_mult'}; "
+                             "resume it with the value it was started with, or give a new --out")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
