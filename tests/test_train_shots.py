@@ -316,10 +316,10 @@ def test_probe_sets_none_logs_only_the_motion_word_gap(run, tmp_path, monkeypatc
 
 def test_motion_boost_draws_clips_that_move_left_right_up_or_down():
     from spacetime.model.config import config_from_dict
-    from spacetime.toyworld.world import sample_scene
+    from spacetime.toyworld.world import DIRECTIONS, sample_scene
     rng = np.random.default_rng(0)
     scenes = [sample_scene(rng, "single", True) for _ in range(64)]
-    moving = np.array([s.main.motion in td.DIRECTIONS for s in scenes])
+    moving = np.array([s.main.motion in DIRECTIONS for s in scenes])
     assert 0 < moving.sum() < len(scenes) / 2
     lat = torch.arange(64, dtype=torch.float16).view(64, 1, 1, 1, 1).expand(64, 16, 3, 4, 4).contiguous()
     b = td.Bucket("64x64_9f", lat, torch.zeros(64, 3, 4, 4, dtype=torch.uint8), scenes)

@@ -21,7 +21,7 @@ import torch
 
 from .analysis import analyse, flicker, motion_of, psnr, relation_of, seam_ratio
 from .captions import detailed_caption
-from .world import Obj, Scene, render
+from .world import DIRECTIONS, Obj, Scene, render
 
 # (prompt, expected) -- expected: kind, color, shape, motion or relation (+ second color), background
 SINGLE = [
@@ -79,7 +79,6 @@ GT_SCENES = [
     Scene("white", (Obj("ball", "orange", "medium", "moves down", 0.5, 0.3),)),
     Scene("sky blue", (Obj("box", "blue", "medium", "moves up", 0.55, 0.7),)),
 ]
-DIRECTIONS = ("moves left", "moves right", "moves up", "moves down")
 
 
 def _put(res: dict, **rates) -> None:

@@ -32,6 +32,7 @@ import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
@@ -44,7 +45,7 @@ from ..model.dit import build_dit
 from ..model.embedded import TOY_DIT
 from ..model.loading import read_state_dict, write_safetensors_atomic
 from .runs import Checkpointer, StopOnSignal, clips_to_tensor, device_and_threads, lr_at
-from .world import Obj, Scene, is_held_out, random_clip, render
+from .world import DIRECTIONS, Obj, Scene, is_held_out, random_clip, render
 
 TRAIN_SIZES = ((64, 64), (96, 64), (64, 96))
 # clips per bucket as fractions of the total: single frames are cheap and plentiful, clips teach motion
@@ -153,6 +154,11 @@ class Bucket:
     @property
     def frames(self) -> int:
         return self.latents.shape[2]
+
+    @cached_property
+    def directional(self) -> np.ndarray:
+        """1.0 for the clips whose scene has an object moving left, right, up or down, else 0."""
+        return np.array([float(any(o.motion in DIRECTIONS for o in s.objects)) for s in self.scenes])
 
 
 _KINDS = {"clips": ("--data", "encode"), "stories": ("--stories", "encode-stories")}
@@ -355,7 +361,7 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
     Fp = 1 if img_step else b.frames
     B = batch_size(r, cfg, Fp, *b.latents.shape[3:])
     if r.motion_boost > 0 and not img_step:
-        w = 1.0 + r.motion_boost * _directional(b)
+        w = 1.0 + r.motion_boost * b.directional
         idx = rng.choice(b.latents.shape[0], B, p=w / w.sum())
     else:
         idx = rng.integers(0, b.latents.shape[0], B)
@@ -373,18 +379,6 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
     return Batch(b.name, "image" if img_step else "video", b.latents[idx][:, :, :Fp].float(),
                  b.objects[idx][:, :Fp].float().div(255), m, caps,
                  negatives=negs if any(n is not None for n in negs) else None)
-
-
-DIRECTIONS = ("moves right", "moves left", "moves up", "moves down")
-_DIRECTIONAL: dict = {}
-
-
-def _directional(b) -> np.ndarray:
-    """1.0 for the clips of a bucket whose scene has an object moving left, right, up or down, else 0 (cached)."""
-    key = (id(b), len(b.scenes))
-    if key not in _DIRECTIONAL:
-        _DIRECTIONAL[key] = np.array([float(any(o.motion in DIRECTIONS for o in s.objects)) for s in b.scenes])
-    return _DIRECTIONAL[key]
 
 
 OPPOSITE_MOTION = {"moves right": "moves left", "moves left": "moves right", "moves up": "moves down",

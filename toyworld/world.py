@@ -24,7 +24,8 @@ BACKGROUNDS = {
     "sky blue": (135, 190, 235), "beige": (226, 211, 176),
 }
 SIZES = {"small": 0.16, "medium": 0.24, "large": 0.34}
-MOTIONS = ("moves left", "moves right", "moves up", "moves down", "stays still", "bounces", "grows", "shrinks")
+DIRECTIONS = ("moves left", "moves right", "moves up", "moves down")     # the motions across the frame
+MOTIONS = DIRECTIONS + ("stays still", "bounces", "grows", "shrinks")
 RELATIONS = ("left of", "right of", "above", "below")
 PANS = ("pan left", "pan right")
 PILLAR_COLOR = (92, 64, 44)          # a brown pillar, distinct from every object colour
