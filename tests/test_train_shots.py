@@ -354,6 +354,27 @@ def test_resuming_with_another_text_lr_mult_is_refused(run, tmp_path):
     td.train_dit(run / "data", run / "vae", tmp_path, td.DitRecipe(**{**r.__dict__, "steps": 4}))   # same: resumes
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert state["step"] == 4 and len(state["opt"]["param_groups"]) == 4
+    with pytest.raises(ValueError, match=r"text_lr_mult=1.0 \(the run: 3.0\)"):
+        td.train_dit(run / "data", run / "vae", tmp_path, td.DitRecipe(**{**r.__dict__, "steps": 5,
+                                                                         "text_lr_mult": 1.0}))
+    (tmp_path / "recipe.json").unlink()     # a run folder without its recipe: the optimiser's groups still tell
     with pytest.raises(ValueError, match=r"text_lr_mult=1.0: the run in .* was started with another text_lr_mult"):
         td.train_dit(run / "data", run / "vae", tmp_path, td.DitRecipe(**{**r.__dict__, "steps": 5,
                                                                          "text_lr_mult": 1.0}))
+
+
+def test_resuming_with_another_recipe_is_refused_before_training(run, tmp_path):
+    r = td.DitRecipe(steps=2, tokens=256, warmup=1, probe_every=0, dit=config_to_dict(TINY_DIT), max_batch=8,
+                     mask_mix={"t2v": 1.0})
+    td.train_dit(run / "data", run / "vae", tmp_path, r)
+    saved = (tmp_path / "recipe.json").read_text()
+    for change in ({"lr": 1e-3}, {"seed": 5}, {"mask_mix": {"t2v": 0.5, "i2v_head": 0.5}}):
+        with pytest.raises(ValueError, match=rf"{next(iter(change))}=.* \(the run: .*\).* may change"):
+            td.train_dit(run / "data", run / "vae", tmp_path, td.DitRecipe(**{**r.__dict__, **change, "steps": 3}))
+        assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 2
+        assert (tmp_path / "recipe.json").read_text() == saved          # the run's recipe is not replaced
+    # a longer run, probed otherwise, with a time limit: the same run, resumed
+    td.train_dit(run / "data", run / "vae", tmp_path, td.DitRecipe(**{**r.__dict__, "steps": 3, "time_limit": 600.0,
+                                                                     "max_batch": 4}))
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 3
+    assert json.loads((tmp_path / "recipe.json").read_text())["steps"] == 3

@@ -341,6 +341,28 @@ class Batch:
     negatives: Optional[list] = None   # per example: the caption of the opposite motion, or None (``contrast``)
 
 
+# Fields a resumed run may change: its length, how often and what it probes, and how it fits the machine.
+RESUME_MAY_CHANGE = ("steps", "probe_every", "probe_video", "probe_sets", "bf16", "time_limit", "max_batch")
+
+
+def check_resume_recipe(out: Path, r: "DitRecipe") -> None:
+    """Refuse to resume the run in ``out`` with a recipe that differs from the one it was started with (its
+    ``recipe.json``) in anything but ``RESUME_MAY_CHANGE``: the optimiser state, the data position and the learning
+    rate schedule belong to that recipe. A run folder without ``recipe.json`` is not checked."""
+    saved_path = Path(out) / "recipe.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    now = json.loads(json.dumps(asdict(r)))          # the same JSON types as the saved file
+    changed = [f"{k}={now[k]!r} (the run: {saved[k]!r})" for k in now
+               if k in saved and k not in RESUME_MAY_CHANGE and now[k] != saved[k]]
+    if changed:
+        raise ValueError(f"the run in {out} was started with another recipe: {', '.join(changed)}. Resume it with "
+                         f"the values in its recipe.json (only {', '.join(RESUME_MAY_CHANGE)} may change), or "
+                         f"give a new --out and --init {Path(out) / 'dit_ema.safetensors'} to start a new stage "
+                         f"from it")
+
+
 def batch_size(r: "DitRecipe", cfg: DiTConfig, frames: int, hp: int, wp: int) -> int:
     n_tok = frames * (hp // cfg.patch_size[1]) * (wp // cfg.patch_size[2])
     return int(np.clip(r.tokens // n_tok, 2, r.max_batch))
@@ -484,6 +506,8 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
                          f"by 'encode-stories')")
     dev = device_and_threads()
     ck = Checkpointer(out)
+    if (Path(out) / "state.pt").exists():
+        check_resume_recipe(Path(out), r)
     (Path(out) / "recipe.json").write_text(json.dumps(asdict(r), indent=1))
     cfg = config_from_dict(DiTConfig, r.dit)
     data = load_dataset(data_dir)
