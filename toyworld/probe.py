@@ -21,7 +21,8 @@ import torch
 
 from .analysis import analyse, background_flatness, motion_of, object_count, relation_of
 from .captions import expand_prompt
-from .world import BACKGROUNDS, COLORS, MOTIONS, SHAPES, Obj, Scene, is_held_out, visible_on
+from .world import (BACKGROUNDS, COLORS, DIRECTIONS, MOTIONS, OPPOSITE_MOTION, SHAPES, Obj, Scene, is_held_out,
+                    visible_on)
 
 METRICS = ("drawn", "color", "shape", "background", "count", "motion", "relation", "all")
 
@@ -220,8 +221,7 @@ def probe_sheet(clips: Sequence[np.ndarray], path: Path, cols: int = 8, scale: i
 # Does the model read the motion word? (a loss-level check, seconds instead of a generation probe)
 # ----------------------------------------------------------------------------------------------------------------------
 
-OPPOSITE_DIRECTION = {"moves right": "moves left", "moves left": "moves right", "moves up": "moves down",
-                      "moves down": "moves up"}
+OPPOSITE_DIRECTION = {m: OPPOSITE_MOTION[m] for m in DIRECTIONS}
 
 
 def motion_word_gap(dit, vae, text_encoder, clips: int = 48, sigmas: Sequence[float] = (0.85, 0.95, 0.99),

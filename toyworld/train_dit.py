@@ -45,7 +45,7 @@ from ..model.dit import build_dit
 from ..model.embedded import TOY_DIT
 from ..model.loading import read_state_dict, write_safetensors_atomic
 from .runs import Checkpointer, StopOnSignal, clips_to_tensor, device_and_threads, lr_at
-from .world import DIRECTIONS, Obj, Scene, is_held_out, random_clip, render
+from .world import DIRECTIONS, OPPOSITE_MOTION, Obj, Scene, is_held_out, random_clip, render
 
 TRAIN_SIZES = ((64, 64), (96, 64), (64, 96))
 # clips per bucket as fractions of the total: single frames are cheap and plentiful, clips teach motion
@@ -401,11 +401,6 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
     return Batch(b.name, "image" if img_step else "video", b.latents[idx][:, :, :Fp].float(),
                  b.objects[idx][:, :Fp].float().div(255), m, caps,
                  negatives=negs if any(n is not None for n in negs) else None)
-
-
-OPPOSITE_MOTION = {"moves right": "moves left", "moves left": "moves right", "moves up": "moves down",
-                   "moves down": "moves up", "grows": "shrinks", "shrinks": "grows", "bounces": "stays still",
-                   "stays still": "bounces"}
 
 
 def opposite_motion(scene: Scene) -> Optional[Scene]:
