@@ -52,6 +52,32 @@ def test_training_sampler_excludes_held_out_combinations():
     assert HELD_OUT_SHAPE_COLOR and HELD_OUT_COLOR_MOTION
 
 
+def test_free_start_hides_the_direction_from_the_first_frame():
+    """By default a mover starts at the edge it moves away from, so its first frame tells its direction; with
+    free_start the start positions of opposite directions overlap, and a mover may leave the frame."""
+    def starts(free):
+        rng = np.random.default_rng(1)
+        got: dict = {}
+        for _ in range(600):
+            o = sample_scene(rng, "single", True, free_start=free).main
+            if o.motion in ("moves left", "moves right"):
+                got.setdefault(o.motion, []).append(o.x)
+            elif o.motion in ("moves up", "moves down"):
+                got.setdefault(o.motion, []).append(o.y)
+        return {k: np.array(v) for k, v in got.items()}
+    edge, free = starts(False), starts(True)
+    assert edge["moves right"].max() < 0.5 < edge["moves left"].min()          # the default: separable at 0.5
+    assert edge["moves down"].max() < 0.5 < edge["moves up"].min()
+    for m in ("moves left", "moves right", "moves up", "moves down"):
+        assert 0.2 <= free[m].min() < 0.35 and 0.65 < free[m].max() <= 0.8, m  # the whole range, either way
+        assert 0.4 < free[m].mean() < 0.6, m
+    clip = render(Scene("black", (Obj("ball", "red", "small", "moves right", 0.75, 0.5),)), 33, 64, 64)
+    red = (np.abs(clip.frames.astype(int) - np.array(COLORS["red"])).sum(-1) < 30).sum((1, 2))
+    assert red[0] > 10 and red[-1] == 0 and clip.centers[-1, 0, 0] > 64              # it leaves the frame
+    a, b = random_clip(7, 9), random_clip(7, 9, free_start=False)                   # the default world is unchanged
+    assert np.array_equal(a.frames, b.frames)
+
+
 def test_captions_round_trip():
     rng = np.random.default_rng(1)
     for _ in range(300):

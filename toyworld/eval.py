@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 
 from .analysis import analyse, flicker, motion_of, psnr, relation_of, seam_ratio
 from .captions import detailed_caption
-from .world import DIRECTIONS, Obj, Scene, render
+from .world import DIRECTIONS, OPPOSITE_MOTION, Obj, Scene, render
 
 # (prompt, expected) -- expected: kind, color, shape, motion or relation (+ second color), background
 SINGLE = [
@@ -230,8 +231,10 @@ def _eval_occlusion(st, occl, seeds, res, samples, log):
 
 
 def _eval_i2v(st, gts, res, log):
-    # image-to-video: the first frame must reproduce the image; the rest must move as the prompt says
-    i2v_psnr, i2v_motion = [], []
+    # image-to-video: the first frame must reproduce the image; the rest must move as the prompt says. The same
+    # image and noise are asked again with the opposite direction word: a model that reads the word moves the object
+    # the other way (one that ignores it can be right at most once of the two)
+    i2v_psnr, i2v_motion, swapped, both = [], [], [], []
     for i, sc in enumerate(gts):
         gt = _gt(sc, 17)
         img = _frames_tensor(gt[:1])[0]
@@ -239,8 +242,13 @@ def _eval_i2v(st, gts, res, log):
         i2v_psnr.append(psnr(v[0], gt[0]))
         t = _track(analyse(v), sc.main.color)
         i2v_motion.append(t is not None and motion_of(t, 17) == sc.main.motion)
-    log(f"image-to-video: first-frame PSNR {np.mean(i2v_psnr):.1f} dB, motion as prompted {np.mean(i2v_motion):.0%}")
-    _put(res, i2v_psnr=i2v_psnr, i2v_motion=i2v_motion)
+        other = replace(sc, objects=(replace(sc.main, motion=OPPOSITE_MOTION[sc.main.motion]),) + sc.objects[1:])
+        t = _track(analyse(_gen(st, detailed_caption(other), 4000 + i, image=img)), sc.main.color)
+        swapped.append(t is not None and motion_of(t, 17) == other.main.motion)
+        both.append(i2v_motion[-1] and swapped[-1])
+    log(f"image-to-video: first-frame PSNR {np.mean(i2v_psnr):.1f} dB, motion as prompted {np.mean(i2v_motion):.0%}, "
+        f"with the opposite word {np.mean(swapped):.0%}, both ways {np.mean(both):.0%}")
+    _put(res, i2v_psnr=i2v_psnr, i2v_motion=i2v_motion, i2v_swapped=swapped, i2v_both_ways=both)
 
 
 def _eval_extension(st, gts, res, samples, log):
@@ -391,6 +399,8 @@ def report_md(res: dict, timing: dict, preset: str, quick: bool) -> str:
             ("background flicker (mean abs change, 0-255)", "flicker", "{:.2f}", ""),
             ("image-to-video first-frame PSNR", "i2v_psnr", "{:.1f} dB", ">= 30 dB"),
             ("image-to-video motion as prompted", "i2v_motion", "{:.0%}", ">= 85%"),
+            ("image-to-video, the same image asked with the opposite word", "i2v_swapped", "{:.0%}", ""),
+            ("image-to-video, moved as asked both ways (reads the word)", "i2v_both_ways", "{:.0%}", ""),
             ("extension: motion continues (forward and backward)", "extend_motion", "{:.0%}", ">= 85%"),
             ("extension seam ratio, forward", "seam_forward", "{:.2f}", ""),
             ("extension seam ratio, backward", "seam_backward", "{:.2f}", ""),

@@ -225,20 +225,23 @@ OPPOSITE_DIRECTION = {m: OPPOSITE_MOTION[m] for m in DIRECTIONS}
 
 
 def motion_word_gap(dit, vae, text_encoder, clips: int = 48, sigmas: Sequence[float] = (0.85, 0.95, 0.99),
-                    seed: int = 5) -> dict:
+                    seed: int = 5, free_start: bool = True) -> dict:
     """How much worse the DiT fits toy-world clips of one moving object when their caption names the opposite
     direction (right <-> left, up <-> down), everything else equal: same clips, noise and wording. Per noise level
     sigma and for text-to-video (every latent frame noised) and image-to-video (latent frame 0 known, the loss on the
     rest), the gap is 100 x (loss with the opposite caption / loss with the true caption - 1) in percent. A model
     that ignores the direction word scores 0 at every level, whatever its pictures look like; where the first frame
     is known and little noise is left to read the motion from, a model that follows the word scores far above 0.
+    ``free_start`` (default): the clips' movers start anywhere along their axis (``world.sample_object``); with the
+    default world's edge starts the first frame tells the direction, and a model that reads the position instead
+    of the word scores near 0 there too.
     -> {"t2v": {sigma: gap}, "i2v": {sigma: gap}}."""
     from .captions import detailed_caption
     from .world import render, sample_scene
     rng = np.random.default_rng(seed)
     scenes = []
     while len(scenes) < clips:
-        s = sample_scene(rng, "single", True)
+        s = sample_scene(rng, "single", True, free_start=free_start)
         if s.main.motion in OPPOSITE_DIRECTION and not is_held_out(replace(
                 s, objects=(replace(s.main, motion=OPPOSITE_DIRECTION[s.main.motion]),))):
             scenes.append(s)

@@ -325,6 +325,9 @@ def main(argv=None):
     a.add_argument("--out", type=Path, default=run / "data")
     a.add_argument("--clips", type=int, default=24000)
     a.add_argument("--seed", type=int, default=1)
+    a.add_argument("--free-start", action="store_true",
+                   help="movers start anywhere along their axis, so a first frame does not tell their direction "
+                        "(data that teaches image-to-video and extension the direction word)")
     a = sub.add_parser("encode-stories", help="encode a dataset of toy-world multi-shot stories into latents")
     a.add_argument("--vae", type=Path, default=run / "vae", help="trained VAE folder (default: %(default)s)")
     a.add_argument("--out", type=Path, default=run / "stories", help="story data folder (default: %(default)s)")
@@ -379,7 +382,7 @@ def main(argv=None):
     elif args.cmd == "decoder":
         train_vae(args.out, args.steps, args.lr, decoder_only_from=args.vae)
     elif args.cmd == "encode":
-        encode_dataset(args.vae, args.out, args.clips, args.seed)
+        encode_dataset(args.vae, args.out, args.clips, args.seed, free_start=args.free_start)
     elif args.cmd == "encode-stories":
         encode_stories(args.vae, args.out, args.stories, args.seed)
     elif args.cmd == "shipped-vae":

@@ -116,11 +116,12 @@ def encode_bucket(vae, out: Path, bucket: str, n: int, seed: int, key: tuple, ma
 
 @torch.no_grad()
 def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: int = 16, part: int = 512,
-                   mix: Optional[dict] = None, scenes: Optional[list] = None):
+                   mix: Optional[dict] = None, scenes: Optional[list] = None, free_start: bool = False):
     """Render training clips (held-out combinations excluded), encode them with the VAE and store normalised
     latents (fp16) and object cells (uint8) per (size, length) bucket in parts of ``part`` clips, with the scene
     graphs as JSON. Resumable part by part; more clips with another ``seed`` add parts. ``scenes`` encodes these
-    scenes (17 frames, 64x64) instead of random ones (the overfit check)."""
+    scenes (17 frames, 64x64) instead of random ones (the overfit check). ``free_start``: movers start anywhere
+    along their axis (``world.sample_object``), so a first frame does not give their direction away."""
     from .train_vae import load_trained_vae
     device_and_threads()
     vae, _ = load_trained_vae(vae_dir)
@@ -139,7 +140,8 @@ def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: i
             if scenes is not None:
                 cl = [render(scenes[b0 + i], f, w, h) for i in range(nb)]
             else:
-                cl = [random_clip(int(rng.integers(2 ** 31)), f, w, h, training=True) for _ in range(nb)]
+                cl = [random_clip(int(rng.integers(2 ** 31)), f, w, h, training=True, free_start=free_start)
+                      for _ in range(nb)]
             return [(c, c.coverage, scene_to_json(c.scene), {}) for c in cl]
         encode_bucket(vae, out, bucket_name(w, h, f), n, seed, (bi, f), make, batch, part, t0)
 

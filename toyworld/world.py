@@ -102,14 +102,22 @@ def _colors_for(rng, background, exclude=()):
     return _pick(rng, options)
 
 
-def sample_object(rng, background, motion=None, exclude_colors=(), shape=None, size=None, color=None) -> Obj:
+def sample_object(rng, background, motion=None, exclude_colors=(), shape=None, size=None, color=None,
+                  free_start: bool = False) -> Obj:
+    """A random object. Left / right / up / down movers start near the edge they move away from, so that a long
+    clip keeps them in view; with ``free_start`` they start anywhere from 0.2 to 0.8 along their axis, whatever
+    their direction, and may leave the frame: the first frame then does not tell the direction, only the caption
+    does (image-to-video and extension training data that teaches the direction word)."""
     motion = motion or _pick(rng, MOTIONS)
     color = color or _colors_for(rng, background, exclude_colors)
     shape = shape or _pick(rng, SHAPES)
     size = size or _pick(rng, tuple(SIZES))
     x, y = float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7))
+    if free_start and motion in DIRECTIONS:
+        start = float(rng.uniform(0.2, 0.8))
+        x, y = (start, y) if motion in ("moves left", "moves right") else (x, start)
     # start so that the motion keeps the object in view for a long clip
-    if motion == "moves right":
+    elif motion == "moves right":
         x = float(rng.uniform(0.18, 0.32))
     elif motion == "moves left":
         x = float(rng.uniform(0.68, 0.82))
@@ -127,21 +135,22 @@ def is_held_out(scene: Scene) -> bool:
                for o in scene.objects)
 
 
-def sample_scene(rng: np.random.Generator, kind: Optional[str] = None, training: bool = False) -> Scene:
+def sample_scene(rng: np.random.Generator, kind: Optional[str] = None, training: bool = False,
+                 free_start: bool = False) -> Scene:
     """A random scene. ``kind``: single (one moving object), pair (two objects in a spatial relation), occlusion
     (an object passes behind a pillar), pan (a still object, camera panning). ``training`` never returns the
-    held-out combinations."""
+    held-out combinations; ``free_start``: see ``sample_object``."""
     while True:
-        scene = _sample_scene(rng, kind)
+        scene = _sample_scene(rng, kind, free_start)
         if not (training and is_held_out(scene)):
             return scene
 
 
-def _sample_scene(rng: np.random.Generator, kind: Optional[str] = None) -> Scene:
+def _sample_scene(rng: np.random.Generator, kind: Optional[str] = None, free_start: bool = False) -> Scene:
     kind = kind or _pick(rng, ("single",) * 6 + ("pair",) * 2 + ("occlusion", "pan"))
     bg = _pick(rng, tuple(BACKGROUNDS))
     if kind == "single":
-        return Scene(bg, (sample_object(rng, bg),), kind="single")
+        return Scene(bg, (sample_object(rng, bg, free_start=free_start),), kind="single")
     if kind == "pair":
         rel = _pick(rng, RELATIONS)
         a = sample_object(rng, bg, motion="stays still", size=_pick(rng, ("small", "medium")))
@@ -287,7 +296,7 @@ def render(scene: Scene, frames: int = 17, width: int = 64, height: int = 64) ->
 
 
 def random_clip(seed: int, frames: int = 17, width: int = 64, height: int = 64, kind: Optional[str] = None,
-                training: bool = True) -> Clip:
-    """Deterministic per seed."""
+                training: bool = True, free_start: bool = False) -> Clip:
+    """Deterministic per seed (``free_start``: see ``sample_object``)."""
     rng = np.random.default_rng(seed)
-    return render(sample_scene(rng, kind, training), frames, width, height)
+    return render(sample_scene(rng, kind, training, free_start), frames, width, height)
