@@ -44,7 +44,7 @@ def test_parts_measure_only_what_is_asked_and_the_report_says_the_rest_was_not()
     assert res["left_right"] == 1.0 and res["above_below"] == 1.0
     assert not {"seen_color", "color", "permanence", "i2v_psnr", "seam", "fill_psnr"} & set(res)
     md = report_md(res, {"cold_s": 2.0, "warm_s": 1.0}, "toyworld", quick=True)
-    assert md.count("not measured") == 22 and "| left/right correctness | 100% | 2 | >= 90% | yes |" in md
+    assert md.count("not measured") == 24 and "| left/right correctness | 100% | 2 | >= 90% | yes |" in md
     deaf, _ = evaluate(Renderer(scene_from_prompt("a red ball moving right on a gray background")), quick=True,
                        log=lambda *_: None, parts=("pairs",))
     assert deaf["left_right"] == 0.0 and deaf["above_below"] == 0.0
@@ -120,3 +120,22 @@ def test_a_tail_extension_seam_lies_at_the_first_wholly_known_latent_frame():
     # 17 known frames at 16..32 of a 33-frame clip: latent frame 4 (pixels 13-16) is generated, 5 (17-20) is known
     assert known_from(16) == 17 and known_from(17) == 17 and known_from(13) == 13 and known_from(14) == 17
     assert known_from(0) == 0 and known_from(1) == 1 and known_from(2) == 5 and known_from(6, tf=2) == 7
+
+
+def test_image_to_video_both_ways_tells_a_word_reader_from_a_start_position_rule():
+    """The image-to-video scenes start each mover at the edge it moves away from, so a model that moves the object
+    away from the nearer edge whatever the caption says gets "motion as prompted" right; asked again with the
+    opposite word, only a model that reads the word moves the object the other way."""
+    from spacetime.toyworld.eval import GT_SCENES, evaluate
+
+    class PositionRule(Renderer):
+        def generate(self, prompt, negative="", width=64, height=64, frames=17, seed=0, image=None, **kw):
+            first = image.numpy()
+            sc = min(GT_SCENES, key=lambda s: np.abs(render(s, 1, width, height).frames[0] / 255.0 - first).sum())
+            return torch.from_numpy(render(sc, frames, width, height).frames.astype(np.float32) / 255.0)[None]
+
+    rule, _ = evaluate(PositionRule(), quick=True, log=lambda *_: None, parts=("i2v",))
+    reader, _ = evaluate(Renderer(), quick=True, log=lambda *_: None, parts=("i2v",))
+    assert rule["i2v_motion"] == 1.0 and rule["i2v_swapped"] == 0.0 and rule["i2v_both_ways"] == 0.0
+    assert reader["i2v_swapped"] == 1.0 and reader["i2v_both_ways"] == 1.0
+    assert rule["n"]["i2v_both_ways"] == 3

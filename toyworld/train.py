@@ -229,9 +229,10 @@ VAE_RECIPE = dict(steps=2500, image_steps=1000, image_lr=3e-4, lr=6e-5, detail_w
 
 
 def run_all(out: Path, budget_minutes: float = 0.0, fresh: bool = False, ship: bool = False,
-            decoder_steps: int = 600, clips: int = 24000, dit_steps: int = 40000):
+            decoder_steps: int = 600, clips: int = 24000, dit_steps: int = 40000, free_start: bool = False):
     """vae -> encode -> dit -> decoder -> export, each stage resumable. ``budget_minutes`` (0 = none) splits a
-    wall-time budget over the stages (GPU sessions); on a GPU the batches grow 8x."""
+    wall-time budget over the stages (GPU sessions); on a GPU the batches grow 8x. ``free_start``: encode movers
+    that start anywhere along their axis (``world.sample_object``)."""
     out = Path(out)
     cuda = torch.cuda.is_available()
     scale = 8.0 if cuda else 1.0
@@ -246,7 +247,8 @@ def run_all(out: Path, budget_minutes: float = 0.0, fresh: bool = False, ship: b
     if not (vae_dir / "vae.json").exists() or ((vae_dir / "state.pt").exists()
                                                 and not _stage_done(vae_dir, VAE_RECIPE["steps"])):
         train_vae(vae_dir, batch_scale=scale, time_limit=budget * share["vae"], bf16=cuda, **VAE_RECIPE)
-    encode_dataset(vae_dir, data_dir, int(clips * (1 if not budget else min(1.0, budget / 3600))))
+    encode_dataset(vae_dir, data_dir, int(clips * (1 if not budget else min(1.0, budget / 3600))),
+                   free_start=free_start)
     # training noise levels shifted like the sampler's shift 3: from scratch, motion is learned sooner with it (the
     # 4-clip overfit check, two seeds, weights/MODEL_CARD.md)
     r = DitRecipe(steps=dit_steps, tokens=int(4096 * scale), time_limit=budget * share["dit"],
@@ -302,6 +304,8 @@ def main(argv=None):
     a.add_argument("--budget-minutes", type=float, default=0.0, help="wall-time budget, 0 = none (default 0)")
     a.add_argument("--fresh", action="store_true", help="do not warm-start from the shipped weights")
     a.add_argument("--ship", action="store_true", help="write into weights/ when the probe improves")
+    a.add_argument("--free-start", action="store_true",
+                   help="encode movers that start anywhere along their axis (see 'encode --free-start')")
     a = sub.add_parser("vae", help="train the causal VAE on 1-33-frame toy-world clips")
     a.add_argument("--out", type=Path, default=run / "vae", help="run folder of this stage (default: %(default)s)")
     a.add_argument("--steps", type=int, default=VAE_RECIPE["steps"], help="all steps (default: %(default)s)")
@@ -374,7 +378,7 @@ def main(argv=None):
     a.add_argument("--seeds", type=int, default=SHIP_SEEDS, help="noises per probe prompt (default: %(default)s)")
     args = ap.parse_args(argv)
     if args.cmd == "all":
-        run_all(args.out, args.budget_minutes, args.fresh, args.ship)
+        run_all(args.out, args.budget_minutes, args.fresh, args.ship, free_start=args.free_start)
     elif args.cmd == "vae":
         train_vae(args.out, args.steps, args.lr, image_steps=args.image_steps, image_lr=args.image_lr,
                   detail_weight=args.detail_weight, init_from=args.init,
