@@ -236,7 +236,7 @@ def test_cli_story_stages(tmp_path, monkeypatch, capsys):
 
 def test_contrasting_captions_name_the_opposite_motion_in_the_same_words():
     from spacetime.toyworld.captions import parse_prompt
-    from spacetime.toyworld.world import Obj, Scene
+    from spacetime.toyworld.world import OPPOSITE_MOTION, Obj, Scene
     rng = np.random.default_rng(3)
     scenes = [Scene("black", (Obj("ball", "red", "small", mo, 0.3, 0.5),)) for mo in
               ("moves right", "moves up", "grows", "bounces")]
@@ -252,7 +252,7 @@ def test_contrasting_captions_name_the_opposite_motion_in_the_same_words():
             assert neg is not None and neg != cap
             assert cap.split()[:3] == neg.split()[:3]                 # the same object words
             want = parse_prompt(cap)["objects"][0]["motion"]
-            assert parse_prompt(neg)["objects"][0]["motion"] == td.OPPOSITE_MOTION[want]
+            assert parse_prompt(neg)["objects"][0]["motion"] == OPPOSITE_MOTION[want]
             checked += 1
     assert checked > 40
     # a held-out combination never appears, not even as a contrasting caption

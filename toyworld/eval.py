@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 
 from .analysis import analyse, flicker, motion_of, psnr, relation_of, seam_ratio
 from .captions import detailed_caption
-from .world import DIRECTIONS, OPPOSITE_MOTION, Obj, Scene, render
+from .world import DIRECTIONS, Obj, Scene, render, with_opposite_motion
 
 # (prompt, expected) -- expected: kind, color, shape, motion or relation (+ second color), background
 SINGLE = [
@@ -242,7 +241,7 @@ def _eval_i2v(st, gts, res, log):
         i2v_psnr.append(psnr(v[0], gt[0]))
         t = _track(analyse(v), sc.main.color)
         i2v_motion.append(t is not None and motion_of(t, 17) == sc.main.motion)
-        other = replace(sc, objects=(replace(sc.main, motion=OPPOSITE_MOTION[sc.main.motion]),) + sc.objects[1:])
+        other = with_opposite_motion(sc)
         t = _track(analyse(_gen(st, detailed_caption(other), 4000 + i, image=img)), sc.main.color)
         swapped.append(t is not None and motion_of(t, 17) == other.main.motion)
         both.append(i2v_motion[-1] and swapped[-1])

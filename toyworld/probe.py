@@ -22,7 +22,7 @@ import torch
 from .analysis import analyse, background_flatness, motion_of, object_count, relation_of
 from .captions import expand_prompt
 from .world import (BACKGROUNDS, COLORS, DIRECTIONS, MOTIONS, OPPOSITE_MOTION, SHAPES, Obj, Scene, is_held_out,
-                    visible_on)
+                    visible_on, with_opposite_motion)
 
 METRICS = ("drawn", "color", "shape", "background", "count", "motion", "relation", "all")
 
@@ -239,12 +239,12 @@ def motion_word_gap(dit, vae, text_encoder, clips: int = 48, sigmas: Sequence[fl
     from .captions import detailed_caption
     from .world import render, sample_scene
     rng = np.random.default_rng(seed)
-    scenes = []
+    scenes, opposites = [], []
     while len(scenes) < clips:
         s = sample_scene(rng, "single", True, free_start=free_start)
-        if s.main.motion in OPPOSITE_DIRECTION and not is_held_out(replace(
-                s, objects=(replace(s.main, motion=OPPOSITE_DIRECTION[s.main.motion]),))):
+        if s.main.motion in OPPOSITE_DIRECTION and not is_held_out(o := with_opposite_motion(s)):
             scenes.append(s)
+            opposites.append(o)
     frames = np.stack([render(s, 17, 64, 64).frames for s in scenes])
     x = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
     dev = next(dit.parameters()).device
@@ -254,8 +254,7 @@ def motion_word_gap(dit, vae, text_encoder, clips: int = 48, sigmas: Sequence[fl
     with torch.no_grad():
         x0 = vae.encode(x.to(vae.device)).float().to(dev)
         true = [detailed_caption(s) for s in scenes]
-        other = [detailed_caption(replace(s, objects=(replace(s.main, motion=OPPOSITE_DIRECTION[s.main.motion]),)))
-                 for s in scenes]
+        other = [detailed_caption(o) for o in opposites]
         texts = [tuple(t.to(dev) for t in text_encoder.encode(c)) for c in (true, other)]
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(dev)
         B, Fp = x0.shape[0], x0.shape[2]

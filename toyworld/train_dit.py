@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Optional
@@ -45,7 +45,7 @@ from ..model.dit import build_dit
 from ..model.embedded import TOY_DIT
 from ..model.loading import read_state_dict, write_safetensors_atomic
 from .runs import Checkpointer, StopOnSignal, clips_to_tensor, device_and_threads, lr_at
-from .world import DIRECTIONS, OPPOSITE_MOTION, Obj, Scene, is_held_out, random_clip, render
+from .world import DIRECTIONS, Obj, Scene, is_held_out, random_clip, render, with_opposite_motion
 
 TRAIN_SIZES = ((64, 64), (96, 64), (64, 96))
 # clips per bucket as fractions of the total: single frames are cheap and plentiful, clips teach motion
@@ -410,8 +410,7 @@ def opposite_motion(scene: Scene) -> Optional[Scene]:
     another kind (pairs, occlusion, pans)."""
     if scene.kind != "single" or len(scene.objects) != 1:
         return None
-    o = scene.main
-    other = replace(scene, objects=(replace(o, motion=OPPOSITE_MOTION[o.motion]),))
+    other = with_opposite_motion(scene)
     return None if is_held_out(other) else other             # held-out captions stay out of training entirely
 
 

@@ -130,6 +130,12 @@ def sample_object(rng, background, motion=None, exclude_colors=(), shape=None, s
     return Obj(shape, color, size, motion, x, y, float(rng.uniform(0.85, 1.15)))
 
 
+def with_opposite_motion(scene: Scene) -> Scene:
+    """The same scene with its main object's motion replaced by the opposite one (``OPPOSITE_MOTION``)."""
+    o = scene.main
+    return replace(scene, objects=(replace(o, motion=OPPOSITE_MOTION[o.motion]),) + scene.objects[1:])
+
+
 def is_held_out(scene: Scene) -> bool:
     return any((o.shape, o.color) in HELD_OUT_SHAPE_COLOR or (o.color, o.motion) in HELD_OUT_COLOR_MOTION
                for o in scene.objects)
