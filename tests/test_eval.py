@@ -44,7 +44,7 @@ def test_parts_measure_only_what_is_asked_and_the_report_says_the_rest_was_not()
     assert res["left_right"] == 1.0 and res["above_below"] == 1.0
     assert not {"seen_color", "color", "permanence", "i2v_psnr", "seam", "fill_psnr"} & set(res)
     md = report_md(res, {"cold_s": 2.0, "warm_s": 1.0}, "toyworld", quick=True)
-    assert md.count("not measured") == 24 and "| left/right correctness | 100% | 2 | >= 90% | yes |" in md
+    assert md.count("not measured") == 25 and "| left/right correctness | 100% | 2 | >= 90% | yes |" in md
     deaf, _ = evaluate(Renderer(scene_from_prompt("a red ball moving right on a gray background")), quick=True,
                        log=lambda *_: None, parts=("pairs",))
     assert deaf["left_right"] == 0.0 and deaf["above_below"] == 0.0
@@ -125,7 +125,8 @@ def test_a_tail_extension_seam_lies_at_the_first_wholly_known_latent_frame():
 def test_image_to_video_both_ways_tells_a_word_reader_from_a_start_position_rule():
     """The image-to-video scenes start each mover at the edge it moves away from, so a model that moves the object
     away from the nearer edge whatever the caption says gets "motion as prompted" right; asked again with the
-    opposite word, only a model that reads the word moves the object the other way."""
+    opposite word, only a model that reads the word moves the object the other way; from the centre of the frame, only
+    a model that reads the word follows each of the four."""
     from spacetime.toyworld.eval import GT_SCENES, evaluate
 
     class PositionRule(Renderer):
@@ -139,3 +140,5 @@ def test_image_to_video_both_ways_tells_a_word_reader_from_a_start_position_rule
     assert rule["i2v_motion"] == 1.0 and rule["i2v_swapped"] == 0.0 and rule["i2v_both_ways"] == 0.0
     assert reader["i2v_swapped"] == 1.0 and reader["i2v_both_ways"] == 1.0
     assert rule["n"]["i2v_both_ways"] == 3
+    # from a centred object the rule draws one path whatever the word: at most one of the four words is followed
+    assert rule["i2v_centred"] <= 0.25 and reader["i2v_centred"] == 1.0 and rule["n"]["i2v_centred"] == 12

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -245,9 +246,22 @@ def _eval_i2v(st, gts, res, log):
         t = _track(analyse(_gen(st, detailed_caption(other), 4000 + i, image=img)), sc.main.color)
         swapped.append(t is not None and motion_of(t, 17) == other.main.motion)
         both.append(i2v_motion[-1] and swapped[-1])
+    # the same objects moved to the centre of the frame, where the start position tells nothing, asked with each of
+    # the four direction words (same image and noise for the four): only the word can pick the path (chance 25 %)
+    centred = []
+    for i, sc in enumerate(gts):
+        if sc.main.motion not in DIRECTIONS:
+            continue
+        mid = replace(sc, objects=(replace(sc.main, x=0.5, y=0.5),) + sc.objects[1:])
+        img = _frames_tensor(_gt(mid, 1))[0]
+        for m in DIRECTIONS:
+            asked = replace(mid, objects=(replace(mid.main, motion=m),) + mid.objects[1:])
+            t = _track(analyse(_gen(st, detailed_caption(asked), 4500 + i, image=img)), sc.main.color)
+            centred.append(t is not None and motion_of(t, 17) == m)
     log(f"image-to-video: first-frame PSNR {np.mean(i2v_psnr):.1f} dB, motion as prompted {np.mean(i2v_motion):.0%}, "
-        f"with the opposite word {np.mean(swapped):.0%}, both ways {np.mean(both):.0%}")
-    _put(res, i2v_psnr=i2v_psnr, i2v_motion=i2v_motion, i2v_swapped=swapped, i2v_both_ways=both)
+        f"with the opposite word {np.mean(swapped):.0%}, both ways {np.mean(both):.0%}, "
+        f"centred object, four direction words {np.mean(centred):.0%} (chance 25%)")
+    _put(res, i2v_psnr=i2v_psnr, i2v_motion=i2v_motion, i2v_swapped=swapped, i2v_both_ways=both, i2v_centred=centred)
 
 
 def _eval_extension(st, gts, res, samples, log):
@@ -400,6 +414,7 @@ def report_md(res: dict, timing: dict, preset: str, quick: bool) -> str:
             ("image-to-video motion as prompted", "i2v_motion", "{:.0%}", ">= 85%"),
             ("image-to-video, the same image asked with the opposite word", "i2v_swapped", "{:.0%}", ""),
             ("image-to-video, moved as asked both ways (reads the word)", "i2v_both_ways", "{:.0%}", ""),
+            ("image-to-video, centred object, each of 4 direction words (chance 25%)", "i2v_centred", "{:.0%}", ""),
             ("extension: motion continues (forward and backward)", "extend_motion", "{:.0%}", ">= 85%"),
             ("extension seam ratio, forward", "seam_forward", "{:.2f}", ""),
             ("extension seam ratio, backward", "seam_backward", "{:.2f}", ""),
