@@ -5,7 +5,8 @@
 
 Held-out prompts use attribute combinations the training data never showed (see world.HELD_OUT_*) and wordings
 outside the caption templates. Measured: colour, shape, motion direction, left/right and above/below, object
-permanence through an occlusion, temporal stability, image-to-video first-frame PSNR, extension seam ratio
+permanence through an occlusion, temporal stability, image-to-video first-frame PSNR and whether the direction
+word is read (the same image asked the opposite way; a centred object asked each of four ways), extension seam ratio
 (forward and backward), fill PSNR, and the wall time of a default generation including model load.
 Reports, sheets and JSON are new files: a path that exists stops the run before any work (remove the old
 weights/EVAL.md first to redo it).
