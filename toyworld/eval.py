@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 
 from .analysis import analyse, flicker, motion_of, psnr, relation_of, seam_ratio
 from .captions import detailed_caption
-from .world import DIRECTIONS, Obj, Scene, render, with_opposite_motion
+from .world import DIRECTIONS, Obj, Scene, render, with_main, with_opposite_motion
 
 # (prompt, expected) -- expected: kind, color, shape, motion or relation (+ second color), background
 SINGLE = [
@@ -253,10 +252,10 @@ def _eval_i2v(st, gts, res, log):
     for i, sc in enumerate(gts):
         if sc.main.motion not in DIRECTIONS:
             continue
-        mid = replace(sc, objects=(replace(sc.main, x=0.5, y=0.5),) + sc.objects[1:])
+        mid = with_main(sc, x=0.5, y=0.5)
         img = _frames_tensor(_gt(mid, 1))[0]
         for m in DIRECTIONS:
-            asked = replace(mid, objects=(replace(mid.main, motion=m),) + mid.objects[1:])
+            asked = with_main(mid, motion=m)
             t = _track(analyse(_gen(st, detailed_caption(asked), 4500 + i, image=img)), sc.main.color)
             centred.append(t is not None and motion_of(t, 17) == m)
     log(f"image-to-video: first-frame PSNR {np.mean(i2v_psnr):.1f} dB, motion as prompted {np.mean(i2v_motion):.0%}, "
@@ -332,13 +331,12 @@ def _continues(new_frames, scene: Scene) -> bool:
 
 def _advance(scene: Scene, frames: int) -> Scene:
     """The same scene ``frames`` frames later (linear motions only)."""
-    from dataclasses import replace
     from .world import BASE_SPEED
     o = scene.main
     d = BASE_SPEED * o.speed * frames
     dx = {"moves right": d, "moves left": -d}.get(o.motion, 0.0)
     dy = {"moves down": d, "moves up": -d}.get(o.motion, 0.0)
-    return replace(scene, objects=(replace(o, x=o.x + dx, y=o.y + dy),) + tuple(scene.objects[1:]))
+    return with_main(scene, x=o.x + dx, y=o.y + dy)
 
 
 def wall_time(preset="toyworld", dit=None) -> dict:

@@ -130,10 +130,14 @@ def sample_object(rng, background, motion=None, exclude_colors=(), shape=None, s
     return Obj(shape, color, size, motion, x, y, float(rng.uniform(0.85, 1.15)))
 
 
+def with_main(scene: Scene, **changes) -> Scene:
+    """The same scene with fields of its main object changed (``Obj`` fields: motion, x, y, ...)."""
+    return replace(scene, objects=(replace(scene.main, **changes),) + tuple(scene.objects[1:]))
+
+
 def with_opposite_motion(scene: Scene) -> Scene:
     """The same scene with its main object's motion replaced by the opposite one (``OPPOSITE_MOTION``)."""
-    o = scene.main
-    return replace(scene, objects=(replace(o, motion=OPPOSITE_MOTION[o.motion]),) + scene.objects[1:])
+    return with_main(scene, motion=OPPOSITE_MOTION[scene.main.motion])
 
 
 def is_held_out(scene: Scene) -> bool:
