@@ -294,6 +294,14 @@ def test_contrast_hinge_charges_a_caption_blind_model_and_only_at_high_noise():
     torch.testing.assert_close(low, td.flow_loss(model, x0, objw, m, ctx, lens, sigma * 0 + 0.2, noise, 3.0))
 
 
+def test_the_whole_recipe_contrasts_captions_on_free_start_clips_only():
+    from spacetime.toyworld.train import all_dit_recipe
+    free, edge = all_dit_recipe(100, False, 0.0, True), all_dit_recipe(100, False, 0.0, False)
+    assert free.contrast > 0 and edge.contrast == 0
+    assert free.sigma_shift == edge.sigma_shift == 3.0 and free.steps == 100
+    assert all_dit_recipe(100, True, 60.0, True).tokens == 8 * free.tokens
+
+
 def test_probe_sets_none_logs_only_the_motion_word_gap(run, tmp_path, monkeypatch):
     from spacetime.toyworld import probe as pr
     gaps = []
