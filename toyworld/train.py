@@ -311,7 +311,8 @@ def main(argv=None):
     a.add_argument("--fresh", action="store_true", help="do not warm-start from the shipped weights")
     a.add_argument("--ship", action="store_true", help="write into weights/ when the probe improves")
     a.add_argument("--free-start", action="store_true",
-                   help="encode movers that start anywhere along their axis (see 'encode --free-start')")
+                   help="encode movers that start anywhere along their axis (see 'encode --free-start') and train "
+                        "the DiT with the opposite-caption hinge (contrast 1)")
     a = sub.add_parser("vae", help="train the causal VAE on 1-33-frame toy-world clips")
     a.add_argument("--out", type=Path, default=run / "vae", help="run folder of this stage (default: %(default)s)")
     a.add_argument("--steps", type=int, default=VAE_RECIPE["steps"], help="all steps (default: %(default)s)")
