@@ -267,7 +267,7 @@ def _generate(a, out, verdict, preset, dit_path, width, height, frames, loras, p
         raise CliError(f"--model {a.model!r}: this preset has no DiT file of its own; give the checkpoint instead, "
                        f"--model PATH (its preset is inferred; Wan 2.2 A14B: the high-noise expert, with "
                        f"--dit-low-noise PATH)")
-    if st.concat_conditioned and not (a.image or a.extend):
+    if st.needs_known_frames and not (a.image or a.extend):
         raise CliError(f"--model {a.model!r}: {st.preset.name} is an image-to-video model; give --image (or "
                        f"--extend)")
     try:                                    # read and check the weights (and LoRAs) before any other work

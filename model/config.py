@@ -168,6 +168,8 @@ class BundlePreset:
     # later ones the low-noise expert; ``cfg_high_noise`` is the high-noise expert's guidance (``cfg`` the other's).
     expert_boundary: Optional[float] = None
     cfg_high_noise: Optional[float] = None
+    # weights trained for generation from given frames only (image-to-video, extension, fill): text-to-video refused
+    frames_only: bool = False
 
     @property
     def stride(self) -> tuple:

@@ -1,6 +1,8 @@
 """The embedded default model: a small DiT + VAE trained on the procedural toy world (see toyworld/), shipped in
 weights/, with the all-MiniLM-L6-v2 sentence encoder for text. Registers the bundle presets ``toyworld`` (the
-trained weights) and ``toyworld-random`` (same architecture, seeded random weights, for tests).
+trained weights), ``toyworld-i2v`` (the same architecture and VAE with DiT weights trained for image-to-video, as
+Wan ships image-to-video checkpoints beside its text-to-video ones; present when weights/ holds them) and
+``toyworld-random`` (same architecture, seeded random weights, for tests).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 META = WEIGHTS_DIR / "embedded.json"
 DIT_FILE = WEIGHTS_DIR / "embedded_dit.safetensors"
 VAE_FILE = WEIGHTS_DIR / "embedded_vae.safetensors"
+I2V_DIT_FILE = WEIGHTS_DIR / "embedded_i2v_dit.safetensors"
 
 # Architecture of the embedded model (the trained weights' json repeats it, with the VAE's latent statistics).
 # The VAE compresses 4x4 in space and 4x in time to 16 channels, so an object of the toy world spans several latent
@@ -99,6 +102,13 @@ def register():
         register_bundle(BundlePreset(
             "toyworld", dit, vae, MINILM_L6, description="embedded toy-world model (trained, ships with the pack)",
             files={**files, "dit": DIT_FILE, "vae": VAE_FILE}, builders={"text": _text_builder}, **common))
+        if I2V_DIT_FILE.exists():
+            register_bundle(BundlePreset(
+                "toyworld-i2v", dit, vae, MINILM_L6,
+                description="embedded toy-world model, image-to-video weights: reads the direction word from a "
+                            "given first frame (text-to-video: use toyworld)",
+                files={**files, "dit": I2V_DIT_FILE, "vae": VAE_FILE}, builders={"text": _text_builder},
+                frames_only=True, **common))
     register_bundle(BundlePreset(
         "toyworld-random", TOY_DIT, TOY_VAE, MINILM_L6, description="toy-world architecture, random weights (tests)",
         files=files, builders={"text": _text_builder, "dit": _random_builder("dit"), "vae": _random_builder("vae")},

@@ -131,6 +131,19 @@ class Spacetime:
         """The DiT takes known frames as extra input channels (Wan 2.2 I2V-A14B), see concat.py."""
         return self.preset.dit.model_type == "i2v"
 
+    @property
+    def needs_known_frames(self) -> bool:
+        """Generation needs given frames: the DiT takes them as channels, or its weights were trained for generation
+        from given frames only (the preset's ``frames_only``)."""
+        return self.concat_conditioned or self.preset.frames_only
+
+    def check_known_frames(self, cond) -> None:
+        """Refuse text-to-video (no known frame in ``cond``) for a preset whose weights need given frames."""
+        if self.preset.frames_only and (cond is None or not cond.any_known):
+            raise SpacetimeValueError(
+                f"preset {self.preset.name!r} generates from given frames only (image-to-video, extension, fill) and "
+                f"got none; give an image or a clip to continue, or use a text-to-video preset (e.g. toyworld)")
+
     # ------------------------------------------------------------------ LoRA
     def with_lora(self, path, strength: float = 1.0, mode: Optional[str] = None, expert: str = "both"
                   ) -> "Spacetime":
@@ -450,6 +463,7 @@ class Spacetime:
             raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
         if self.concat_conditioned and (cond is None or not cond.any_known):
             concat_channels(None, self.preset.dit.in_dim, self.preset.dit.out_dim)     # raises: needs an image
+        self.check_known_frames(cond)
         model = self.denoising_model(switch, cfg_high_noise, load, unload)
         B = shape[0]
         emb, lens = text.emb, text.lengths

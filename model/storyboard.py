@@ -169,6 +169,8 @@ def sample_shots(st, text, frame_shots: torch.Tensor, shape: tuple, seed: int, s
     if getattr(st, "has_experts", False) or getattr(st, "concat_conditioned", False):
         raise SpacetimeValueError(f"per-shot text conditioning needs a single text-to-video DiT; {st.preset.name} "
                                   f"has two experts or image channels; allowed: conditioning='reference'")
+    if hasattr(st, "check_known_frames"):
+        st.check_known_frames(cond)
     dit = st.dit
     dev = dit.device
     if cond is not None:

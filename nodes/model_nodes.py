@@ -12,7 +12,7 @@ def _presets() -> list[str]:
     from ..model.config import BUNDLE_PRESETS, bundle_preset
     bundle_preset("toyworld-random")          # makes sure the embedded presets are registered
     names = sorted(BUNDLE_PRESETS)
-    first = [n for n in ("toyworld",) if n in names]
+    first = [n for n in ("toyworld", "toyworld-i2v") if n in names]
     return first + [n for n in names if n not in first]
 
 
@@ -32,7 +32,8 @@ class SpacetimeModelLoader:
             return [PRESET_DEFAULT] + host.list_model_files(folder)
         return {"required": {
             "preset": (_presets(), {"default": _presets()[0], "tooltip": "Architecture and sampling defaults. "
-                                    "toyworld = the embedded model (offline); wan2.* presets need their files below."}),
+                                    "toyworld = the embedded model (offline), toyworld-i2v its image-to-video weights; "
+                                    "wan2.* presets need their files below."}),
             "dit_file": (files("diffusion_models"), {"tooltip": "DiT checkpoint (models/diffusion_models): "
                                                      "safetensors in bf16 / fp16 / fp8 (scaled or not) or GGUF "
                                                      "(Q8_0 ... Q2_K; quantised weights stay quantised). Its "

@@ -171,13 +171,13 @@ def object_info(server):
 
 
 def _api(path: Path, object_info) -> dict:
-    """A workflow in API format, with the embedded model's preset swapped for its random-weight twin when the
+    """A workflow in API format, with the embedded model's presets swapped for their random-weight twin when the
     trained weights are not in this checkout."""
     api = ui_to_api(json.loads(path.read_text()))
     presets = object_info["SpacetimeModelLoader"]["input"]["required"]["preset"][0]
     for node in api.values():
         if node["class_type"] == "SpacetimeModelLoader" and node["inputs"].get("preset") not in presets:
-            assert node["inputs"]["preset"] == "toyworld" and "toyworld-random" in presets, presets
+            assert node["inputs"]["preset"] in ("toyworld", "toyworld-i2v") and "toyworld-random" in presets, presets
             node["inputs"]["preset"] = "toyworld-random"
     return api
 
@@ -424,7 +424,7 @@ def _widget_problems(nid: str, widgets: list) -> list[str]:
     for w in widgets:
         v, kind, where = w["value"], w["type"], f"node {nid} widget {w['name']!r}"
         # the trained preset's workflows also load where only its random-weight twin is offered (see _api)
-        twin = v == "toyworld" and "toyworld-random" in (w["values"] or [])
+        twin = v in ("toyworld", "toyworld-i2v") and "toyworld-random" in (w["values"] or [])
         if kind == "combo" and w["values"] is not None and v not in w["values"] and not twin:
             out.append(f"{where}: {v!r} is not one of its choices {w['values'][:12]}")
         elif kind in ("number", "slider"):

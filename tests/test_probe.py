@@ -1,5 +1,7 @@
 """The prompt-following probe: it must rate ground truth as right and mismatched captions as wrong, and the training
 pieces it depends on (object cells, captions cache, frame masks) must do what they say."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -197,6 +199,68 @@ def test_ship_rule_probes_both_sides_and_ships_only_the_better_weights(tmp_path,
     assert rec["probe_seeds"] == 2 and ship_score(rec["probe"]) > ship_score(worse_probe)
     assert rec["probe"]["mean"]["background"] >= 2 / 3
     assert torch.equal(read_state_dict(worse / DIT_FILE.name)["head.head.weight"], good["head.head.weight"])
+
+
+def test_image_to_video_weights_ship_only_when_their_evaluation_beats_the_weights_there(tmp_path, capsys):
+    """``export --i2v --ship`` judges by the image-to-video evaluation, run on both sides: against the text-to-video
+    weights while the folder has no image-to-video weights, then against those; a refusal leaves the folder as it
+    was, and a first frame that is not kept scores 0 whatever the motion."""
+    import json
+    import shutil
+    import torch
+    from spacetime.model.embedded import DIT_FILE, I2V_DIT_FILE, META, VAE_FILE
+    from spacetime.model.errors import SpacetimeValueError
+    from spacetime.model.loading import read_state_dict
+    from spacetime.toyworld.train import export_i2v, i2v_score
+    meta = json.loads(META.read_text())
+    sd = {k: v.float() + 0.01 for k, v in read_state_dict(DIT_FILE).items()}
+    run = _dit_run(tmp_path / "run", sd, meta["dit"])
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for f in (DIT_FILE, VAE_FILE, META):
+        shutil.copy(f, weights / f.name)
+
+    def figs(motion, psnr=34.0):
+        return {"i2v_psnr": psnr, "i2v_motion": motion, "i2v_swapped": motion / 2, "i2v_centred": motion / 2,
+                "i2v_both_ways": 0.0}
+    asked = []
+
+    def scores(table):
+        def evaluate(path, quick=False):
+            asked.append(Path(path).name)
+            return table[Path(path).name]
+        return evaluate
+    assert i2v_score(figs(0.9)) == pytest.approx(0.6) and i2v_score(figs(1.0, psnr=29.9)) == 0.0
+
+    before = {f.name: f.read_bytes() for f in weights.iterdir()}
+    worse = scores({"dit_ema.safetensors": figs(0.4), DIT_FILE.name: figs(0.5)})
+    assert not export_i2v(run, weights, ship=True, evaluate=worse)
+    assert asked == ["dit_ema.safetensors", DIT_FILE.name] and "not shipped" in capsys.readouterr().out
+    assert {f.name: f.read_bytes() for f in weights.iterdir()} == before
+
+    better = scores({"dit_ema.safetensors": figs(0.9), DIT_FILE.name: figs(0.5)})
+    assert export_i2v(run, weights, ship=True, evaluate=better)
+    rec = json.loads((weights / "embedded.json").read_text())
+    assert rec["i2v"]["eval"]["i2v_motion"] == 0.9 and rec["i2v"]["dit_steps"] == 1
+    assert rec["probe"] == meta["probe"] and rec["dit"] == meta["dit"]          # the text-to-video record is kept
+    written = read_state_dict(weights / I2V_DIT_FILE.name)
+    assert written["head.head.weight"].dtype == torch.float16
+    torch.testing.assert_close(written["head.head.weight"].float(), sd["head.head.weight"], atol=1e-3, rtol=1e-3)
+    assert read_state_dict(weights / DIT_FILE.name)["head.head.weight"].equal(
+        read_state_dict(DIT_FILE)["head.head.weight"])                          # the text-to-video weights untouched
+
+    asked.clear()                           # now judged against the image-to-video weights there, not text-to-video
+    assert not export_i2v(run, weights, ship=True, evaluate=scores({"dit_ema.safetensors": figs(0.9),
+                                                                    I2V_DIT_FILE.name: figs(0.9)}))
+    assert asked == ["dit_ema.safetensors", I2V_DIT_FILE.name]
+
+    with pytest.raises(SpacetimeValueError, match="not a weights folder"):
+        export_i2v(run, tmp_path / "empty", evaluate=better)
+    other = _dit_run(tmp_path / "other", sd, {**meta["dit"], "num_layers": 2})
+    with pytest.raises(SpacetimeValueError, match="differs from the embedded model"):
+        export_i2v(other, weights, evaluate=better)
+    with pytest.raises(SpacetimeValueError, match="DiT run folder"):
+        export_i2v(tmp_path / "nothing", weights, evaluate=better)
 
 
 class _LatentsOf:

@@ -10,6 +10,7 @@
     python -m spacetime.toyworld.train shipped-vae --out RUN/vae     # the shipped VAE as a VAE folder
     python -m spacetime.toyworld.train overfit  --vae RUN/vae --out RUN/overfit   # the 32-clip sanity check
     python -m spacetime.toyworld.train export   --vae RUN/vae_dec --dit RUN/dit [--ship]
+    python -m spacetime.toyworld.train export   --i2v --dit RUN/dit [--ship]   # image-to-video weights
     python -m spacetime.toyworld.train probe    --dit RUN/dit --vae RUN/vae_dec --seeds 2   # default: the shipped
 
 Run state lives in RUN (default: ``$SPACETIME_RUNS`` or the user's cache folder), never in the repository. When a
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.config import config_to_dict
-from ..model.embedded import DIT_FILE, META, VAE_FILE, WEIGHTS_DIR
+from ..model.embedded import DIT_FILE, I2V_DIT_FILE, META, VAE_FILE, WEIGHTS_DIR
 from ..model.loading import read_state_dict, write_safetensors_atomic
 from .runs import clips_to_tensor, default_run_dir
 from .train_dit import DitRecipe, encode_dataset, train_dit
@@ -105,6 +106,71 @@ def export(vae_dir: Path, dit_dir: Path, out: Path, ship: bool = False, dtype=to
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(meta_path)
     print(f"exported to {out} (probe score {ship_score(new):.4f})")
+    return True
+
+
+# The image-to-video weights' yardstick: the evaluation's image-to-video part (12 ground-truth scenes, the same scenes
+# asked the opposite way, and each scene's object centred and asked the four ways: 84 clips). Its score is the mean
+# of the three motion rates; a first frame under I2V_MIN_PSNR scores 0 (the image must be kept).
+I2V_RATES = ("i2v_motion", "i2v_swapped", "i2v_centred")
+I2V_MIN_PSNR = 30.0
+
+
+def i2v_score(fig: dict) -> float:
+    """One number from the evaluation's image-to-video figures (``eval_i2v``)."""
+    if float(fig["i2v_psnr"]) < I2V_MIN_PSNR:
+        return 0.0
+    return float(np.mean([float(fig[k]) for k in I2V_RATES]))
+
+
+def eval_i2v(dit_file: Path, quick: bool = False) -> dict:
+    """The evaluation's image-to-video part on a DiT file of the embedded architecture (with the shipped VAE)."""
+    from ..model.pipeline import Spacetime
+    from .eval import evaluate
+    st = Spacetime.load("toyworld", dit=Path(dit_file), device="cpu")
+    res, _ = evaluate(st, quick=quick, parts=("i2v",), log=lambda *a: None)
+    return {k: v for k, v in res.items() if k != "rows"}
+
+
+def export_i2v(dit_dir: Path, out: Path = WEIGHTS_DIR, ship: bool = False, dtype=torch.float16,
+               figures: Optional[dict] = None, quick: bool = False, evaluate=eval_i2v) -> bool:
+    """Write a DiT run's EMA weights as the image-to-video weights (``embedded_i2v_dit.safetensors``, preset
+    ``toyworld-i2v``) into the weights folder ``out``, which must hold the embedded model (same architecture and
+    VAE), with their image-to-video figures in embedded.json's "i2v". With ``ship``, only when their ``i2v_score``
+    beats the same evaluation run on the image-to-video weights already there, or on the text-to-video weights
+    when there are none. Returns whether it wrote."""
+    from ..model.errors import SpacetimeValueError
+    out, dit_dir = Path(out), Path(dit_dir)
+    meta_path = out / "embedded.json"
+    if not _has_weights(out):
+        raise SpacetimeValueError(f"--out {out}: not a weights folder of the embedded model (allowed: a folder holding "
+                                f"embedded.json, {DIT_FILE.name} and {VAE_FILE.name})")
+    if not ((dit_dir / "dit.json").exists() and (dit_dir / "dit_ema.safetensors").exists()):
+        raise SpacetimeValueError(f"--dit {dit_dir}: allowed a DiT run folder (dit.json and dit_ema.safetensors)")
+    dmeta = json.loads((dit_dir / "dit.json").read_text())
+    meta = json.loads(meta_path.read_text())
+    if dmeta["config"] != meta["dit"]:
+        raise SpacetimeValueError(f"--dit {dit_dir}: its DiT config differs from the embedded model's in {meta_path}; the "
+                         f"image-to-video weights share the architecture and VAE")
+    new = figures if figures is not None else evaluate(dit_dir / "dit_ema.safetensors", quick=quick)
+    if ship:
+        base = out / I2V_DIT_FILE.name
+        base = base if base.exists() else out / DIT_FILE.name
+        old = evaluate(base, quick=quick)
+        print(f"image-to-video score (mean of {', '.join(I2V_RATES)}): candidate {i2v_score(new):.4f}, "
+              f"{base.name} {i2v_score(old):.4f}")
+        print("figures, candidate / shipped: " + ", ".join(
+            f"{k} {float(new[k]):.3f} / {float(old[k]):.3f}" for k in ("i2v_psnr", *I2V_RATES, "i2v_both_ways")))
+        if i2v_score(new) <= i2v_score(old):
+            print(f"not shipped: {i2v_score(new):.4f} does not beat {base.name}'s {i2v_score(old):.4f}")
+            return False
+    dsd = read_state_dict(dit_dir / "dit_ema.safetensors")
+    write_safetensors_atomic({k: v.to(dtype) for k, v in dsd.items()}, out / I2V_DIT_FILE.name, overwrite=True)
+    meta["i2v"] = {"dit_steps": int(dmeta["step"]), "eval": new, "quick": bool(quick)}
+    tmp = meta_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(meta_path)
+    print(f"exported the image-to-video weights to {out / I2V_DIT_FILE.name} (score {i2v_score(new):.4f})")
     return True
 
 
@@ -383,6 +449,9 @@ def main(argv=None):
     a.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     a.add_argument("--ship", action="store_true", help="only when the probe beats the weights already there")
     a.add_argument("--seeds", type=int, default=SHIP_SEEDS, help="noises per probe prompt (default: %(default)s)")
+    a.add_argument("--i2v", action="store_true", help="write the DiT as the image-to-video weights (preset "
+                   "toyworld-i2v) into a weights folder holding the embedded model, judged by the evaluation's "
+                   "image-to-video part instead of the probe (--vae is not used)")
     args = ap.parse_args(argv)
     if args.cmd == "all":
         run_all(args.out, args.budget_minutes, args.fresh, args.ship, free_start=args.free_start)
@@ -431,6 +500,8 @@ def main(argv=None):
                   "  ".join(f"sigma {s:.2f} {g:+.1f} %" for s, g in by_sigma.items()))
         if args.json:
             write_new(args.json, json.dumps(res, indent=1))           # never over a file that appeared meanwhile
+    elif args.cmd == "export" and args.i2v:
+        export_i2v(args.dit, args.out, ship=args.ship)
     elif args.cmd == "export":
         export(args.vae, args.dit, args.out, ship=args.ship, seeds=args.seeds)
 
