@@ -19,6 +19,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PRESET = "toyworld"
+# the workflows that generate from a still image, or forward from a clip or between two clips, load the embedded
+# model's image-to-video weights (its backward extension seams are worse than the text-to-video weights': see
+# weights/MODEL_CARD.md)
+I2V_PRESET = {"toyworld": "toyworld-i2v"}
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 COLUMN_X = 40
@@ -149,7 +153,8 @@ def workflows(preset: str = DEFAULT_PRESET) -> list[Workflow]:
                   _stamp(3)],
                  [("Model", ["model"]), ("Prompt", ["text"]), ("Video size", ["latent"]), SAMPLE, SAVE]),
         Workflow("image_to_video", "Image to video: a still image becomes the first frame; the rest is generated.",
-                 [_model(preset), _load("image", "yellow_box.png", "Still image (first frame)"),
+                 [_model(I2V_PRESET.get(preset, preset)),
+                  _load("image", "yellow_box.png", "Still image (first frame)"),
                   _text("a yellow box moves up on a sky blue background"), _latent(),
                   Node("i2v", "SpacetimeImageToVideo", 2, "Image as first frame", {"position": "start"},
                        {"model": "model.model", "latent": "latent.latent", "image": "image.frames"}),
@@ -157,7 +162,8 @@ def workflows(preset: str = DEFAULT_PRESET) -> list[Workflow]:
                  [("Model", ["model"]), ("Input image", ["image"]), ("Prompt", ["text"]),
                   ("Video size", ["latent"]), ("Image to video", ["i2v"]), SAMPLE, SAVE]),
         Workflow("extend_forward", "Extend forward: 9 frames of a clip, then 8 new frames that continue it.",
-                 [_model(preset), _load("clip", "ball_clip.mp4", "Clip to continue (first 9 frames)", max_frames=9),
+                 [_model(I2V_PRESET.get(preset, preset)),
+                  _load("clip", "ball_clip.mp4", "Clip to continue (first 9 frames)", max_frames=9),
                   _text(ball_prompt), _extend("forward", "Extend forward (+8 frames after)"), *extend_tail],
                  [("Model", ["model"]), ("Input clip", ["clip"]), ("Prompt", ["text"]), ("Extend", ["extend"]),
                   SAMPLE, SAVE]),
@@ -167,8 +173,8 @@ def workflows(preset: str = DEFAULT_PRESET) -> list[Workflow]:
                  [("Model", ["model"]), ("Input clip", ["clip"]), ("Prompt", ["text"]), ("Extend", ["extend"]),
                   SAMPLE, SAVE]),
         Workflow("fill_frames", "Fill frames: 8 new frames bridge the end of one clip and the start of a later one.",
-                 [_model(preset), _load("clip", "ball_clip.mp4", "Clip before the gap (last 4 frames)",
-                                        skip_frames=13),
+                 [_model(I2V_PRESET.get(preset, preset)),
+                  _load("clip", "ball_clip.mp4", "Clip before the gap (last 4 frames)", skip_frames=13),
                   _load("after", "ball_clip_later.mp4", "Clip after the gap (first 5 frames)", max_frames=5),
                   _text(ball_prompt), _extend("fill", "Fill the gap (8 frames)", after=True), *extend_tail],
                  [("Model", ["model"]), ("Input clips", ["clip", "after"]), ("Prompt", ["text"]),
