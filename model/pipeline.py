@@ -138,11 +138,15 @@ class Spacetime:
         return self.concat_conditioned or self.preset.frames_only
 
     def check_known_frames(self, cond) -> None:
-        """Refuse text-to-video (no known frame in ``cond``) for a preset whose weights need given frames."""
-        if self.preset.frames_only and (cond is None or not cond.any_known):
-            raise SpacetimeValueError(
-                f"preset {self.preset.name!r} generates from given frames only (image-to-video, extension, fill) and "
-                f"got none; give an image or a clip to continue, or use a text-to-video preset (e.g. toyworld)")
+        """Refuse text-to-video (no known frame in ``cond``) where generation needs given frames
+        (``needs_known_frames``), naming what the model takes them as."""
+        if not self.needs_known_frames or (cond is not None and cond.any_known):
+            return
+        if self.concat_conditioned:
+            concat_channels(None, self.preset.dit.in_dim, self.preset.dit.out_dim)     # raises: needs an image
+        raise SpacetimeValueError(
+            f"preset {self.preset.name!r} generates from given frames only (image-to-video, extension, fill) and got "
+            f"none; give an image or a clip to continue, or use a text-to-video preset (e.g. toyworld)")
 
     # ------------------------------------------------------------------ LoRA
     def with_lora(self, path, strength: float = 1.0, mode: Optional[str] = None, expert: str = "both"
@@ -461,8 +465,6 @@ class Spacetime:
         shift = shift or self.preset.shift
         if sampler not in SAMPLERS:
             raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
-        if self.concat_conditioned and (cond is None or not cond.any_known):
-            concat_channels(None, self.preset.dit.in_dim, self.preset.dit.out_dim)     # raises: needs an image
         self.check_known_frames(cond)
         model = self.denoising_model(switch, cfg_high_noise, load, unload)
         B = shape[0]

@@ -62,6 +62,13 @@ def ship_score(probe: dict) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
+def _write_meta(meta_path: Path, meta: dict) -> None:
+    """embedded.json, replaced atomically (a temporary file moved into place)."""
+    tmp = meta_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(meta_path)
+
+
 def _has_weights(folder: Path) -> bool:
     return all((Path(folder) / f).exists() for f in ("embedded.json", DIT_FILE.name, VAE_FILE.name))
 
@@ -102,9 +109,7 @@ def export(vae_dir: Path, dit_dir: Path, out: Path, ship: bool = False, dtype=to
                  "dit_steps": int(dmeta["step"]), "probe": new, "probe_seeds": int(seeds),
                  "vae_recon": {k: v for k, v in vmeta.items() if k.startswith("recon")},
                  "latent_rgb": fit_latent_rgb(vae_dir)})
-    tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(meta_path)
+    _write_meta(meta_path, meta)
     print(f"exported to {out} (probe score {ship_score(new):.4f})")
     return True
 
@@ -143,15 +148,15 @@ def export_i2v(dit_dir: Path, out: Path = WEIGHTS_DIR, ship: bool = False, dtype
     out, dit_dir = Path(out), Path(dit_dir)
     meta_path = out / "embedded.json"
     if not _has_weights(out):
-        raise SpacetimeValueError(f"--out {out}: not a weights folder of the embedded model (allowed: a folder holding "
-                                f"embedded.json, {DIT_FILE.name} and {VAE_FILE.name})")
+        raise SpacetimeValueError(f"--out {out}: not a weights folder of the embedded model (allowed: a folder "
+                                  f"holding embedded.json, {DIT_FILE.name} and {VAE_FILE.name})")
     if not ((dit_dir / "dit.json").exists() and (dit_dir / "dit_ema.safetensors").exists()):
         raise SpacetimeValueError(f"--dit {dit_dir}: allowed a DiT run folder (dit.json and dit_ema.safetensors)")
     dmeta = json.loads((dit_dir / "dit.json").read_text())
     meta = json.loads(meta_path.read_text())
     if dmeta["config"] != meta["dit"]:
-        raise SpacetimeValueError(f"--dit {dit_dir}: its DiT config differs from the embedded model's in {meta_path}; the "
-                         f"image-to-video weights share the architecture and VAE")
+        raise SpacetimeValueError(f"--dit {dit_dir}: its DiT config differs from the embedded model's in "
+                                  f"{meta_path}; the image-to-video weights share the architecture and VAE")
     new = figures if figures is not None else evaluate(dit_dir / "dit_ema.safetensors", quick=quick)
     if ship:
         base = out / I2V_DIT_FILE.name
@@ -167,9 +172,7 @@ def export_i2v(dit_dir: Path, out: Path = WEIGHTS_DIR, ship: bool = False, dtype
     dsd = read_state_dict(dit_dir / "dit_ema.safetensors")
     write_safetensors_atomic({k: v.to(dtype) for k, v in dsd.items()}, out / I2V_DIT_FILE.name, overwrite=True)
     meta["i2v"] = {"dit_steps": int(dmeta["step"]), "eval": new, "quick": bool(quick)}
-    tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(meta_path)
+    _write_meta(meta_path, meta)
     print(f"exported the image-to-video weights to {out / I2V_DIT_FILE.name} (score {i2v_score(new):.4f})")
     return True
 

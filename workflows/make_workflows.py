@@ -147,13 +147,14 @@ def workflows(preset: str = DEFAULT_PRESET) -> list[Workflow]:
     t2v_prompt = "a red ball bounces on a navy background"
     ball_prompt = "a red ball moves right on a navy background"
     extend_tail = [_denoise("extend.latent", 2), _decode(3), _stamp(3)]
+    i2v = I2V_PRESET.get(preset, preset)
     return [
         Workflow("text_to_video", "Text to video: a prompt becomes a 64x64, 17-frame clip.",
                  [_model(preset), _text(t2v_prompt), _latent(), _denoise("latent.latent", 2), _decode(3),
                   _stamp(3)],
                  [("Model", ["model"]), ("Prompt", ["text"]), ("Video size", ["latent"]), SAMPLE, SAVE]),
         Workflow("image_to_video", "Image to video: a still image becomes the first frame; the rest is generated.",
-                 [_model(I2V_PRESET.get(preset, preset)),
+                 [_model(i2v),
                   _load("image", "yellow_box.png", "Still image (first frame)"),
                   _text("a yellow box moves up on a sky blue background"), _latent(),
                   Node("i2v", "SpacetimeImageToVideo", 2, "Image as first frame", {"position": "start"},
@@ -162,7 +163,7 @@ def workflows(preset: str = DEFAULT_PRESET) -> list[Workflow]:
                  [("Model", ["model"]), ("Input image", ["image"]), ("Prompt", ["text"]),
                   ("Video size", ["latent"]), ("Image to video", ["i2v"]), SAMPLE, SAVE]),
         Workflow("extend_forward", "Extend forward: 9 frames of a clip, then 8 new frames that continue it.",
-                 [_model(I2V_PRESET.get(preset, preset)),
+                 [_model(i2v),
                   _load("clip", "ball_clip.mp4", "Clip to continue (first 9 frames)", max_frames=9),
                   _text(ball_prompt), _extend("forward", "Extend forward (+8 frames after)"), *extend_tail],
                  [("Model", ["model"]), ("Input clip", ["clip"]), ("Prompt", ["text"]), ("Extend", ["extend"]),
@@ -173,7 +174,7 @@ def workflows(preset: str = DEFAULT_PRESET) -> list[Workflow]:
                  [("Model", ["model"]), ("Input clip", ["clip"]), ("Prompt", ["text"]), ("Extend", ["extend"]),
                   SAMPLE, SAVE]),
         Workflow("fill_frames", "Fill frames: 8 new frames bridge the end of one clip and the start of a later one.",
-                 [_model(I2V_PRESET.get(preset, preset)),
+                 [_model(i2v),
                   _load("clip", "ball_clip.mp4", "Clip before the gap (last 4 frames)", skip_frames=13),
                   _load("after", "ball_clip_later.mp4", "Clip after the gap (first 5 frames)", max_frames=5),
                   _text(ball_prompt), _extend("fill", "Fill the gap (8 frames)", after=True), *extend_tail],
