@@ -264,6 +264,44 @@ def test_contrasting_captions_name_the_opposite_motion_in_the_same_words():
     assert bt.negatives is None
 
 
+def test_contrasting_captions_change_the_shape_or_colour_word_on_frames_and_clips():
+    from spacetime.toyworld.captions import parse_prompt
+    from spacetime.toyworld.world import Obj, Scene, is_held_out, visible_on
+    rng = np.random.default_rng(5)
+    scenes = [Scene(bg, (Obj(sh, co, "small", "moves right", 0.3, 0.5),)) for bg, sh, co in
+              (("black", "ball", "red"), ("white", "box", "blue"), ("navy", "triangle", "yellow"),
+               ("beige", "ball", "purple"))]
+    b = td.Bucket("64x64_5f", torch.zeros(4, 4, 2, 4, 4, dtype=torch.float16), torch.zeros(4, 2, 4, 4, dtype=torch.uint8), scenes)
+    seen = {"shape": 0, "colour": 0}
+    for image_frac in (1.0, 0.0):                          # single-frame steps and clip steps
+        r = td.DitRecipe(tokens=64, p_drop=0.0, image_frac=image_frac, contrast=1.0, p_short=0.5,
+                         contrast_words="shape,colour")
+        for step in range(30):
+            bt = td.clip_batch([b], rng, r, TINY_DIT, step)
+            assert bt.kind == ("image" if image_frac else "video")
+            for cap, neg in zip(bt.captions, bt.negatives):
+                a, o = parse_prompt(cap)["objects"][0], parse_prompt(neg)["objects"][0]
+                assert a["motion"] == o["motion"]                    # one word changed, never the motion
+                changed = [k for k in ("shape", "color") if a[k] != o[k]]
+                assert len(changed) == 1, (cap, neg)
+                seen["shape" if changed == ["shape"] else "colour"] += 1
+    assert min(seen.values()) > 20
+    # another colour stands out from the background; held-out combinations never appear
+    sc = Scene("white", (Obj("ball", "red", "small", "stays still", 0.5, 0.5),))
+    for k in range(40):
+        other = td.contrasting_scene(sc, ["colour"], np.random.default_rng(k)).main
+        assert other.color != "red" and visible_on(other.color, "white")
+    held = Scene("black", (Obj("ball", "green", "small", "moves right", 0.3, 0.5),))
+    for k in range(40):
+        alt = td.contrasting_scene(held, ["shape", "colour", "motion"], np.random.default_rng(k))
+        assert alt is not None and not is_held_out(alt)
+    # motion is not contrasted on a single frame: a motion-only recipe adds no second caption there
+    r = td.DitRecipe(tokens=64, p_drop=0.0, image_frac=1.0, contrast=1.0)
+    assert td.clip_batch([b], rng, r, TINY_DIT, 0).negatives is None
+    with pytest.raises(ValueError, match="contrast_words='size'.*motion, shape, colour"):
+        td.DitRecipe(contrast_words="size")
+
+
 def test_contrast_hinge_charges_a_caption_blind_model_and_only_at_high_noise():
     g = torch.Generator().manual_seed(2)
     B, Fp = 4, 3
