@@ -315,6 +315,43 @@ def test_motion_word_gap_is_zero_for_a_text_blind_model_and_large_for_one_that_r
     assert set(OPPOSITE_DIRECTION.values()) == set(OPPOSITE_DIRECTION)
 
 
+
+def test_frame_word_gap_is_zero_for_a_text_blind_model_and_names_one_other_word():
+    from spacetime.toyworld.captions import parse_prompt
+    from spacetime.toyworld.probe import frame_word_gap
+    from spacetime.toyworld.world import visible_on
+
+    class Blind(torch.nn.Linear):
+        def __call__(self, xs, t, ctx, lens):
+            return torch.zeros_like(xs)
+
+    for word in ("shape", "colour"):
+        vae, text = _LatentsOf(), _Captions()
+        gap = frame_word_gap(Blind(1, 1), vae, text, word, frames=6, sigmas=(0.5, 0.99))
+        assert set(gap) == {0.5, 0.99} and all(abs(v) < 1e-9 for v in gap.values())
+        assert vae.x0.shape[2] == 1                                        # single frames
+        true, other = text.calls
+        for a, b in zip(true, other):
+            pa, pb = parse_prompt(a), parse_prompt(b)
+            oa, ob = pa["objects"][0], pb["objects"][0]
+            key = "shape" if word == "shape" else "color"
+            assert oa[key] != ob[key] and {k: v for k, v in oa.items() if k != key} == \
+                {k: v for k, v in ob.items() if k != key}
+            if word == "colour":
+                assert visible_on(ob["color"], pb["background"])
+
+    class Reader(torch.nn.Linear):
+        """Fits the frame exactly with the true caption (marked 1), half-way with the other one."""
+        def __call__(self, xs, t, ctx, lens):
+            s = (t / 1000.0).clamp(min=1e-6)[:, None, :, None, None]
+            exact = (xs - vae.x0) / s
+            return exact if float(ctx[0, 0, 0]) == 1.0 else 0.5 * exact
+
+    vae, text = _LatentsOf(), _Captions()
+    assert all(v > 1e3 for v in frame_word_gap(Reader(1, 1), vae, text, "shape", frames=6).values())
+    with pytest.raises(ValueError, match="word='size'"):
+        frame_word_gap(Blind(1, 1), _LatentsOf(), _Captions(), "size")
+
 def test_mask_mix_replaces_the_default_mixture_and_rejects_unknown_kinds():
     from spacetime.toyworld.train_dit import MASK_MIX, check_mask_mix, sample_mask
     rng = np.random.default_rng(2)

@@ -340,7 +340,7 @@ def test_the_whole_recipe_contrasts_captions_on_free_start_clips_only():
     assert all_dit_recipe(100, True, 60.0, True).tokens == 8 * free.tokens
 
 
-def test_probe_sets_none_logs_only_the_motion_word_gap(run, tmp_path, monkeypatch):
+def test_probe_sets_none_logs_only_the_word_gaps(run, tmp_path, monkeypatch):
     from spacetime.toyworld import probe as pr
     gaps = []
 
@@ -351,13 +351,16 @@ def test_probe_sets_none_logs_only_the_motion_word_gap(run, tmp_path, monkeypatc
     def no_probe(*a, **k):
         raise AssertionError("probe_sets='none' must not generate probe prompts")
     monkeypatch.setattr(pr, "motion_word_gap", fake_gap)
+    monkeypatch.setattr(pr, "frame_word_gap", lambda dit, vae, te, word: {0.85: {"shape": 3.0, "colour": 40.0}[word]})
     monkeypatch.setattr(pr, "run_probe", no_probe)
     r = td.DitRecipe(steps=6, tokens=256, warmup=2, probe_every=3, probe_sets="none", dit=config_to_dict(TINY_DIT),
                      max_batch=8)
     td.train_dit(run / "data", run / "vae", tmp_path, r)
     rows = [json.loads(line) for line in (tmp_path / "probe.jsonl").read_text().splitlines()]
-    assert len(gaps) == 2 and [x["step"] for x in rows] == [3, 6]
-    assert all(x["mode"] == "motion_word_gap" and x["i2v@0.99"] == 12.0 for x in rows)
+    assert len(gaps) == 2 and [x["step"] for x in rows] == [3, 3, 6, 6]
+    assert all(x["i2v@0.99"] == 12.0 for x in rows if x["mode"] == "motion_word_gap")
+    words = [x for x in rows if x["mode"] == "frame_word_gap"]
+    assert len(words) == 2 and all(x["shape@0.85"] == 3.0 and x["colour@0.85"] == 40.0 for x in words)
 
 
 def test_motion_boost_draws_clips_that_move_left_right_up_or_down():

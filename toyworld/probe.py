@@ -224,6 +224,53 @@ def probe_sheet(clips: Sequence[np.ndarray], path: Path, cols: int = 8, scale: i
 OPPOSITE_DIRECTION = {m: OPPOSITE_MOTION[m] for m in DIRECTIONS}
 
 
+FRAME_WORDS = ("shape", "colour")
+
+
+def frame_word_gap(dit, vae, text_encoder, word: str, frames: int = 32, sigmas: Sequence[float] = (0.5, 0.85, 0.99),
+                   seed: int = 11) -> dict:
+    """How much worse the DiT fits single toy-world frames of one object when their caption names another shape
+    (``word="shape"``) or another colour that stands out from the background (``"colour"``), everything else equal
+    (same frames, noise and wording): per noise level sigma, 100 x (loss with the other word / loss with the true
+    one - 1) in percent. A model that ignores the word scores 0, whatever its pictures look like; a frame shows shape
+    and colour, so a model that reads the word scores above 0 at every level. -> {sigma: gap}."""
+    from .captions import detailed_caption
+    from .world import render, sample_scene, with_main
+    if word not in FRAME_WORDS:
+        raise ValueError(f"word={word!r}: allowed {', '.join(FRAME_WORDS)}")
+    rng = np.random.default_rng(seed)
+    scenes, others = [], []
+    while len(scenes) < frames:
+        s = sample_scene(rng, "single", True)
+        o = s.main
+        if word == "shape":
+            alts = [with_main(s, shape=x) for x in SHAPES if x != o.shape]
+        else:
+            alts = [with_main(s, color=x) for x in COLORS if x != o.color and visible_on(x, s.background)]
+        alts = [a for a in alts if not is_held_out(a)]
+        if alts:
+            scenes.append(s)
+            others.append(alts[int(rng.integers(len(alts)))])
+    x = torch.from_numpy(np.stack([render(s, 1, 64, 64).frames for s in scenes])).permute(0, 4, 1, 2, 3)
+    x = x.float().div(127.5).sub(1)
+    dev = next(dit.parameters()).device
+    was_training = dit.training
+    dit.eval()
+    out: dict = {}
+    with torch.no_grad():
+        x0 = vae.encode(x.to(vae.device)).float().to(dev)
+        texts = [tuple(t.to(dev) for t in text_encoder.encode([detailed_caption(s) for s in group]))
+                 for group in (scenes, others)]
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(dev)
+        for sig in sigmas:
+            xs = (1 - sig) * x0 + sig * noise
+            t = torch.full((x0.shape[0], x0.shape[2]), float(sig) * 1000.0, device=dev)
+            losses = [float(((dit(xs, t, ctx, lens).float() - (noise - x0)) ** 2).mean()) for ctx, lens in texts]
+            out[float(sig)] = 100.0 * (losses[1] / max(losses[0], 1e-12) - 1.0)
+    dit.train(was_training)
+    return out
+
+
 def motion_word_gap(dit, vae, text_encoder, clips: int = 48, sigmas: Sequence[float] = (0.85, 0.95, 0.99),
                     seed: int = 5, free_start: bool = True) -> dict:
     """How much worse the DiT fits toy-world clips of one moving object when their caption names the opposite

@@ -495,11 +495,17 @@ def main(argv=None):
             print(f"{name:11s}", "  ".join(f"{k} {100 * v:5.1f}" for k, v in summ.items() if k != "n"),
                   f"  n {summ['n']}" if "n" in summ else "")
         from ..model.text_encoders import load_minilm
-        from .probe import motion_word_gap
-        gap = motion_word_gap(*_load_probe_parts(args.dit, args.vae), load_minilm())
+        from .probe import FRAME_WORDS, frame_word_gap, motion_word_gap
+        dit, vae = _load_probe_parts(args.dit, args.vae)
+        te = load_minilm()
+        gap = motion_word_gap(dit, vae, te)
         res["motion_word_gap"] = gap
         for mode, by_sigma in gap.items():
             print(f"motion word gap, {mode} (loss with the opposite direction vs the true one): " +
+                  "  ".join(f"sigma {s:.2f} {g:+.1f} %" for s, g in by_sigma.items()))
+        for w in FRAME_WORDS:
+            res[f"{w}_word_gap"] = by_sigma = frame_word_gap(dit, vae, te, w)
+            print(f"{w} word gap, single frames (loss with another {w} vs the true one): " +
                   "  ".join(f"sigma {s:.2f} {g:+.1f} %" for s, g in by_sigma.items()))
         if args.json:
             write_new(args.json, json.dumps(res, indent=1))           # never over a file that appeared meanwhile

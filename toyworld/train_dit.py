@@ -535,7 +535,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     summary."""
     from ..model.config import config_from_dict
     from ..model.text_encoders import load_minilm
-    from .probe import HELD, SEEN, motion_word_gap, probe_sheet, run_probe
+    from .probe import FRAME_WORDS, HELD, SEEN, frame_word_gap, motion_word_gap, probe_sheet, run_probe
     from .train_shots import load_stories, story_batch
     from .train_vae import load_trained_vae
     r = recipe
@@ -608,10 +608,15 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
         gap = motion_word_gap(ema, vae, text.enc)
         ck.log({"step": step, "mode": "motion_word_gap", **{f"{k}@{s:g}": v for k, d in gap.items()
                                                             for s, v in d.items()}}, "probe.jsonl")
+        words = {w: frame_word_gap(ema, vae, text.enc, w) for w in FRAME_WORDS}     # single frames: seconds
+        ck.log({"step": step, "mode": "frame_word_gap", **{f"{w}@{s:g}": v for w, d in words.items()
+                                                           for s, v in d.items()}}, "probe.jsonl")
         _plot_probe(ck)
         line = " ".join(f"{k}: all {v['all']:.0%} col {v['color']:.0%} shp {v['shape']:.0%}" +
                         (f" mot {v['motion']:.0%}" if "motion" in v else "") for k, v in summary.items())
         line += " motion word gap (i2v) " + " ".join(f"{g:+.1f}%" for g in gap["i2v"].values())
+        line += "".join(f" {w} word gap (frames) " + " ".join(f"{g:+.1f}%" for g in d.values())
+                        for w, d in words.items())
         print(f"probe @ {step} ({time.time() - tp:.0f}s): {line}", flush=True)
 
     step = start - 1                                        # the last step done
@@ -683,6 +688,12 @@ def _plot_probe(ck: Checkpointer):
             for k in ("i2v@0.99", "t2v@0.95"):
                 if k in r:
                     series.setdefault(f"motion word gap {k} (x0.01)", []).append((r["step"], r[k] / 100.0))
+            continue
+        if r["mode"] == "frame_word_gap":
+            for w in ("shape", "colour"):
+                if f"{w}@0.85" in r:
+                    series.setdefault(f"{w} word gap, frames, sigma 0.85 (x0.01)", []).append(
+                        (r["step"], r[f"{w}@0.85"] / 100.0))
             continue
         for m in keep.get((r["mode"], r["set"]), ("all",)):
             if m in r:
