@@ -284,15 +284,31 @@ class _Captions:
         return ctx, torch.full((len(captions),), 3)
 
 
+class _Blind(torch.nn.Linear):
+    """A DiT that ignores its caption (and everything else): zero flow."""
+    def __init__(self):
+        super().__init__(1, 1)
+
+    def __call__(self, xs, t, ctx, lens):
+        return torch.zeros_like(xs)
+
+
+class _Reader(torch.nn.Linear):
+    """A DiT that fits the stand-in VAE's latents exactly with the true caption (marked 1), half-way with another."""
+    def __init__(self, vae):
+        super().__init__(1, 1)
+        self.latents_of = vae
+
+    def __call__(self, xs, t, ctx, lens):
+        s = (t / 1000.0).clamp(min=1e-6)[:, None, :, None, None]
+        exact = (xs - self.latents_of.x0) / s
+        return exact if float(ctx[0, 0, 0]) == 1.0 else 0.5 * exact
+
 def test_motion_word_gap_is_zero_for_a_text_blind_model_and_large_for_one_that_reads_the_word():
     from spacetime.toyworld.probe import OPPOSITE_DIRECTION, motion_word_gap
 
-    class Blind(torch.nn.Linear):
-        def __call__(self, xs, t, ctx, lens):
-            return torch.zeros_like(xs)
-
     vae, text = _LatentsOf(), _Captions()
-    gap = motion_word_gap(Blind(1, 1), vae, text, clips=6, sigmas=(0.9, 0.99))
+    gap = motion_word_gap(_Blind(), vae, text, clips=6, sigmas=(0.9, 0.99))
     assert set(gap) == {"t2v", "i2v"} and all(set(g) == {0.9, 0.99} for g in gap.values())
     assert all(abs(v) < 1e-9 for g in gap.values() for v in g.values())
     # the two caption lists name opposite directions in otherwise identical words
@@ -302,18 +318,10 @@ def test_motion_word_gap_is_zero_for_a_text_blind_model_and_large_for_one_that_r
         assert len(a.split()) == len(b.split()) and len(diff) == 1
         assert {w.strip(".") for w in diff[0]} in ({"right", "left"}, {"upward", "downward"})
 
-    class Reader(torch.nn.Linear):
-        """Fits the clip exactly with the true caption (marked 1), half-way with the other one."""
-        def __call__(self, xs, t, ctx, lens):
-            s = (t / 1000.0).clamp(min=1e-6)[:, None, :, None, None]
-            exact = (xs - vae.x0) / s
-            return exact if float(ctx[0, 0, 0]) == 1.0 else 0.5 * exact
-
     vae, text = _LatentsOf(), _Captions()
-    gap = motion_word_gap(Reader(1, 1), vae, text, clips=6, sigmas=(0.9, 0.99))
+    gap = motion_word_gap(_Reader(vae), vae, text, clips=6, sigmas=(0.9, 0.99))
     assert all(v > 1e3 for g in gap.values() for v in g.values())
     assert set(OPPOSITE_DIRECTION.values()) == set(OPPOSITE_DIRECTION)
-
 
 
 def test_frame_word_gap_is_zero_for_a_text_blind_model_and_names_one_other_word():
@@ -321,13 +329,9 @@ def test_frame_word_gap_is_zero_for_a_text_blind_model_and_names_one_other_word(
     from spacetime.toyworld.probe import frame_word_gap
     from spacetime.toyworld.world import visible_on
 
-    class Blind(torch.nn.Linear):
-        def __call__(self, xs, t, ctx, lens):
-            return torch.zeros_like(xs)
-
     for word in ("shape", "colour"):
         vae, text = _LatentsOf(), _Captions()
-        gap = frame_word_gap(Blind(1, 1), vae, text, word, frames=6, sigmas=(0.5, 0.99))
+        gap = frame_word_gap(_Blind(), vae, text, word, frames=6, sigmas=(0.5, 0.99))
         assert set(gap) == {0.5, 0.99} and all(abs(v) < 1e-9 for v in gap.values())
         assert vae.x0.shape[2] == 1                                        # single frames
         true, other = text.calls
@@ -340,17 +344,11 @@ def test_frame_word_gap_is_zero_for_a_text_blind_model_and_names_one_other_word(
             if word == "colour":
                 assert visible_on(ob["color"], pb["background"])
 
-    class Reader(torch.nn.Linear):
-        """Fits the frame exactly with the true caption (marked 1), half-way with the other one."""
-        def __call__(self, xs, t, ctx, lens):
-            s = (t / 1000.0).clamp(min=1e-6)[:, None, :, None, None]
-            exact = (xs - vae.x0) / s
-            return exact if float(ctx[0, 0, 0]) == 1.0 else 0.5 * exact
-
     vae, text = _LatentsOf(), _Captions()
-    assert all(v > 1e3 for v in frame_word_gap(Reader(1, 1), vae, text, "shape", frames=6).values())
+    assert all(v > 1e3 for v in frame_word_gap(_Reader(vae), vae, text, "shape", frames=6).values())
     with pytest.raises(ValueError, match="word='size'"):
-        frame_word_gap(Blind(1, 1), _LatentsOf(), _Captions(), "size")
+        frame_word_gap(_Blind(), _LatentsOf(), _Captions(), "size")
+
 
 def test_mask_mix_replaces_the_default_mixture_and_rejects_unknown_kinds():
     from spacetime.toyworld.train_dit import MASK_MIX, check_mask_mix, sample_mask

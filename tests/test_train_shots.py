@@ -257,7 +257,7 @@ def test_contrasting_captions_name_the_opposite_motion_in_the_same_words():
     assert checked > 40
     # a held-out combination never appears, not even as a contrasting caption
     held = Scene("black", (Obj("ball", "green", "small", "moves right", 0.3, 0.5),))   # green moving left: held out
-    assert td.opposite_motion(held) is None and td.opposite_motion(pair) is None
+    assert td.contrasting_scene(held, ["motion"], rng) is None and td.contrasting_scene(pair, ["motion"], rng) is None
     # off by default: no second caption, the same random stream as before
     bt = td.clip_batch([b], np.random.default_rng(0), td.DitRecipe(tokens=64, p_drop=0.0, image_frac=0.0),
                        TINY_DIT, 0)

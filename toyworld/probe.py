@@ -235,19 +235,14 @@ def frame_word_gap(dit, vae, text_encoder, word: str, frames: int = 32, sigmas: 
     one - 1) in percent. A model that ignores the word scores 0, whatever its pictures look like; a frame shows shape
     and colour, so a model that reads the word scores above 0 at every level. -> {sigma: gap}."""
     from .captions import detailed_caption
-    from .world import render, sample_scene, with_main
+    from .world import alternatives, render, sample_scene
     if word not in FRAME_WORDS:
         raise ValueError(f"word={word!r}: allowed {', '.join(FRAME_WORDS)}")
     rng = np.random.default_rng(seed)
     scenes, others = [], []
     while len(scenes) < frames:
         s = sample_scene(rng, "single", True)
-        o = s.main
-        if word == "shape":
-            alts = [with_main(s, shape=x) for x in SHAPES if x != o.shape]
-        else:
-            alts = [with_main(s, color=x) for x in COLORS if x != o.color and visible_on(x, s.background)]
-        alts = [a for a in alts if not is_held_out(a)]
+        alts = alternatives(s, word)
         if alts:
             scenes.append(s)
             others.append(alts[int(rng.integers(len(alts)))])

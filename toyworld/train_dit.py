@@ -48,8 +48,7 @@ from ..model.dit import build_dit
 from ..model.embedded import TOY_DIT
 from ..model.loading import read_state_dict, write_safetensors_atomic
 from .runs import Checkpointer, StopOnSignal, clips_to_tensor, device_and_threads, lr_at
-from .world import (COLORS, DIRECTIONS, SHAPES, Obj, Scene, is_held_out, random_clip, render, visible_on, with_main,
-                    with_opposite_motion)
+from .world import DIRECTIONS, Obj, Scene, alternatives, random_clip, render
 
 TRAIN_SIZES = ((64, 64), (96, 64), (64, 96))
 # clips per bucket as fractions of the total: single frames are cheap and plentiful, clips teach motion
@@ -329,15 +328,14 @@ class DitRecipe:
     dit: dict = field(default_factory=lambda: config_to_dict(TOY_DIT))
 
     def __post_init__(self):
-        words = [w.strip() for w in str(self.contrast_words).split(",") if w.strip()]
-        bad = [w for w in words if w not in CONTRAST_WORDS]
-        if bad or not words:
+        words = self.contrasted
+        if not words or any(w not in CONTRAST_WORDS for w in words):
             raise ValueError(f"contrast_words={self.contrast_words!r}: allowed a comma-separated choice of "
                              f"{', '.join(CONTRAST_WORDS)}")
 
     @property
     def contrasted(self) -> tuple:
-        return tuple(dict.fromkeys(w.strip() for w in self.contrast_words.split(",") if w.strip()))
+        return tuple(dict.fromkeys(w.strip() for w in str(self.contrast_words).split(",") if w.strip()))
 
     @classmethod
     def from_dict(cls, d: dict) -> "DitRecipe":
@@ -407,15 +405,13 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
     else:
         idx = rng.integers(0, b.latents.shape[0], B)
     caps, negs = [], []
+    words = [w for w in r.contrasted if not (img_step and w == "motion")] if r.contrast > 0 else []
     for i in idx:
         if rng.random() < r.p_drop:
             caps.append("")
             negs.append(None)
             continue
-        opposite = None
-        if r.contrast > 0:
-            words = [w for w in r.contrasted if not (img_step and w == "motion")]
-            opposite = contrasting_scene(b.scenes[i], words, rng) if words else None
+        opposite = contrasting_scene(b.scenes[i], words, rng) if words else None
         twin = copy.deepcopy(rng) if opposite is not None else None     # the same wording, one word changed
         caps.append(training_caption(b.scenes[i], rng, r.p_short))
         negs.append(None if opposite is None else training_caption(opposite, twin, r.p_short))
@@ -432,31 +428,11 @@ def contrasting_scene(scene: Scene, words, rng: np.random.Generator) -> Optional
     choice, so a motion-only recipe keeps the random stream of the data it reads."""
     if scene.kind != "single" or len(scene.objects) != 1:
         return None
-    o = scene.main
-    options = []
-    for w in words:
-        if w == "motion":
-            cands = [with_opposite_motion(scene)]
-        elif w == "shape":
-            cands = [with_main(scene, shape=x) for x in SHAPES if x != o.shape]
-        else:
-            cands = [with_main(scene, color=x) for x in COLORS if x != o.color and visible_on(x, scene.background)]
-        cands = [c for c in cands if not is_held_out(c)]   # held-out captions stay out of training entirely
-        if cands:
-            options.append(cands)
+    options = [c for c in (alternatives(scene, w) for w in words) if c]
     if not options:
         return None
     pick = options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]
     return pick[int(rng.integers(len(pick)))] if len(pick) > 1 else pick[0]
-
-
-def opposite_motion(scene: Scene) -> Optional[Scene]:
-    """The scene of one object with the opposite motion (the contrasting caption's scene), or None for scenes of
-    another kind (pairs, occlusion, pans)."""
-    if scene.kind != "single" or len(scene.objects) != 1:
-        return None
-    other = with_opposite_motion(scene)
-    return None if is_held_out(other) else other             # held-out captions stay out of training entirely
 
 
 def predict(model, xs: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, lens: torch.Tensor,
@@ -679,6 +655,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
 
 
 def _plot_probe(ck: Checkpointer):
+    from .probe import FRAME_WORDS
     rows = ck.rows("probe.jsonl")
     keep = {("image", "seen"): ("color", "shape", "all"), ("image", "held"): ("all",),
             ("video", "seen"): ("color", "motion", "all"), ("video", "held"): ("color", "all")}
@@ -690,7 +667,7 @@ def _plot_probe(ck: Checkpointer):
                     series.setdefault(f"motion word gap {k} (x0.01)", []).append((r["step"], r[k] / 100.0))
             continue
         if r["mode"] == "frame_word_gap":
-            for w in ("shape", "colour"):
+            for w in FRAME_WORDS:
                 if f"{w}@0.85" in r:
                     series.setdefault(f"{w} word gap, frames, sigma 0.85 (x0.01)", []).append(
                         (r["step"], r[f"{w}@0.85"] / 100.0))

@@ -140,6 +140,22 @@ def with_opposite_motion(scene: Scene) -> Scene:
     return with_main(scene, motion=OPPOSITE_MOTION[scene.main.motion])
 
 
+def alternatives(scene: Scene, word: str) -> list:
+    """The scene with one word of its main object changed, every way training may name: ``motion`` the opposite
+    motion, ``shape`` each other shape, ``colour`` each other colour that stands out from the background; held-out
+    combinations left out (the contrasting captions of training and the probe's word gaps)."""
+    o = scene.main
+    if word == "motion":
+        cands = [with_opposite_motion(scene)]
+    elif word == "shape":
+        cands = [with_main(scene, shape=x) for x in SHAPES if x != o.shape]
+    elif word == "colour":
+        cands = [with_main(scene, color=x) for x in COLORS if x != o.color and visible_on(x, scene.background)]
+    else:
+        raise ValueError(f"word={word!r}: allowed motion, shape, colour")
+    return [c for c in cands if not is_held_out(c)]
+
+
 def is_held_out(scene: Scene) -> bool:
     return any((o.shape, o.color) in HELD_OUT_SHAPE_COLOR or (o.color, o.motion) in HELD_OUT_COLOR_MOTION
                for o in scene.objects)
