@@ -134,6 +134,8 @@ def test_probe_on_weights_pools_seeds_and_scores_the_shipped_model(tmp_path):
     assert row["n"] == 4                                       # two noises per prompt
     assert row["background"] >= 0.75 and row["drawn"] >= 0.75  # the shipped model gets backgrounds right
     assert res["mean"]["color"] == pytest.approx(row["color"])
+    assert sum(sum(r.values()) for r in res["drawn_shapes"].values()) == 4          # every sample in the table
+    assert set(res["drawn_shapes"]) == {it.scene.main.shape for it in items} and "drawn_shapes" not in res["mean"]
 
 
 def test_probe_on_weights_rejects_bad_input_before_work(tmp_path):
@@ -364,3 +366,21 @@ def test_mask_mix_replaces_the_default_mixture_and_rejects_unknown_kinds():
                       ([1, 2], "mask_mix")):
         with pytest.raises(ValueError, match=word):
             check_mask_mix(bad)
+
+
+def test_drawn_shapes_tells_what_is_drawn_instead():
+    from spacetime.toyworld.probe import drawn_shapes, merge_tables
+    from spacetime.toyworld.world import with_main
+    singles = [it for it in SEEN if it.scene.kind == "single"]
+    pairs = [it for it in SEEN if it.scene.kind == "pair"][:2]
+    asked = {s: sum(it.scene.main.shape == s for it in singles) for s in ("ball", "box", "triangle")}
+    truth = drawn_shapes([render(it.scene, 17).frames for it in singles + pairs], singles + pairs)
+    assert set(truth) == set(asked)                                      # pairs are not counted
+    assert all(sum(row.values()) == asked[s] for s, row in truth.items())
+    assert all(truth[s].get(s, 0) == asked[s] for s in asked)            # ground truth: the diagonal
+    balls = drawn_shapes([render(with_main(it.scene, shape="ball"), 17).frames for it in singles], singles)
+    assert all(balls[s].get("ball", 0) >= 0.9 * asked[s] for s in asked)  # every object drawn round: the ball column
+    blank = np.broadcast_to(render(singles[0].scene, 1).frames[:1, :1, :1], (1, 64, 64, 3)).copy()
+    assert drawn_shapes([blank], singles[:1]) == {singles[0].scene.main.shape: {"none": 1}}
+    both = merge_tables(truth, balls)
+    assert sum(both["box"].values()) == 2 * asked["box"] and both["box"].get("ball", 0) >= 0.9 * asked["box"]

@@ -184,6 +184,33 @@ def generate_items(dit, vae, text_encoder, items: Sequence[ProbeItem], frames: i
     return out
 
 
+def drawn_shapes(clips: Sequence[np.ndarray], items: Sequence[ProbeItem]) -> dict:
+    """Which shape the analysis reads where each single-object item asked for one: {asked: {drawn: count}} ("none"
+    where no object is found, "unknown" where it is too small to tell). The shape rate says how often the shape is
+    right; this table says what is drawn instead (a model that draws every object as a round blob fills the ball
+    column)."""
+    table: dict = {}
+    for clip, it in zip(clips, items):
+        if it.scene.kind != "single":
+            continue
+        tracks = analyse(clip)["tracks"]
+        obj = next((t for t in tracks if t.color == it.scene.main.color), tracks[0] if tracks else None)
+        got = obj.shape() if obj is not None else "none"
+        row = table.setdefault(it.scene.main.shape, {})
+        row[got] = row.get(got, 0) + 1
+    return table
+
+
+def merge_tables(*tables: dict) -> dict:
+    """The cell-by-cell sum of ``drawn_shapes`` tables."""
+    out: dict = {}
+    for t in tables:
+        for asked, row in t.items():
+            for got, n in row.items():
+                out.setdefault(asked, {})[got] = out.get(asked, {}).get(got, 0) + n
+    return out
+
+
 def run_probe(dit, vae, text_encoder, frames: int = 17, sets: Optional[dict] = None, **kw) -> tuple[dict, dict]:
     """-> ({set name: summary}, {set name: list of clips}) for the SEEN and HELD sets (or ``sets``)."""
     sets = sets or {"seen": SEEN, "held": HELD}
