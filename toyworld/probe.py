@@ -206,8 +206,9 @@ def merge_tables(*tables: dict) -> dict:
     out: dict = {}
     for t in tables:
         for asked, row in t.items():
+            mine = out.setdefault(asked, {})
             for got, n in row.items():
-                out.setdefault(asked, {})[got] = out.get(asked, {}).get(got, 0) + n
+                mine[got] = mine.get(got, 0) + n
     return out
 
 
