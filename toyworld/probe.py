@@ -107,6 +107,11 @@ def reseeded(items: Sequence[ProbeItem], k: int) -> list[ProbeItem]:
 # Scoring
 # ----------------------------------------------------------------------------------------------------------------------
 
+def asked_object(tracks: list, color: str):
+    """The track the verdicts judge: the one of the asked colour, else the dominant one (None when nothing is drawn)."""
+    return next((t for t in tracks if t.color == color), tracks[0] if tracks else None)
+
+
 def score(frames, scene: Scene) -> dict:
     """Verdicts for one generated clip (uint8 [T, H, W, 3] or float 0..1) against the scene it was asked for.
     Metrics that do not apply (motion of a still image, relation of a single object) are None."""
@@ -116,7 +121,7 @@ def score(frames, scene: Scene) -> dict:
     main = a["tracks"][0] if a["tracks"] else None
     want = scene.main
     t = tracks.get(want.color)
-    obj = t or main
+    obj = asked_object(a["tracks"], want.color)
     res = {"drawn": main is not None, "background": a["background"] == scene.background}
     if scene.kind == "pair":
         t2 = tracks.get(scene.objects[1].color)
@@ -193,8 +198,7 @@ def drawn_shapes(clips: Sequence[np.ndarray], items: Sequence[ProbeItem]) -> dic
     for clip, it in zip(clips, items):
         if it.scene.kind != "single":
             continue
-        tracks = analyse(clip)["tracks"]
-        obj = next((t for t in tracks if t.color == it.scene.main.color), tracks[0] if tracks else None)
+        obj = asked_object(analyse(clip)["tracks"], it.scene.main.color)
         got = obj.shape() if obj is not None else "none"
         row = table.setdefault(it.scene.main.shape, {})
         row[got] = row.get(got, 0) + 1
