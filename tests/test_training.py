@@ -1,4 +1,5 @@
 """Pieces of the embedded model's training recipe that decide what it learns."""
+import pytest
 import torch
 
 from spacetime.model.config import VAEConfig
@@ -81,3 +82,36 @@ def test_decoder_fine_tune_keeps_the_encoder_and_counts_its_steps(tmp_path):
     meta = json.loads((tmp_path / "dec2" / "vae.json").read_text())
     assert meta["decoder_finetune_steps"] == 5 and meta["config"] == config_to_dict(TINY)
     assert len(meta["recon_psnr_per_frame_33f"]) == 33
+
+
+class _CountingEncoder:
+    """A text encoder stand-in: token rows that spell the caption's length, and a record of what it was asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    def encode(self, captions):
+        self.asked.append(list(captions))
+        lens = torch.tensor([len(c) + 1 for c in captions])
+        emb = torch.zeros(len(captions), int(lens.max()), 3)
+        for i, c in enumerate(captions):
+            emb[i, :len(c) + 1] = float(len(c))
+        return emb, lens
+
+
+def test_caption_cache_never_evicts_a_caption_of_the_batch_it_serves():
+    # A full cache used to evict its oldest entry (the empty caption of classifier-free guidance, cached first)
+    # while encoding a batch that also held it, and the batch's lookup then failed.
+    from spacetime.toyworld.train_dit import CachedText
+    enc = _CountingEncoder()
+    text = CachedText(enc, max_items=3)
+    text(["", "a"], "cpu")
+    ctx, lens = text(["bb", "ccc", "", "dddd"], "cpu")             # 5 distinct captions seen, room for 3
+    assert lens.tolist() == [3, 4, 1, 5]
+    assert ctx[1, :4, 0].tolist() == [3.0] * 4 and ctx[2, 0, 0].item() == 0.0
+    assert len(text.cache) == 3
+    ctx, lens = text(["dddd", "e"], "cpu")                           # "dddd" is cached: only "e" is encoded
+    assert enc.asked[-1] == ["e"] and lens.tolist() == [5, 2]
+    assert set(text.cache) == {"ccc", "dddd", "e"}                   # the least recently used went first
+    with pytest.raises(ValueError, match="max_items=0"):
+        CachedText(enc, max_items=0)

@@ -267,22 +267,25 @@ def sample_sigma(b: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tens
 # ----------------------------------------------------------------------------------------------------------------------
 
 class CachedText:
-    """MiniLM token embeddings per caption, kept (fp16) for captions seen before."""
+    """MiniLM token embeddings per caption, kept (fp16) for the ``max_items`` captions used most recently."""
 
     def __init__(self, encoder, max_items: int = 30000):
+        if max_items < 1:
+            raise ValueError(f"max_items={max_items}: allowed 1 or more")
         self.enc, self.max_items = encoder, max_items
         self.cache: dict = {}
 
     @torch.no_grad()
     def __call__(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        todo = sorted({c for c in captions if c not in self.cache})
+        found = {c: self.cache.pop(c) for c in dict.fromkeys(captions) if c in self.cache}
+        todo = sorted({c for c in captions if c not in found})
         if todo:
             emb, lens = self.enc.encode(todo)
-            for i, c in enumerate(todo):
-                if len(self.cache) >= self.max_items:
-                    self.cache.pop(next(iter(self.cache)))
-                self.cache[c] = emb[i, :int(lens[i])].half().cpu()
-        rows = [self.cache[c] for c in captions]
+            found.update({c: emb[i, :int(lens[i])].half().cpu() for i, c in enumerate(todo)})
+        self.cache.update(found)                      # this batch's captions become the newest entries
+        while len(self.cache) > self.max_items:       # so the oldest evicted are never this batch's
+            self.cache.pop(next(iter(self.cache)))
+        rows = [found[c] for c in captions]
         L = max(r.shape[0] for r in rows)
         out = torch.zeros(len(rows), L, rows[0].shape[1])
         for i, r in enumerate(rows):
