@@ -203,6 +203,23 @@ def test_ship_rule_probes_both_sides_and_ships_only_the_better_weights(tmp_path,
     assert torch.equal(read_state_dict(worse / DIT_FILE.name)["head.head.weight"], good["head.head.weight"])
 
 
+def test_export_names_a_folder_that_is_not_what_its_option_takes_before_any_probe(tmp_path):
+    """A weights folder given as ``--vae`` (it holds embedded_vae.safetensors, not a VAE run's files) is refused with
+    the option, the folder, the missing files and what is allowed; nothing is written."""
+    import json
+    from spacetime.model.embedded import DIT_FILE, META, WEIGHTS_DIR
+    from spacetime.model.errors import SpacetimeValueError
+    from spacetime.model.loading import read_state_dict
+    from spacetime.toyworld.train import export
+    run = _dit_run(tmp_path / "run", read_state_dict(DIT_FILE), json.loads(META.read_text())["dit"])
+    out = tmp_path / "out"
+    with pytest.raises(SpacetimeValueError, match=r"--vae .*lacks vae.json and vae.safetensors; allowed .*shipped-vae"):
+        export(WEIGHTS_DIR, run, out, ship=True)
+    with pytest.raises(SpacetimeValueError, match=r"--dit .*lacks dit.json and dit_ema.safetensors; allowed a DiT run"):
+        export(WEIGHTS_DIR, tmp_path, out)
+    assert not out.exists()
+
+
 def test_image_to_video_weights_ship_only_when_their_evaluation_beats_the_weights_there(tmp_path, capsys):
     """``export --i2v --ship`` judges by the image-to-video evaluation, run on both sides: against the text-to-video
     weights while the folder has no image-to-video weights, then against those; a refusal leaves the folder as it

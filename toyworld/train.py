@@ -80,7 +80,15 @@ def export(vae_dir: Path, dit_dir: Path, out: Path, ship: bool = False, dtype=to
     ``ship``, only when that probe's ``ship_score`` beats the same probe run on the weights already in ``out``
     (probed again, never read from their record, so both sides are measured by the same probe code and seeds).
     ``probe_kw`` goes to ``probe_weights`` (e.g. fewer ``sets`` for a quick check). Returns whether it wrote."""
+    from ..model.errors import SpacetimeValueError
     out = Path(out)
+    for opt, folder, files, hint in (
+            ("dit", dit_dir, ("dit.json", "dit_ema.safetensors"), "a DiT run folder of `train dit`"),
+            ("vae", vae_dir, ("vae.json", "vae.safetensors"),
+             "a VAE folder of `train vae` / `decoder`, or `train shipped-vae --out FOLDER` to keep the shipped VAE")):
+        missing = [f for f in files if not (Path(folder) / f).is_file()]
+        if missing:
+            raise SpacetimeValueError(f"--{opt} {folder}: lacks {' and '.join(missing)}; allowed {hint}")
     dmeta = json.loads((Path(dit_dir) / "dit.json").read_text())
     _, vcfg = load_trained_vae(vae_dir)                      # a broken VAE folder fails here, before any probe
     meta_path = out / "embedded.json"
