@@ -153,13 +153,22 @@ def test_newer_comfy_fp8_layout_and_header_metadata(tmp_path):
 
 
 def test_embedded_dit_as_scaled_fp8_generates_the_same_video(tmp_path):
-    """The scales of a ComfyUI scaled-fp8 file are applied (they once were silently ignored: 13.5 dB)."""
+    """The scales of a ComfyUI scaled-fp8 file are applied (they once were silently ignored: 13.5 dB): sampling from
+    the fp8 file equals sampling from its weights dequantised by hand (fp8 value x scale) in float, and stays near
+    the float model (what is left is the format's own rounding of these weights)."""
     from spacetime.model.pipeline import Spacetime, TextEmbedding
     base = Spacetime.load("toyworld", device="cpu")
     sd = {k: v.float() for k, v in read_checkpoint(base.dit_path).tensors.items()}
+    q = fp8_state_dict({f"model.diffusion_model.{k}": v for k, v in sd.items()})
     path = tmp_path / "toyworld_fp8_e4m3fn_scaled.safetensors"
-    write_safetensors_atomic(fp8_state_dict({f"model.diffusion_model.{k}": v for k, v in sd.items()}), path)
+    write_safetensors_atomic(q, path)
+    by_hand = {k: (v.float() * q[k[:-len(".weight")] + ".scale_weight"].float()
+                   if v.dtype == torch.float8_e4m3fn else v)
+               for k, v in q.items() if k != "scaled_fp8" and not k.endswith(".scale_weight")}
+    assert sum(v.dtype == torch.float8_e4m3fn for v in q.values()) > 50
+    write_safetensors_atomic(by_hand, tmp_path / "dequantised.safetensors")
     fp8 = Spacetime.load("toyworld", dit=path, device="cpu")
+    ref = Spacetime.load("toyworld", dit=tmp_path / "dequantised.safetensors", device="cpu")
     g = torch.Generator().manual_seed(5)
     dim = base.preset.dit.text_dim
     text = TextEmbedding(torch.randn(1, 12, dim, generator=g), torch.tensor([12]),
@@ -167,8 +176,10 @@ def test_embedded_dit_as_scaled_fp8_generates_the_same_video(tmp_path):
     shape = base.latent_shape(1, 5, 64, 64)
     a = base.sample_latents(text, shape, seed=2, steps=3)
     b = fp8.sample_latents(text, shape, seed=2, steps=3)
+    c = ref.sample_latents(text, shape, seed=2, steps=3)
+    assert torch.allclose(b, c, rtol=1e-4, atol=1e-4), (b - c).abs().max().item()
     psnr = 10 * torch.log10((a.max() - a.min()) ** 2 / (a - b).pow(2).mean())
-    assert psnr > 35, psnr.item()
+    assert psnr > 25, psnr.item()
     assert "scaled_fp8" in fp8.dit.checkpoint_format
 
 
