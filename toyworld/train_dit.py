@@ -283,8 +283,8 @@ class CachedText:
             emb, lens = self.enc.encode(todo)
             found.update({c: emb[i, :int(lens[i])].half().cpu() for i, c in enumerate(todo)})
         self.cache.update(found)                      # this batch's captions become the newest entries
-        while len(self.cache) > self.max_items:       # so the oldest evicted are never this batch's
-            self.cache.pop(next(iter(self.cache)))
+        while len(self.cache) > self.max_items:       # the least recently used go; the rows below come from
+            self.cache.pop(next(iter(self.cache)))    # ``found``, so an eviction never loses one of this batch
         rows = [found[c] for c in captions]
         L = max(r.shape[0] for r in rows)
         out = torch.zeros(len(rows), L, rows[0].shape[1])
