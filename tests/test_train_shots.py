@@ -427,3 +427,28 @@ def test_resuming_with_another_recipe_is_refused_before_training(run, tmp_path):
                                                                      "max_batch": 4}))
     assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 3
     assert json.loads((tmp_path / "recipe.json").read_text())["steps"] == 3
+
+
+def test_a_time_scheduled_run_spends_its_cosine_over_the_time_limit_across_resumes(run, tmp_path, monkeypatch):
+    """time_schedule: the learning rate follows wall time (a fake clock here), the run stops at time_limit long before
+    its step bound, and a resumed run counts the time already spent."""
+    clock = {"now": 1000.0}
+
+    def tick():
+        clock["now"] += 0.5
+        return clock["now"]
+    monkeypatch.setattr(td.time, "time", tick)
+    r = td.DitRecipe(steps=100000, tokens=256, warmup=1, lr=1e-3, probe_every=0, dit=config_to_dict(TINY_DIT),
+                     max_batch=4, time_limit=40.0, time_schedule=True)
+    td.train_dit(run / "data", run / "vae", tmp_path, r)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    lrs = [x["lr"] for x in rows]
+    assert 5 < state["step"] < 100 and state["elapsed"] >= 40.0
+    assert lrs[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(lrs[1:], lrs[2:]))   # cosine after warm-up
+    assert lrs[-1] < 0.5e-3                       # well into the decay by the last logged step
+    steps = state["step"]
+    td.train_dit(run / "data", run / "vae", tmp_path, r)           # resumed: the time is spent, one step at most
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] <= steps + 1
+    with pytest.raises(ValueError, match=r"time_schedule=True needs time_limit > 0"):
+        td.train_dit(run / "data", run / "vae", tmp_path / "x", td.DitRecipe(**{**r.__dict__, "time_limit": 0.0}))

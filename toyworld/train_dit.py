@@ -105,7 +105,7 @@ def encode_bucket(vae, out: Path, bucket: str, n: int, seed: int, key: tuple, ma
         lat, cells, recs, extra = [], [], [], {}
         for b0 in range(p0, min(n, p0 + part), batch):
             items = make(rng, b0, min(batch, min(n, p0 + part) - b0))
-            lat.append(vae.encode(clips_to_tensor([it[0] for it in items])).half())
+            lat.append(vae.encode(clips_to_tensor([it[0] for it in items]).to(vae.device)).half().cpu())
             for clip, coverage, rec, rows in items:
                 cells.append(object_cells(coverage, sf, tf))
                 recs.append(rec)
@@ -127,8 +127,8 @@ def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: i
     scenes (17 frames, 64x64) instead of random ones (the overfit check). ``free_start``: movers start anywhere
     along their axis (``world.sample_object``), so a first frame does not give their direction away."""
     from .train_vae import load_trained_vae
-    device_and_threads()
     vae, _ = load_trained_vae(vae_dir)
+    vae = vae.to(device_and_threads())                # on a GPU the VAE encodes there; the renderer stays on the CPU
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -316,6 +316,9 @@ class DitRecipe:
     probe_sets: str = "seen,held"    # "" or "none": only the motion word gap (seconds instead of minutes)
     bf16: bool = False              # bf16 autocast (default on CUDA)
     time_limit: float = 0.0         # seconds; stop (and save) after this long, resume later
+    time_schedule: bool = False     # the learning rate's cosine runs on wall time and ends at ``time_limit`` (over
+                                    # resumed runs), ``steps`` then only bounds it: a fixed budget on a machine whose
+                                    # speed is not known in advance (a GPU session)
     seed: int = 0
     max_batch: int = 256
     story_frac: float = 0.0         # share of steps on multi-shot stories (``stories_dir``; after ``image_steps``)
@@ -547,6 +550,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     opt = torch.optim.AdamW(_param_groups(model, r.text_lr_mult), lr=r.lr, betas=(0.9, 0.98))
     lr_mults = [g["lr_mult"] for g in opt.param_groups]     # before a resumed state replaces the groups' settings
     start = 0
+    spent = 0.0                                          # training seconds of the earlier parts of this run
     summary: dict = {}
     state = ck.load()
     if state is not None:
@@ -558,6 +562,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         start = state["step"]
+        spent = float(state.get("elapsed", 0.0))
         print(f"resumed at step {start}", flush=True)
         if (Path(out) / "dit.json").exists():          # the last probe stands until this part of the run probes
             summary = json.loads((Path(out) / "dit.json").read_text()).get("probe", {})
@@ -570,6 +575,8 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     sets = probe_items or {k: {"seen": SEEN, "held": HELD}[k] for k in r.probe_sets.split(",")
                            if k not in ("", "none")}
     use_bf16 = r.bf16 or dev.type == "cuda"
+    if r.time_schedule and not r.time_limit > 0:
+        raise ValueError(f"time_schedule=True needs time_limit > 0 (seconds), got time_limit={r.time_limit}")
     rng = np.random.default_rng([r.seed, start])
     gen = torch.Generator().manual_seed(r.seed * 7919 + start)
     t0 = time.time()
@@ -611,8 +618,10 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
             m = torch.from_numpy(bt.known).to(dev)
             sigma = sample_sigma(B, gen, r.sigma_shift).to(dev)
             noise = torch.randn(x0.shape, generator=gen).to(dev)
+            done = (spent + time.time() - t0) / r.time_limit if r.time_schedule else 0.0
+            at = step if not r.time_schedule or step < r.warmup else max(r.warmup, int(min(1.0, done) * r.steps))
             for g, mult in zip(opt.param_groups, lr_mults):
-                g["lr"] = lr_at(step, r.steps, r.lr, warmup=r.warmup) * mult
+                g["lr"] = lr_at(at, r.steps, r.lr, warmup=r.warmup) * mult
             fs = None if bt.frame_shots is None else bt.frame_shots.to(dev)
             negs = None
             if bt.negatives is not None and r.contrast > 0:
@@ -627,21 +636,22 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
             opt.step()
             with torch.no_grad():
                 d = min(r.ema, (1 + step) / (10 + step))
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - d)
+                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
             if step % 10 == 0:
                 story = {} if bt.kind in ("image", "video") else {"story": bt.kind}
                 ck.log({"step": step, "loss": loss.item(), "grad_norm": float(gn), "bucket": bt.name,
-                        "image": bt.kind == "image", "batch": B, **story, "time": time.time() - t0})
+                        "image": bt.kind == "image", "batch": B, **story, "time": time.time() - t0,
+                        "lr": opt.param_groups[0]["lr"] / lr_mults[0]})
             if step % 100 == 0:
                 kind = {"image": " img", "video": ""}.get(bt.kind, f" story {bt.kind}")
                 print(f"dit step {step} loss {loss.item():.4f} gn {float(gn):.2f} {bt.name}{kind} "
                       f"B={B} {time.time() - t0:.0f}s", flush=True)
-            last = step + 1 == r.steps or (r.time_limit and time.time() - t0 > r.time_limit) or stop.requested
+            over = (spent + time.time() - t0 if r.time_schedule else time.time() - t0) > r.time_limit
+            last = step + 1 == r.steps or (r.time_limit and over) or stop.requested
             probe_now = bool(r.probe_every) and (step + 1) % r.probe_every == 0
             if (step + 1) % 250 == 0 or last or probe_now:        # probed weights can always be taken back
                 ck.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                         "step": step + 1})
+                         "step": step + 1, "elapsed": spent + time.time() - t0})
                 ck.plot(["loss"], "toy DiT training loss (flow matching, object-weighted)")
             if r.probe_every and (probe_now or (last and not stop.requested)):
                 probe(step + 1)

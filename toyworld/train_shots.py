@@ -84,8 +84,8 @@ def encode_stories(vae_dir: Path, out: Path, stories: int, seed: int = 1, batch:
     if stories < 1:
         raise ValueError(f"stories={stories}: allowed 1 or more")
     check_mix(mix)
-    device_and_threads()
     vae, _ = load_trained_vae(vae_dir)
+    vae = vae.to(device_and_threads())
     tf = vae.temporal_factor
     check_mix(mix, tf)
     out = Path(out)
