@@ -336,6 +336,7 @@ def test_the_whole_recipe_contrasts_captions_on_free_start_clips_only():
     from spacetime.toyworld.train import all_dit_recipe
     free, edge = all_dit_recipe(100, False, 0.0, True), all_dit_recipe(100, False, 0.0, False)
     assert free.contrast > 0 and edge.contrast == 0
+    assert not free.time_schedule and all_dit_recipe(100, True, 300.0, False).time_schedule   # a budget: by time
     assert free.sigma_shift == edge.sigma_shift == 3.0 and free.steps == 100
     assert all_dit_recipe(100, True, 60.0, True).tokens == 8 * free.tokens
 
@@ -452,3 +453,31 @@ def test_a_time_scheduled_run_spends_its_cosine_over_the_time_limit_across_resum
     assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] <= steps + 1
     with pytest.raises(ValueError, match=r"time_schedule=True needs time_limit > 0"):
         td.train_dit(run / "data", run / "vae", tmp_path / "x", td.DitRecipe(**{**r.__dict__, "time_limit": 0.0}))
+
+
+def test_encoding_one_size_at_a_time_writes_the_same_parts(run, tmp_path):
+    from spacetime.model.loading import read_state_dict
+    mix = {1: 0.5, 5: 0.5}
+    td.encode_dataset(run / "vae", tmp_path / "all", 8, mix=mix, batch=4, sizes=((64, 64), (96, 64)))
+    td.encode_dataset(run / "vae", tmp_path / "one", 4, mix=mix, batch=4, sizes=((96, 64),))
+    one = sorted(p.name for p in (tmp_path / "one").glob("*.safetensors"))
+    assert one == ["96x64_1f_s1_000.safetensors", "96x64_5f_s1_000.safetensors"]
+    for name in one:
+        a, b = read_state_dict(tmp_path / "all" / name), read_state_dict(tmp_path / "one" / name)
+        assert torch.equal(a["latents"], b["latents"]) and torch.equal(a["objects"], b["objects"])
+        assert (tmp_path / "all" / name).with_suffix(".json").read_text() == \
+            (tmp_path / "one" / name).with_suffix(".json").read_text()
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--sizes", "64x65", "64x65 is not allowed; widths and heights are multiples of 16"),
+    ("--sizes", "64", "'64' is not WIDTHxHEIGHT"),
+    ("--mix", "16:1", "16:1 is not allowed; frames are 1 + 4k"),
+    ("--mix", "17:0", "17:0 is not allowed"),
+    ("--mix", "17", "'17' is not FRAMES:SHARE"),
+])
+def test_encode_refuses_bad_sizes_and_mixes_before_loading_anything(option, value, says, tmp_path, capsys):
+    from spacetime.toyworld import train
+    with pytest.raises(SystemExit):
+        train.main(["encode", "--vae", str(tmp_path / "missing"), "--out", str(tmp_path / "d"), option, value])
+    assert says in capsys.readouterr().err and not (tmp_path / "d").exists()

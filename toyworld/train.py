@@ -311,9 +311,12 @@ def all_dit_recipe(steps: int, cuda: bool, time_limit: float, free_start: bool) 
     """The DiT stage of ``all``. Noise levels shifted like the sampler's shift 3: from scratch, motion is learned
     sooner with it (the 4-clip overfit check, two seeds, weights/MODEL_CARD.md). On free-start clips the
     opposite-caption hinge is on: there the flow loss and the hinge agree on the direction word, and from the shipped
-    weights (the warm start) the word was learned only with it (gap +0.5 % without, +64 % with, MODEL_CARD.md)."""
+    weights (the warm start) the word was learned only with it (gap +0.5 % without, +64 % with, MODEL_CARD.md).
+    With a time limit (a GPU session's budget) the learning rate's cosine runs on wall time, so it ends decayed
+    whatever the machine's speed."""
     return DitRecipe(steps=steps, tokens=int(4096 * (8.0 if cuda else 1.0)), time_limit=time_limit,
-                     probe_every=2000 if cuda else 1000, sigma_shift=3.0, contrast=1.0 if free_start else 0.0)
+                     probe_every=2000 if cuda else 1000, sigma_shift=3.0, contrast=1.0 if free_start else 0.0,
+                     time_schedule=time_limit > 0)
 
 
 def run_all(out: Path, budget_minutes: float = 0.0, fresh: bool = False, ship: bool = False,
@@ -413,8 +416,13 @@ def main(argv=None):
     a = sub.add_parser("encode", help="encode a dataset of toy-world clips into latents")
     a.add_argument("--vae", type=Path, default=run / "vae")
     a.add_argument("--out", type=Path, default=run / "data")
-    a.add_argument("--clips", type=int, default=24000)
-    a.add_argument("--seed", type=int, default=1)
+    a.add_argument("--clips", type=int, default=24000, help="clips over all sizes and lengths (default: %(default)s)")
+    a.add_argument("--seed", type=int, default=1, help="another seed adds parts (default: %(default)s)")
+    a.add_argument("--sizes", default="", help="frame sizes WIDTHxHEIGHT, comma-separated (default: "
+                                               "64x64,96x64,64x96)")
+    a.add_argument("--mix", default="", help="clip lengths and their shares FRAMES:SHARE, comma-separated (default: "
+                                             "1:0.4,9:0.15,17:0.3,33:0.15); one process per size or length, each "
+                                             "with its own --seed, uses more CPU cores")
     a.add_argument("--free-start", action="store_true",
                    help="movers start anywhere along their axis, so a first frame does not tell their direction "
                         "(data that teaches image-to-video and extension the direction word)")
@@ -475,7 +483,13 @@ def main(argv=None):
     elif args.cmd == "decoder":
         train_vae(args.out, args.steps, args.lr, decoder_only_from=args.vae)
     elif args.cmd == "encode":
-        encode_dataset(args.vae, args.out, args.clips, args.seed, free_start=args.free_start)
+        from .train_dit import parse_mix, parse_sizes
+        try:
+            sizes = parse_sizes(args.sizes) if args.sizes else None
+            mix = parse_mix(args.mix) if args.mix else None
+        except ValueError as e:
+            ap.error(str(e))
+        encode_dataset(args.vae, args.out, args.clips, args.seed, free_start=args.free_start, mix=mix, sizes=sizes)
     elif args.cmd == "encode-stories":
         encode_stories(args.vae, args.out, args.stories, args.seed)
     elif args.cmd == "shipped-vae":

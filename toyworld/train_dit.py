@@ -119,13 +119,47 @@ def encode_bucket(vae, out: Path, bucket: str, n: int, seed: int, key: tuple, ma
 
 
 @torch.no_grad()
+def parse_sizes(text: str) -> tuple:
+    """'64x64,96x64' -> ((64, 64), (96, 64)): frame sizes (width x height), multiples of 16 from 16 to 512."""
+    out = []
+    for item in str(text).split(","):
+        try:
+            w, h = (int(v) for v in item.strip().lower().split("x"))
+        except ValueError:
+            raise ValueError(f"sizes={text!r}: {item.strip()!r} is not WIDTHxHEIGHT; allowed e.g. 64x64,96x64") from None
+        if not (16 <= w <= 512 and 16 <= h <= 512 and w % 16 == 0 and h % 16 == 0):
+            raise ValueError(f"sizes={text!r}: {w}x{h} is not allowed; widths and heights are multiples of 16 "
+                             f"from 16 to 512")
+        out.append((w, h))
+    return tuple(dict.fromkeys(out))
+
+
+def parse_mix(text: str, tf: int = 4) -> dict:
+    """'1:0.4,17:0.6' -> {1: 0.4, 17: 0.6}: clip lengths (1 + 4k frames) and their shares (> 0)."""
+    mix = {}
+    for item in str(text).split(","):
+        try:
+            f, w = item.strip().split(":")
+            f, w = int(f), float(w)
+        except ValueError:
+            raise ValueError(f"mix={text!r}: {item.strip()!r} is not FRAMES:SHARE; allowed e.g. 1:0.4,17:0.6") from None
+        if f < 1 or (f - 1) % tf or not (w > 0 and np.isfinite(w)):
+            raise ValueError(f"mix={text!r}: {f}:{w:g} is not allowed; frames are 1 + {tf}k (1, 5, 9, 17, 33, ...) "
+                             f"and shares are > 0")
+        mix[f] = w
+    return mix
+
+
 def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: int = 16, part: int = 512,
-                   mix: Optional[dict] = None, scenes: Optional[list] = None, free_start: bool = False):
+                   mix: Optional[dict] = None, scenes: Optional[list] = None, free_start: bool = False,
+                   sizes: Optional[tuple] = None):
     """Render training clips (held-out combinations excluded), encode them with the VAE and store normalised
     latents (fp16) and object cells (uint8) per (size, length) bucket in parts of ``part`` clips, with the scene
     graphs as JSON. Resumable part by part; more clips with another ``seed`` add parts. ``scenes`` encodes these
     scenes (17 frames, 64x64) instead of random ones (the overfit check). ``free_start``: movers start anywhere
-    along their axis (``world.sample_object``), so a first frame does not give their direction away."""
+    along their axis (``world.sample_object``), so a first frame does not give their direction away. ``sizes``:
+    frame sizes to render (default ``TRAIN_SIZES``); a size keeps its random stream whichever others are asked, so
+    one process per size (or per length of ``mix``) with the same seed writes the same parts as one process for all."""
     from .train_vae import load_trained_vae
     vae, _ = load_trained_vae(vae_dir)
     vae = vae.to(device_and_threads())                # on a GPU the VAE encodes there; the renderer stays on the CPU
@@ -136,9 +170,11 @@ def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: i
     if scenes is not None:
         jobs.append((64, 64, 17, len(scenes), 0))
     else:
-        for bi, (w, h) in enumerate(TRAIN_SIZES):
+        sizes = tuple(sizes or TRAIN_SIZES)
+        for i, (w, h) in enumerate(sizes):
+            bi = TRAIN_SIZES.index((w, h)) if (w, h) in TRAIN_SIZES else 100 + i
             for f, wf in (mix or DATA_MIX).items():
-                jobs.append((w, h, f, int(round(clips * wf / len(TRAIN_SIZES))), bi))
+                jobs.append((w, h, f, int(round(clips * wf / len(sizes))), bi))
     for w, h, f, n, bi in jobs:
         def make(rng, b0, nb, w=w, h=h, f=f):
             if scenes is not None:
