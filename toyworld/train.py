@@ -18,7 +18,7 @@ stage finds no state, ``all`` warm-starts from the shipped weights where they fi
 so the shipped DiT's latent space stays valid). ``export --ship`` writes into weights/ only when the new weights'
 probe (every prompt with two noises) beats the same probe run again on the shipped ones. On a CUDA machine the
 stages use bf16 autocast, larger batches and the time limits of ``--budget-minutes`` so the recipe fits a short GPU
-session.
+rental.
 """
 from __future__ import annotations
 
@@ -312,7 +312,7 @@ def all_dit_recipe(steps: int, cuda: bool, time_limit: float, free_start: bool) 
     sooner with it (the 4-clip overfit check, two seeds, weights/MODEL_CARD.md). On free-start clips the
     opposite-caption hinge is on: there the flow loss and the hinge agree on the direction word, and from the shipped
     weights (the warm start) the word was learned only with it (gap +0.5 % without, +64 % with, MODEL_CARD.md).
-    With a time limit (a GPU session's budget) the learning rate's cosine runs on wall time, so it ends decayed
+    With a time limit (a rented GPU's budget) the learning rate's cosine runs on wall time, so it ends decayed
     whatever the machine's speed."""
     return DitRecipe(steps=steps, tokens=int(4096 * (8.0 if cuda else 1.0)), time_limit=time_limit,
                      probe_every=2000 if cuda else 1000, sigma_shift=3.0, contrast=1.0 if free_start else 0.0,
@@ -322,7 +322,7 @@ def all_dit_recipe(steps: int, cuda: bool, time_limit: float, free_start: bool) 
 def run_all(out: Path, budget_minutes: float = 0.0, fresh: bool = False, ship: bool = False,
             decoder_steps: int = 600, clips: int = 24000, dit_steps: int = 40000, free_start: bool = False):
     """vae -> encode -> dit -> decoder -> export, each stage resumable. ``budget_minutes`` (0 = none) splits a
-    wall-time budget over the stages (GPU sessions); on a GPU the batches grow 8x. ``free_start``: encode movers
+    wall-time budget over the stages (a rented GPU); on a GPU the batches grow 8x. ``free_start``: encode movers
     that start anywhere along their axis (``world.sample_object``)."""
     out = Path(out)
     cuda = torch.cuda.is_available()

@@ -354,7 +354,7 @@ class DitRecipe:
     time_limit: float = 0.0         # seconds; stop (and save) after this long, resume later
     time_schedule: bool = False     # the learning rate's cosine runs on wall time and ends at ``time_limit`` (over
                                     # resumed runs), ``steps`` then only bounds it: a fixed budget on a machine whose
-                                    # speed is not known in advance (a GPU session)
+                                    # speed is not known in advance (a rented GPU)
     seed: int = 0
     max_batch: int = 256
     story_frac: float = 0.0         # share of steps on multi-shot stories (``stories_dir``; after ``image_steps``)
