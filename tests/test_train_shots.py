@@ -455,10 +455,17 @@ def test_a_time_scheduled_run_spends_its_cosine_over_the_time_limit_across_resum
         td.train_dit(run / "data", run / "vae", tmp_path / "x", td.DitRecipe(**{**r.__dict__, "time_limit": 0.0}))
 
 
-def test_encoding_one_size_at_a_time_writes_the_same_parts(run, tmp_path):
+def test_encoding_one_size_at_a_time_writes_the_same_parts(run, tmp_path, monkeypatch):
     from spacetime.model.loading import read_state_dict
     mix = {1: 0.5, 5: 0.5}
+    grad, encode = [], td.encode_bucket
+
+    def spy(*a, **kw):
+        grad.append(torch.is_grad_enabled())
+        return encode(*a, **kw)
+    monkeypatch.setattr(td, "encode_bucket", spy)
     td.encode_dataset(run / "vae", tmp_path / "all", 8, mix=mix, batch=4, sizes=((64, 64), (96, 64)))
+    assert grad and not any(grad)                     # encoding builds no autograd graph
     td.encode_dataset(run / "vae", tmp_path / "one", 4, mix=mix, batch=4, sizes=((96, 64),))
     one = sorted(p.name for p in (tmp_path / "one").glob("*.safetensors"))
     assert one == ["96x64_1f_s1_000.safetensors", "96x64_5f_s1_000.safetensors"]
@@ -470,10 +477,11 @@ def test_encoding_one_size_at_a_time_writes_the_same_parts(run, tmp_path):
 
 
 @pytest.mark.parametrize("option, value, says", [
-    ("--sizes", "64x65", "64x65 is not allowed; widths and heights are multiples of 16"),
+    ("--sizes", "64x65", "sizes item=64x65 is not allowed: width and height must be positive multiples of 16"),
+    ("--sizes", "64x528", "64x528 is not allowed; widths and heights up to 512"),
     ("--sizes", "64", "'64' is not WIDTHxHEIGHT"),
-    ("--mix", "16:1", "16:1 is not allowed; frames are 1 + 4k"),
-    ("--mix", "17:0", "17:0 is not allowed"),
+    ("--mix", "16:1", "mix frames=16 is not of the form 1 + 4*k; allowed e.g. 13 or 17"),
+    ("--mix", "17:0", "17:0 is not allowed; shares are > 0"),
     ("--mix", "17", "'17' is not FRAMES:SHARE"),
 ])
 def test_encode_refuses_bad_sizes_and_mixes_before_loading_anything(option, value, says, tmp_path, capsys):

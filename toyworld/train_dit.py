@@ -118,24 +118,25 @@ def encode_bucket(vae, out: Path, bucket: str, n: int, seed: int, key: tuple, ma
         print(f"{name}: {len(recs)} {what}, {time.time() - t0:.0f}s", flush=True)
 
 
-@torch.no_grad()
 def parse_sizes(text: str) -> tuple:
-    """'64x64,96x64' -> ((64, 64), (96, 64)): frame sizes (width x height), multiples of 16 from 16 to 512."""
+    """'64x64,96x64' -> ((64, 64), (96, 64)): frame sizes (width x height), multiples of 16 up to 512."""
+    from ..model.conditioning import check_size
     out = []
     for item in str(text).split(","):
         try:
             w, h = (int(v) for v in item.strip().lower().split("x"))
         except ValueError:
             raise ValueError(f"sizes={text!r}: {item.strip()!r} is not WIDTHxHEIGHT; allowed e.g. 64x64,96x64") from None
-        if not (16 <= w <= 512 and 16 <= h <= 512 and w % 16 == 0 and h % 16 == 0):
-            raise ValueError(f"sizes={text!r}: {w}x{h} is not allowed; widths and heights are multiples of 16 "
-                             f"from 16 to 512")
+        check_size(w, h, 16, name="sizes item")
+        if w > 512 or h > 512:
+            raise ValueError(f"sizes={text!r}: {w}x{h} is not allowed; widths and heights up to 512")
         out.append((w, h))
     return tuple(dict.fromkeys(out))
 
 
 def parse_mix(text: str, tf: int = 4) -> dict:
     """'1:0.4,17:0.6' -> {1: 0.4, 17: 0.6}: clip lengths (1 + 4k frames) and their shares (> 0)."""
+    from ..model.conditioning import check_frames
     mix = {}
     for item in str(text).split(","):
         try:
@@ -143,13 +144,14 @@ def parse_mix(text: str, tf: int = 4) -> dict:
             f, w = int(f), float(w)
         except ValueError:
             raise ValueError(f"mix={text!r}: {item.strip()!r} is not FRAMES:SHARE; allowed e.g. 1:0.4,17:0.6") from None
-        if f < 1 or (f - 1) % tf or not (w > 0 and np.isfinite(w)):
-            raise ValueError(f"mix={text!r}: {f}:{w:g} is not allowed; frames are 1 + {tf}k (1, 5, 9, 17, 33, ...) "
-                             f"and shares are > 0")
+        check_frames(f, tf, name="mix frames")
+        if not (w > 0 and np.isfinite(w)):
+            raise ValueError(f"mix={text!r}: {f}:{w:g} is not allowed; shares are > 0")
         mix[f] = w
     return mix
 
 
+@torch.no_grad()
 def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: int = 16, part: int = 512,
                    mix: Optional[dict] = None, scenes: Optional[list] = None, free_start: bool = False,
                    sizes: Optional[tuple] = None):
@@ -617,6 +619,10 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     gen = torch.Generator().manual_seed(r.seed * 7919 + start)
     t0 = time.time()
 
+    def snapshot(steps_done: int) -> dict:
+        return {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": steps_done,
+                "elapsed": spent + time.time() - t0}
+
     def probe(step):
         nonlocal summary
         modes = ([1] + ([17] if r.probe_video else [])) if sets else []
@@ -682,18 +688,16 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
                 kind = {"image": " img", "video": ""}.get(bt.kind, f" story {bt.kind}")
                 print(f"dit step {step} loss {loss.item():.4f} gn {float(gn):.2f} {bt.name}{kind} "
                       f"B={B} {time.time() - t0:.0f}s", flush=True)
-            over = (spent + time.time() - t0 if r.time_schedule else time.time() - t0) > r.time_limit
+            over = time.time() - t0 + (spent if r.time_schedule else 0.0) > r.time_limit
             last = step + 1 == r.steps or (r.time_limit and over) or stop.requested
             probe_now = bool(r.probe_every) and (step + 1) % r.probe_every == 0
             if (step + 1) % 250 == 0 or last or probe_now:        # probed weights can always be taken back
-                ck.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                         "step": step + 1, "elapsed": spent + time.time() - t0})
+                ck.save(snapshot(step + 1))
                 ck.plot(["loss"], "toy DiT training loss (flow matching, object-weighted)")
             if r.probe_every and (probe_now or (last and not stop.requested)):
                 probe(step + 1)
                 if stop_when_all and all(s["all"] == 1.0 for s in summary.values()):
-                    ck.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                             "step": step + 1})
+                    ck.save(snapshot(step + 1))
                     break
             if last:
                 break
