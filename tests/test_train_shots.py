@@ -476,6 +476,24 @@ def test_encoding_one_size_at_a_time_writes_the_same_parts(run, tmp_path, monkey
             (tmp_path / "one" / name).with_suffix(".json").read_text()
 
 
+def test_encoding_in_several_processes_writes_the_same_parts(run, tmp_path):
+    from spacetime.model.loading import read_state_dict
+    mix = {1: 0.5, 5: 0.5}
+    td.encode_dataset(run / "vae", tmp_path / "one", 8, mix=mix, batch=4, sizes=((64, 64), (96, 64)))
+    td.encode_dataset(run / "vae", tmp_path / "two", 8, mix=mix, batch=4, sizes=((64, 64), (96, 64)), jobs=2)
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.safetensors"))
+    assert len(names) == 4 and names == sorted(p.name for p in (tmp_path / "two").glob("*.safetensors"))
+    for name in names:
+        a, b = read_state_dict(tmp_path / "one" / name), read_state_dict(tmp_path / "two" / name)
+        assert torch.equal(a["objects"], b["objects"])
+        assert torch.allclose(a["latents"].float(), b["latents"].float(), atol=2e-3)   # other thread counts
+        assert (tmp_path / "one" / name).with_suffix(".json").read_text() == \
+            (tmp_path / "two" / name).with_suffix(".json").read_text()
+    with pytest.raises(ValueError, match="jobs=0: allowed 1 or more"):
+        td.encode_dataset(run / "vae", tmp_path / "x", 8, mix=mix, jobs=0)
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("option, value, says", [
     ("--sizes", "64x65", "sizes item=64x65 is not allowed: width and height must be positive multiples of 16"),
     ("--sizes", "64x528", "64x528 is not allowed; widths and heights up to 512"),
@@ -483,6 +501,7 @@ def test_encoding_one_size_at_a_time_writes_the_same_parts(run, tmp_path, monkey
     ("--mix", "16:1", "mix frames=16 is not of the form 1 + 4*k; allowed e.g. 13 or 17"),
     ("--mix", "17:0", "17:0 is not allowed; shares are > 0"),
     ("--mix", "17", "'17' is not FRAMES:SHARE"),
+    ("--jobs", "0", "--jobs 0: allowed 1 or more (processes)"),
 ])
 def test_encode_refuses_bad_sizes_and_mixes_before_loading_anything(option, value, says, tmp_path, capsys):
     from spacetime.toyworld import train

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -339,7 +340,7 @@ def run_all(out: Path, budget_minutes: float = 0.0, fresh: bool = False, ship: b
                                                 and not _stage_done(vae_dir, VAE_RECIPE["steps"])):
         train_vae(vae_dir, batch_scale=scale, time_limit=budget * share["vae"], bf16=cuda, **VAE_RECIPE)
     encode_dataset(vae_dir, data_dir, int(clips * (1 if not budget else min(1.0, budget / 3600))),
-                   free_start=free_start)
+                   free_start=free_start, jobs=(os.cpu_count() or 1) if cuda else 1)   # GPU machines: every core renders
     r = all_dit_recipe(dit_steps, cuda, budget * share["dit"], free_start)
     init = None
     if not fresh and DIT_FILE.exists() and not (dit_dir / "state.pt").exists():
@@ -421,11 +422,13 @@ def main(argv=None):
     a.add_argument("--sizes", default="", help="frame sizes WIDTHxHEIGHT, comma-separated (default: "
                                                "64x64,96x64,64x96)")
     a.add_argument("--mix", default="", help="clip lengths and their shares FRAMES:SHARE, comma-separated (default: "
-                                             "1:0.4,9:0.15,17:0.3,33:0.15); one process per size or length, each "
-                                             "with its own --seed, uses more CPU cores")
+                                             "1:0.4,9:0.15,17:0.3,33:0.15)")
     a.add_argument("--free-start", action="store_true",
                    help="movers start anywhere along their axis, so a first frame does not tell their direction "
                         "(data that teaches image-to-video and extension the direction word)")
+    a.add_argument("--jobs", type=int, default=1,
+                   help="processes that render and encode the (size, length) buckets side by side; the same parts "
+                        "as one process (default: %(default)s)")
     a = sub.add_parser("encode-stories", help="encode a dataset of toy-world multi-shot stories into latents")
     a.add_argument("--vae", type=Path, default=run / "vae", help="trained VAE folder (default: %(default)s)")
     a.add_argument("--out", type=Path, default=run / "stories", help="story data folder (default: %(default)s)")
@@ -489,7 +492,10 @@ def main(argv=None):
             mix = parse_mix(args.mix) if args.mix else None
         except ValueError as e:
             ap.error(str(e))
-        encode_dataset(args.vae, args.out, args.clips, args.seed, free_start=args.free_start, mix=mix, sizes=sizes)
+        if args.jobs < 1:
+            ap.error(f"--jobs {args.jobs}: allowed 1 or more (processes)")
+        encode_dataset(args.vae, args.out, args.clips, args.seed, free_start=args.free_start, mix=mix, sizes=sizes,
+                       jobs=args.jobs)
     elif args.cmd == "encode-stories":
         encode_stories(args.vae, args.out, args.stories, args.seed)
     elif args.cmd == "shipped-vae":

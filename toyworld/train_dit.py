@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
@@ -151,33 +152,52 @@ def parse_mix(text: str, tf: int = 4) -> dict:
     return mix
 
 
-@torch.no_grad()
 def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: int = 16, part: int = 512,
                    mix: Optional[dict] = None, scenes: Optional[list] = None, free_start: bool = False,
-                   sizes: Optional[tuple] = None):
+                   sizes: Optional[tuple] = None, jobs: int = 1):
     """Render training clips (held-out combinations excluded), encode them with the VAE and store normalised
     latents (fp16) and object cells (uint8) per (size, length) bucket in parts of ``part`` clips, with the scene
     graphs as JSON. Resumable part by part; more clips with another ``seed`` add parts. ``scenes`` encodes these
     scenes (17 frames, 64x64) instead of random ones (the overfit check). ``free_start``: movers start anywhere
     along their axis (``world.sample_object``), so a first frame does not give their direction away. ``sizes``:
     frame sizes to render (default ``TRAIN_SIZES``); a size keeps its random stream whichever others are asked, so
-    one process per size (or per length of ``mix``) with the same seed writes the same parts as one process for all."""
-    from .train_vae import load_trained_vae
-    vae, _ = load_trained_vae(vae_dir)
-    vae = vae.to(device_and_threads())                # on a GPU the VAE encodes there; the renderer stays on the CPU
+    one process per size (or per length of ``mix``) with the same seed writes the same parts as one process for all.
+    ``jobs`` > 1 renders and encodes the (size, length) buckets in that many processes (the same parts as one)."""
+    if int(jobs) < 1:
+        raise ValueError(f"jobs={jobs}: allowed 1 or more (processes)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    jobs = []
     if scenes is not None:
-        jobs.append((64, 64, 17, len(scenes), 0))
+        tasks = [(64, 64, 17, len(scenes), 0)]
     else:
+        tasks = []
         sizes = tuple(sizes or TRAIN_SIZES)
         for i, (w, h) in enumerate(sizes):
             bi = TRAIN_SIZES.index((w, h)) if (w, h) in TRAIN_SIZES else 100 + i
             for f, wf in (mix or DATA_MIX).items():
-                jobs.append((w, h, f, int(round(clips * wf / len(sizes))), bi))
-    for w, h, f, n, bi in jobs:
+                tasks.append((w, h, f, int(round(clips * wf / len(sizes))), bi))
+    jobs = min(int(jobs), len(tasks))
+    if jobs > 1 and scenes is None:
+        import multiprocessing as mp
+        from .train_vae import load_trained_vae
+        load_trained_vae(vae_dir)                      # a broken VAE folder fails here, once, before the processes
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            pool.starmap(_encode_buckets, [(vae_dir, out, [t], seed, batch, part, free_start, threads, t0)
+                                           for t in sorted(tasks, key=lambda t: -t[2] * t[3])])
+        return
+    _encode_buckets(vae_dir, out, tasks, seed, batch, part, free_start, None, t0, scenes)
+
+
+@torch.no_grad()
+def _encode_buckets(vae_dir: Path, out: Path, tasks: list, seed: int, batch: int, part: int, free_start: bool,
+                    threads: Optional[int], t0: float, scenes: Optional[list] = None):
+    """``encode_dataset``'s work for ``tasks`` [(width, height, frames, clips, size key)] in this process."""
+    from .train_vae import load_trained_vae
+    vae, _ = load_trained_vae(vae_dir)
+    vae = vae.to(device_and_threads(threads))        # on a GPU the VAE encodes there; the renderer stays on the CPU
+    for w, h, f, n, bi in tasks:
         def make(rng, b0, nb, w=w, h=h, f=f):
             if scenes is not None:
                 cl = [render(scenes[b0 + i], f, w, h) for i in range(nb)]
