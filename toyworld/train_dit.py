@@ -165,6 +165,8 @@ def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: i
     ``jobs`` > 1 renders and encodes the (size, length) buckets in that many processes (the same parts as one)."""
     if int(jobs) < 1:
         raise ValueError(f"jobs={jobs}: allowed 1 or more (processes)")
+    from .train_vae import load_trained_vae
+    vae, _ = load_trained_vae(vae_dir)                # a broken VAE folder fails here, before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -177,26 +179,30 @@ def encode_dataset(vae_dir: Path, out: Path, clips: int, seed: int = 1, batch: i
             bi = TRAIN_SIZES.index((w, h)) if (w, h) in TRAIN_SIZES else 100 + i
             for f, wf in (mix or DATA_MIX).items():
                 tasks.append((w, h, f, int(round(clips * wf / len(sizes))), bi))
-    jobs = min(int(jobs), len(tasks))
-    if jobs > 1 and scenes is None:
+    jobs = min(int(jobs), len(tasks))                 # the overfit check's scenes are one task: one process
+    if jobs > 1:
         import multiprocessing as mp
-        from .train_vae import load_trained_vae
-        load_trained_vae(vae_dir)                      # a broken VAE folder fails here, once, before the processes
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with mp.get_context("spawn").Pool(jobs) as pool:
-            pool.starmap(_encode_buckets, [(vae_dir, out, [t], seed, batch, part, free_start, threads, t0)
-                                           for t in sorted(tasks, key=lambda t: -t[2] * t[3])])
+            pool.starmap(_encode_worker, [(vae_dir, out, t, seed, batch, part, free_start, threads, t0)
+                                          for t in sorted(tasks, key=lambda t: -t[2] * t[3])])
         return
-    _encode_buckets(vae_dir, out, tasks, seed, batch, part, free_start, None, t0, scenes)
+    _encode_buckets(vae.to(device_and_threads()), out, tasks, seed, batch, part, free_start, t0, scenes)
+
+
+def _encode_worker(vae_dir: Path, out: Path, task: tuple, seed: int, batch: int, part: int, free_start: bool,
+                   threads: int, t0: float):
+    """One process of ``encode_dataset(jobs > 1)``: its own VAE, ``threads`` CPU threads, one bucket."""
+    from .train_vae import load_trained_vae
+    vae, _ = load_trained_vae(vae_dir)
+    _encode_buckets(vae.to(device_and_threads(threads)), out, [task], seed, batch, part, free_start, t0)
 
 
 @torch.no_grad()
-def _encode_buckets(vae_dir: Path, out: Path, tasks: list, seed: int, batch: int, part: int, free_start: bool,
-                    threads: Optional[int], t0: float, scenes: Optional[list] = None):
-    """``encode_dataset``'s work for ``tasks`` [(width, height, frames, clips, size key)] in this process."""
-    from .train_vae import load_trained_vae
-    vae, _ = load_trained_vae(vae_dir)
-    vae = vae.to(device_and_threads(threads))        # on a GPU the VAE encodes there; the renderer stays on the CPU
+def _encode_buckets(vae, out: Path, tasks: list, seed: int, batch: int, part: int, free_start: bool, t0: float,
+                    scenes: Optional[list] = None):
+    """``encode_dataset``'s work for ``tasks`` [(width, height, frames, clips, size key)] with ``vae`` (on a GPU the
+    VAE encodes there; the renderer stays on the CPU)."""
     for w, h, f, n, bi in tasks:
         def make(rng, b0, nb, w=w, h=h, f=f):
             if scenes is not None:
