@@ -136,6 +136,7 @@ def test_probe_on_weights_pools_seeds_and_scores_the_shipped_model(tmp_path):
     assert res["mean"]["color"] == pytest.approx(row["color"])
     assert sum(sum(r.values()) for r in res["drawn_shapes"].values()) == 4          # every sample in the table
     assert set(res["drawn_shapes"]) == {it.scene.main.shape for it in items} and "drawn_shapes" not in res["mean"]
+    assert res["drawn_motions"] == {} and "drawn_motions" not in res["mean"]       # single frames: no motion
 
 
 def test_probe_on_weights_rejects_bad_input_before_work(tmp_path):
@@ -401,3 +402,24 @@ def test_drawn_shapes_tells_what_is_drawn_instead():
     assert drawn_shapes([blank], singles[:1]) == {singles[0].scene.main.shape: {"none": 1}}
     both = merge_tables(truth, balls)
     assert sum(both["box"].values()) == 2 * asked["box"] and both["box"].get("ball", 0) >= 0.9 * asked["box"]
+
+
+def test_drawn_motions_tells_which_motions_are_followed():
+    from spacetime.toyworld.probe import drawn_motions
+    from spacetime.toyworld.world import with_main
+    singles = [it for it in SEEN if it.scene.kind == "single"]
+    pairs = [it for it in SEEN if it.scene.kind == "pair"][:2]
+    asked: dict = {}
+    for it in singles:
+        asked[it.scene.main.motion] = asked.get(it.scene.main.motion, 0) + 1
+    assert len(asked) >= 6
+    truth = drawn_motions([render(it.scene, 17).frames for it in singles + pairs], singles + pairs)
+    assert set(truth) == set(asked)                                      # pairs are not counted
+    assert all(sum(row.values()) == asked[m] for m, row in truth.items())
+    assert all(truth[m].get(m, 0) == asked[m] for m in asked)            # ground truth: the diagonal
+    still = drawn_motions([render(with_main(it.scene, motion="stays still"), 17).frames for it in singles], singles)
+    assert all(still[m].get("stays still", 0) == asked[m] for m in asked)  # nothing moves: the still column
+    one = singles[0]
+    assert drawn_motions([render(one.scene, 1).frames], [one]) == {}        # single frames have no motion
+    blank = np.broadcast_to(render(one.scene, 1).frames[:1, :1, :1], (17, 64, 64, 3)).copy()
+    assert drawn_motions([blank], [one]) == {one.scene.main.motion: {"none": 1}}

@@ -205,8 +205,24 @@ def drawn_shapes(clips: Sequence[np.ndarray], items: Sequence[ProbeItem]) -> dic
     return table
 
 
+def drawn_motions(clips: Sequence[np.ndarray], items: Sequence[ProbeItem]) -> dict:
+    """Which motion the analysis reads where each single-object clip asked for one: {asked: {drawn: count}} ("none"
+    where the asked colour's object is not found, "unknown" where it is seen in too few frames). The motion rate
+    pools every motion; this table says which ones are followed and what is drawn instead (a model that ignores
+    the word keeps objects still or moves them the way their start position suggests). Single frames are skipped."""
+    table: dict = {}
+    for clip, it in zip(clips, items):
+        if it.scene.kind != "single" or clip.shape[0] < 2:
+            continue
+        obj = asked_object(analyse(clip)["tracks"], it.scene.main.color)
+        got = motion_of(obj, clip.shape[0]) if obj is not None else "none"
+        row = table.setdefault(it.scene.main.motion, {})
+        row[got] = row.get(got, 0) + 1
+    return table
+
+
 def merge_tables(*tables: dict) -> dict:
-    """The cell-by-cell sum of ``drawn_shapes`` tables."""
+    """The cell-by-cell sum of ``drawn_shapes`` (or ``drawn_motions``) tables."""
     out: dict = {}
     for t in tables:
         for asked, row in t.items():

@@ -250,7 +250,7 @@ def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, se
     HELD). Returns {"image/seen": summary, "video/held": ..., "mean": {metric: mean over the rows}}."""
     from ..model.errors import SpacetimeValueError
     from ..model.text_encoders import load_minilm
-    from .probe import HELD, SEEN, drawn_shapes, merge_tables, reseeded, run_probe
+    from .probe import HELD, SEEN, drawn_motions, drawn_shapes, merge_tables, reseeded, run_probe
     if not 1 <= int(seeds) <= 16:
         raise SpacetimeValueError(f"seeds={seeds}: allowed 1..16 (each repeats the whole probe with other noise)")
     if not (np.isfinite(cfg) and cfg > 0):
@@ -263,17 +263,19 @@ def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, se
     text = load_minilm()
     base = sets or {"seen": SEEN, "held": HELD}
     pooled = {name: [it for k in range(int(seeds)) for it in reseeded(items, k)] for name, items in base.items()}
-    out, tables = {}, []
+    out, tables, motions = {}, [], []
     with torch.no_grad():
         for f in frames:
             res, clips = run_probe(dit, vae, text, frames=f, sets=pooled, cfg=cfg, shift=shift)
             for name, summ in res.items():
                 out[f"{'image' if f == 1 else 'video'}/{name}"] = summ
                 tables.append(drawn_shapes(clips[name], pooled[name]))
+                motions.append(drawn_motions(clips[name], pooled[name]))
     rows = list(out.values())
     keys = sorted({k for r in rows for k in r if k != "n"})
     out["mean"] = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
     out["drawn_shapes"] = merge_tables(*tables)
+    out["drawn_motions"] = merge_tables(*motions)
     return out
 
 
@@ -522,12 +524,13 @@ def main(argv=None):
         refuse_existing(ap, args)
         res = probe_weights(args.dit, args.vae, args.seeds, args.cfg, args.shift)
         for name, summ in res.items():
-            if name == "drawn_shapes":
+            if name in ("drawn_shapes", "drawn_motions"):
                 continue
             print(f"{name:11s}", "  ".join(f"{k} {100 * v:5.1f}" for k, v in summ.items() if k != "n"),
                   f"  n {summ['n']}" if "n" in summ else "")
-        for asked, row in sorted(res["drawn_shapes"].items()):
-            print(f"asked {asked:8s} drawn: " + ", ".join(f"{got} {n}" for got, n in sorted(row.items())))
+        for table in ("drawn_shapes", "drawn_motions"):
+            for asked, row in sorted(res[table].items()):
+                print(f"asked {asked:11s} drawn: " + ", ".join(f"{got} {n}" for got, n in sorted(row.items())))
         from ..model.text_encoders import load_minilm
         from .probe import FRAME_WORDS, frame_word_gap, motion_word_gap
         dit, vae = _load_probe_parts(args.dit, args.vae)
