@@ -428,6 +428,8 @@ def cmd_eval(a) -> int:
         args += ["--dit", a.dit]
     if a.parts:
         args += ["--parts", a.parts]
+    if a.cfg is not None:
+        args += ["--cfg", str(a.cfg)]
     return eval_main(args) or 0
 
 
@@ -556,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. a training run's dit_ema.safetensors (default: the embedded DiT)")
     e.add_argument("--parts", metavar="LIST", help="comma-separated parts of the prompt evaluation: seen, single, "
                    "pairs, occlusion, i2v, extension, fill (default: all)")
+    e.add_argument("--cfg", type=float, metavar="SCALE", help="guidance scale of every generation (default: the "
+                   "model's, 5 for the embedded one)")
     e.set_defaults(func=cmd_eval)
     return ap
 

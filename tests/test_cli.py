@@ -283,3 +283,11 @@ def test_eval_report_never_overwrites_a_file_in_any_evaluation(tmp_path, capsys)
             main(["eval", "--report", str(old), *extra])
         assert e.value.code == 2 and "the file exists" in capsys.readouterr().err
     assert old.read_text() == "kept"
+
+
+def test_eval_cfg_reaches_every_evaluation_and_a_bad_one_stops_before_work(capsys):
+    import pytest
+    for extra in ([], ["--drift"], ["--storyboard"]):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--cfg", "0.5", *extra])
+        assert e.value.code == 2 and "--cfg 0.5: allowed a number >= 1" in capsys.readouterr().err

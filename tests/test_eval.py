@@ -70,6 +70,22 @@ def test_bad_parts_and_missing_dit_stop_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--dit", str(tmp_path / "none.safetensors")])
     assert "no such file" in capsys.readouterr().err
+    for bad in ("0.5", "nan"):
+        with pytest.raises(SystemExit):
+            main(["--cfg", bad])
+        assert f"--cfg {bad}: allowed a number >= 1" in capsys.readouterr().err
+
+
+def test_cfg_option_sets_the_guidance_of_every_generation_and_names_it_in_reports():
+    import argparse
+
+    from spacetime.toyworld.drift import add_model_options, load_model, model_label
+    ap = argparse.ArgumentParser()
+    add_model_options(ap)
+    plain, three = ap.parse_args([]), ap.parse_args(["--cfg", "3"])
+    st = load_model(ap, three)                                  # nothing is read until first use
+    assert st.preset.cfg == 3.0 and load_model(ap, plain).preset.cfg == 5.0   # the preset's default untouched
+    assert model_label(plain) == "toyworld" and model_label(three) == "toyworld, CFG 3"
 
 
 def test_existing_report_sheet_or_json_stops_before_any_work_and_is_kept(tmp_path, capsys):

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -347,23 +348,35 @@ def main(argv=None) -> int:
     for mode, r in runs.items():
         m = r["mean"]
         print(f"{mode}: identity {m['identity']:.0%}, colour drift {m['colour_drift']:.1f}, seam {m['seam']:.2f}")
-    write_reports(a.report, lambda: report_md(runs, a.windows, a.preset), a.json, runs)
+    write_reports(a.report, lambda: report_md(runs, a.windows, model_label(a)), a.json, runs)
     return 0
 
 
 def add_model_options(ap: argparse.ArgumentParser) -> None:
-    """--preset and --dit, the model an evaluation measures."""
+    """--preset, --dit and --cfg, the model an evaluation measures and the guidance it samples with."""
     ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
     ap.add_argument("--dit", type=Path, help="a DiT file to evaluate in place of the preset's, e.g. a training run's "
                     "dit_ema.safetensors (default: the preset's)")
+    ap.add_argument("--cfg", type=float, help="guidance scale of every generation (default: the preset's)")
 
 
 def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
     """The pipeline of ``add_model_options``' choice; a --dit file that is not there stops with a usage error."""
     if a.dit is not None and not a.dit.is_file():
         ap.error(f"--dit {str(a.dit)!r}: no such file (allowed: a DiT safetensors file)")
+    if a.cfg is not None and not (math.isfinite(a.cfg) and a.cfg >= 1):
+        ap.error(f"--cfg {a.cfg}: allowed a number >= 1 (1 = no guidance)")
     from ..model.pipeline import Spacetime
-    return Spacetime.load(a.preset, dit=a.dit)
+    st = Spacetime.load(a.preset, dit=a.dit)
+    if a.cfg is not None:
+        st.preset = replace(st.preset, cfg=float(a.cfg))
+    return st
+
+
+def model_label(a: argparse.Namespace) -> str:
+    """The preset, and the DiT file and guidance scale where the options replaced the preset's (report headings)."""
+    label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
+    return label if a.cfg is None else f"{label}, CFG {a.cfg:g}"
 
 
 def refuse_existing(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:

@@ -436,7 +436,7 @@ def report_md(res: dict, timing: dict, preset: str, quick: bool) -> str:
 
 
 def main(argv=None):
-    from .drift import add_model_options, load_model, refuse_existing, write_reports
+    from .drift import add_model_options, load_model, model_label, refuse_existing, write_reports
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(ap)
     ap.add_argument("--quick", action="store_true", help="fewer prompts and one seed")
@@ -455,9 +455,9 @@ def main(argv=None):
     timing = wall_time(a.preset, a.dit)
     print(f"default generation: {timing['cold_s']:.1f} s including model load, {timing['warm_s']:.1f} s warm")
     res, samples = evaluate(st, quick=a.quick, parts=parts)
-    label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
+    label = model_label(a)
     write_reports(a.report, lambda: report_md(res, timing, label, a.quick), a.json,
-                  {**{k: v for k, v in res.items() if k != "rows"}, **timing})
+                  {**{k: v for k, v in res.items() if k != "rows"}, **timing, "cfg": st.preset.cfg})
     if a.sheet:
         contact_sheet(samples, a.sheet)
         print("contact sheet:", a.sheet)

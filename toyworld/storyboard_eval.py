@@ -24,7 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .analysis import as_uint8, nearest_background
-from .drift import add_model_options, load_model, object_summary, refuse_existing, window_views, write_reports
+from .drift import (add_model_options, load_model, model_label, object_summary, refuse_existing, window_views,
+                    write_reports)
 from .shots import Story, sample_story
 
 CUT_RATIO = 3.0               # a cut changes the picture 3x more than the frames around it ...
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
         ap.error(f"--stories {a.stories}: allowed 1 or more")
     st = load_model(ap, a)
     res = evaluate(st, a.stories, modes, steps=a.steps or None)
-    write_reports(a.report, lambda: report_md(res, a.preset), a.json, res)
+    write_reports(a.report, lambda: report_md(res, model_label(a)), a.json, res)
     return 0
 
 
