@@ -3,6 +3,7 @@ the prompt as wrong."""
 import numpy as np
 import torch
 
+from spacetime.model.config import bundle_preset
 from spacetime.toyworld.captions import scene_from_prompt
 from spacetime.toyworld.eval import TARGETS, evaluate_seen, report_md
 from spacetime.toyworld.world import render
@@ -13,6 +14,7 @@ class Renderer:
 
     def __init__(self, fixed=None):
         self.fixed = fixed
+        self.preset = bundle_preset("toyworld")          # the sampling defaults a report states
 
     def generate(self, prompt, negative="", width=64, height=64, frames=17, seed=0, **kw):
         scene = self.fixed or scene_from_prompt(prompt)
@@ -126,6 +128,7 @@ def test_main_writes_the_report_and_json_once(tmp_path, monkeypatch):
     assert "| left/right correctness | 100% | 2 | >= 90% | yes |" in report.read_text()
     got = json.loads(figures.read_text())
     assert got["left_right"] == 1.0 and got["n"]["left_right"] == 2 and got["cold_s"] == 2.0 and "rows" not in got
+    assert got["cfg"] == 5.0                                  # the guidance every generation used
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.md"]
     with pytest.raises(SystemExit):
         ev.main(args)

@@ -344,6 +344,21 @@ def test_motion_word_gap_is_zero_for_a_text_blind_model_and_large_for_one_that_r
     assert set(OPPOSITE_DIRECTION.values()) == set(OPPOSITE_DIRECTION)
 
 
+def test_motion_word_gap_asks_the_chosen_motions_against_their_opposites():
+    from spacetime.toyworld.probe import motion_word_gap
+    vae, text = _LatentsOf(), _Captions()
+    gap = motion_word_gap(_Reader(vae), vae, text, clips=4, sigmas=(0.9,), motions=("grows", "shrinks"))
+    assert all(v > 1e3 for g in gap.values() for v in g.values())
+    true, other = text.calls
+    for a, b in zip(true, other):       # "grows larger and larger" <-> "shrinks smaller and smaller", nothing else
+        diff = {frozenset((x, y)) for x, y in zip(a.split(), b.split()) if x != y}
+        assert len(a.split()) == len(b.split())
+        assert diff == {frozenset(("grows", "shrinks")), frozenset(("larger", "smaller"))}, (a, b)
+    for bad in ((), ("spins",)):
+        with pytest.raises(ValueError, match="allowed any of"):
+            motion_word_gap(_Blind(), vae, text, motions=bad)
+
+
 def test_frame_word_gap_is_zero_for_a_text_blind_model_and_names_one_other_word():
     from spacetime.toyworld.captions import parse_prompt
     from spacetime.toyworld.probe import frame_word_gap

@@ -315,7 +315,7 @@ def frame_word_gap(dit, vae, text_encoder, word: str, frames: int = 32, sigmas: 
 
 
 def motion_word_gap(dit, vae, text_encoder, clips: int = 48, sigmas: Sequence[float] = (0.85, 0.95, 0.99),
-                    seed: int = 5, free_start: bool = True) -> dict:
+                    seed: int = 5, free_start: bool = True, motions: Sequence[str] = tuple(OPPOSITE_DIRECTION)) -> dict:
     """How much worse the DiT fits toy-world clips of one moving object when their caption names the opposite
     direction (right <-> left, up <-> down), everything else equal: same clips, noise and wording. Per noise level
     sigma and for text-to-video (every latent frame noised) and image-to-video (latent frame 0 known, the loss on the
@@ -324,15 +324,19 @@ def motion_word_gap(dit, vae, text_encoder, clips: int = 48, sigmas: Sequence[fl
     is known and little noise is left to read the motion from, a model that follows the word scores far above 0.
     ``free_start`` (default): the clips' movers start anywhere along their axis (``world.sample_object``); with the
     default world's edge starts the first frame tells the direction, and a model that reads the position instead
-    of the word scores near 0 there too.
+    of the word scores near 0 there too. ``motions``: the asked motions of the clips (default the four directions;
+    e.g. ("grows", "shrinks") asks whether the size words are read), each captioned against its opposite.
     -> {"t2v": {sigma: gap}, "i2v": {sigma: gap}}."""
+    bad = [m for m in motions if m not in OPPOSITE_MOTION]
+    if not motions or bad:
+        raise ValueError(f"motions={list(motions)!r}: allowed any of {', '.join(OPPOSITE_MOTION)}")
     from .captions import detailed_caption
     from .world import render, sample_scene
     rng = np.random.default_rng(seed)
     scenes, opposites = [], []
     while len(scenes) < clips:
         s = sample_scene(rng, "single", True, free_start=free_start)
-        if s.main.motion in OPPOSITE_DIRECTION and not is_held_out(o := with_opposite_motion(s)):
+        if s.main.motion in motions and not is_held_out(o := with_opposite_motion(s)):
             scenes.append(s)
             opposites.append(o)
     frames = np.stack([render(s, 17, 64, 64).frames for s in scenes])

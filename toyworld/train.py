@@ -535,11 +535,12 @@ def main(argv=None):
         from .probe import FRAME_WORDS, frame_word_gap, motion_word_gap
         dit, vae = _load_probe_parts(args.dit, args.vae)
         te = load_minilm()
-        gap = motion_word_gap(dit, vae, te)
-        res["motion_word_gap"] = gap
-        for mode, by_sigma in gap.items():
-            print(f"motion word gap, {mode} (loss with the opposite direction vs the true one): " +
-                  "  ".join(f"sigma {s:.2f} {g:+.1f} %" for s, g in by_sigma.items()))
+        for key, motions, what in (("motion_word_gap", ("moves left", "moves right", "moves up", "moves down"),
+                                    "direction"), ("size_word_gap", ("grows", "shrinks"), "size change")):
+            res[key] = gap = motion_word_gap(dit, vae, te, motions=motions)
+            for mode, by_sigma in gap.items():
+                print(f"{key.split('_')[0]} word gap, {mode} (loss with the opposite {what} vs the true one): " +
+                      "  ".join(f"sigma {s:.2f} {g:+.1f} %" for s, g in by_sigma.items()))
         for w in FRAME_WORDS:
             res[f"{w}_word_gap"] = by_sigma = frame_word_gap(dit, vae, te, w)
             print(f"{w} word gap, single frames (loss with another {w} vs the true one): " +
