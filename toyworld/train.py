@@ -532,11 +532,11 @@ def main(argv=None):
             for asked, row in sorted(res[table].items()):
                 print(f"asked {asked:11s} drawn: " + ", ".join(f"{got} {n}" for got, n in sorted(row.items())))
         from ..model.text_encoders import load_minilm
-        from .probe import FRAME_WORDS, frame_word_gap, motion_word_gap
+        from .probe import FRAME_WORDS, OPPOSITE_DIRECTION, frame_word_gap, motion_word_gap
         dit, vae = _load_probe_parts(args.dit, args.vae)
         te = load_minilm()
-        for key, motions, what in (("motion_word_gap", ("moves left", "moves right", "moves up", "moves down"),
-                                    "direction"), ("size_word_gap", ("grows", "shrinks"), "size change")):
+        for key, motions, what in (("motion_word_gap", tuple(OPPOSITE_DIRECTION), "direction"),
+                                   ("size_word_gap", ("grows", "shrinks"), "size change")):
             res[key] = gap = motion_word_gap(dit, vae, te, motions=motions)
             for mode, by_sigma in gap.items():
                 print(f"{key.split('_')[0]} word gap, {mode} (loss with the opposite {what} vs the true one): " +
