@@ -194,15 +194,7 @@ def drawn_shapes(clips: Sequence[np.ndarray], items: Sequence[ProbeItem]) -> dic
     where no object is found, "unknown" where it is too small to tell). The shape rate says how often the shape is
     right; this table says what is drawn instead (a model that draws every object as a round blob fills the ball
     column)."""
-    table: dict = {}
-    for clip, it in zip(clips, items):
-        if it.scene.kind != "single":
-            continue
-        obj = asked_object(analyse(clip)["tracks"], it.scene.main.color)
-        got = obj.shape() if obj is not None else "none"
-        row = table.setdefault(it.scene.main.shape, {})
-        row[got] = row.get(got, 0) + 1
-    return table
+    return _drawn(clips, items, "shape", lambda obj, n: obj.shape())
 
 
 def drawn_motions(clips: Sequence[np.ndarray], items: Sequence[ProbeItem]) -> dict:
@@ -210,13 +202,19 @@ def drawn_motions(clips: Sequence[np.ndarray], items: Sequence[ProbeItem]) -> di
     where the asked colour's object is not found, "unknown" where it is seen in too few frames). The motion rate
     pools every motion; this table says which ones are followed and what is drawn instead (a model that ignores
     the word keeps objects still or moves them the way their start position suggests). Single frames are skipped."""
+    return _drawn(clips, items, "motion", motion_of, min_frames=2)
+
+
+def _drawn(clips, items, field: str, read, min_frames: int = 1) -> dict:
+    """{asked ``field`` of the main object: {what ``read(object, frames)`` gives, or "none": count}} over the
+    single-object items whose clips have at least ``min_frames`` frames."""
     table: dict = {}
     for clip, it in zip(clips, items):
-        if it.scene.kind != "single" or clip.shape[0] < 2:
+        if it.scene.kind != "single" or clip.shape[0] < min_frames:
             continue
         obj = asked_object(analyse(clip)["tracks"], it.scene.main.color)
-        got = motion_of(obj, clip.shape[0]) if obj is not None else "none"
-        row = table.setdefault(it.scene.main.motion, {})
+        got = read(obj, clip.shape[0]) if obj is not None else "none"
+        row = table.setdefault(getattr(it.scene.main, field), {})
         row[got] = row.get(got, 0) + 1
     return table
 

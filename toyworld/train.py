@@ -535,11 +535,11 @@ def main(argv=None):
         from .probe import FRAME_WORDS, OPPOSITE_DIRECTION, frame_word_gap, motion_word_gap
         dit, vae = _load_probe_parts(args.dit, args.vae)
         te = load_minilm()
-        for key, motions, what in (("motion_word_gap", tuple(OPPOSITE_DIRECTION), "direction"),
-                                   ("size_word_gap", ("grows", "shrinks"), "size change")):
-            res[key] = gap = motion_word_gap(dit, vae, te, motions=motions)
+        for name, motions, what in (("motion", tuple(OPPOSITE_DIRECTION), "direction"),
+                                    ("size", ("grows", "shrinks"), "size change")):
+            res[f"{name}_word_gap"] = gap = motion_word_gap(dit, vae, te, motions=motions)
             for mode, by_sigma in gap.items():
-                print(f"{key.split('_')[0]} word gap, {mode} (loss with the opposite {what} vs the true one): " +
+                print(f"{name} word gap, {mode} (loss with the opposite {what} vs the true one): " +
                       "  ".join(f"sigma {s:.2f} {g:+.1f} %" for s, g in by_sigma.items()))
         for w in FRAME_WORDS:
             res[f"{w}_word_gap"] = by_sigma = frame_word_gap(dit, vae, te, w)
