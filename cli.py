@@ -430,6 +430,8 @@ def cmd_eval(a) -> int:
         args += ["--parts", a.parts]
     if a.cfg is not None:
         args += ["--cfg", str(a.cfg)]
+    if a.shift is not None:
+        args += ["--shift", str(a.shift)]
     return eval_main(args) or 0
 
 
@@ -560,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "pairs, occlusion, i2v, extension, fill (default: all)")
     e.add_argument("--cfg", type=float, metavar="SCALE", help="guidance scale of every generation (default: the "
                    "model's, 5 for the embedded one)")
+    e.add_argument("--shift", type=float, metavar="SHIFT", help="sampler noise-schedule shift of every generation, "
+                   "> 0 (default: the model's)")
     e.set_defaults(func=cmd_eval)
     return ap
 

@@ -285,9 +285,12 @@ def test_eval_report_never_overwrites_a_file_in_any_evaluation(tmp_path, capsys)
     assert old.read_text() == "kept"
 
 
-def test_eval_cfg_reaches_every_evaluation_and_a_bad_one_stops_before_work(capsys):
+def test_eval_cfg_and_shift_reach_every_evaluation_and_bad_ones_stop_before_work(capsys):
     import pytest
     for extra in ([], ["--drift"], ["--storyboard"]):
         with pytest.raises(SystemExit) as e:
             main(["eval", "--cfg", "0.5", *extra])
         assert e.value.code == 2 and "--cfg 0.5: allowed a number >= 1" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--shift", "0", *extra])
+        assert e.value.code == 2 and "--shift 0.0: allowed a number > 0" in capsys.readouterr().err

@@ -76,9 +76,13 @@ def test_bad_parts_and_missing_dit_stop_before_any_work(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["--cfg", bad])
         assert f"--cfg {bad}: allowed a number >= 1" in capsys.readouterr().err
+    for bad in ("0.0", "-2.0", "inf"):
+        with pytest.raises(SystemExit):
+            main(["--shift", bad])
+        assert f"--shift {bad}: allowed a number > 0" in capsys.readouterr().err
 
 
-def test_cfg_option_sets_the_guidance_of_every_generation_and_names_it_in_reports():
+def test_cfg_and_shift_options_set_every_generation_and_are_named_in_reports():
     import argparse
 
     from spacetime.toyworld.drift import add_model_options, load_model, model_label
@@ -88,6 +92,11 @@ def test_cfg_option_sets_the_guidance_of_every_generation_and_names_it_in_report
     st = load_model(ap, three)                                  # nothing is read until first use
     assert st.preset.cfg == 3.0 and load_model(ap, plain).preset.cfg == 5.0   # the preset's default untouched
     assert model_label(plain) == "toyworld" and model_label(three) == "toyworld, CFG 3"
+    both = ap.parse_args(["--cfg", "4", "--shift", "2"])
+    st = load_model(ap, both)
+    assert (st.preset.cfg, st.preset.shift) == (4.0, 2.0)
+    assert load_model(ap, plain).preset.shift == 3.0            # the embedded model's default shift untouched
+    assert model_label(both) == "toyworld, CFG 4, shift 2"
 
 
 def test_existing_report_sheet_or_json_stops_before_any_work_and_is_kept(tmp_path, capsys):

@@ -143,8 +143,8 @@ def test_probe_on_weights_rejects_bad_input_before_work(tmp_path):
     from spacetime.model.errors import SpacetimeValueError
     from spacetime.toyworld.train import main, probe_weights
     for kw, word in ((dict(seeds=0), "seeds=0"), (dict(cfg=float("nan")), "cfg=nan"), (dict(shift=0.0), "shift=0"),
-                     (dict(frames=(2,)), "frames=(2,)"), (dict(dit_path=tmp_path), f"--dit {tmp_path}"),
-                     (dict(vae_path=tmp_path), f"--vae {tmp_path}")):
+                     (dict(steps=0), "steps=0"), (dict(frames=(2,)), "frames=(2,)"),
+                     (dict(dit_path=tmp_path), f"--dit {tmp_path}"), (dict(vae_path=tmp_path), f"--vae {tmp_path}")):
         with pytest.raises(SpacetimeValueError, match=word.replace("(", r"\(").replace(")", r"\)")):
             probe_weights(**kw)
     out = tmp_path / "probe.json"

@@ -353,11 +353,14 @@ def main(argv=None) -> int:
 
 
 def add_model_options(ap: argparse.ArgumentParser) -> None:
-    """--preset, --dit and --cfg, the model an evaluation measures and the guidance it samples with."""
+    """--preset, --dit, --cfg and --shift: the model an evaluation measures, and the guidance and sampler shift it
+    samples with."""
     ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
     ap.add_argument("--dit", type=Path, help="a DiT file to evaluate in place of the preset's, e.g. a training run's "
                     "dit_ema.safetensors (default: the preset's)")
     ap.add_argument("--cfg", type=float, help="guidance scale of every generation (default: the preset's)")
+    ap.add_argument("--shift", type=float, help="sampler noise-schedule shift of every generation (default: the "
+                    "preset's)")
 
 
 def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
@@ -366,17 +369,23 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
         ap.error(f"--dit {str(a.dit)!r}: no such file (allowed: a DiT safetensors file)")
     if a.cfg is not None and not (math.isfinite(a.cfg) and a.cfg >= 1):
         ap.error(f"--cfg {a.cfg}: allowed a number >= 1 (1 = no guidance)")
+    if a.shift is not None and not (math.isfinite(a.shift) and a.shift > 0):
+        ap.error(f"--shift {a.shift}: allowed a number > 0 (1 = no shift)")
     from ..model.pipeline import Spacetime
     st = Spacetime.load(a.preset, dit=a.dit)
     if a.cfg is not None:
         st.preset = replace(st.preset, cfg=float(a.cfg))
+    if a.shift is not None:
+        st.preset = replace(st.preset, shift=float(a.shift))
     return st
 
 
 def model_label(a: argparse.Namespace) -> str:
-    """The preset, and the DiT file and guidance scale where the options replaced the preset's (report headings)."""
+    """The preset, and the DiT file, guidance scale and shift where the options replaced the preset's (report
+    headings)."""
     label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
-    return label if a.cfg is None else f"{label}, CFG {a.cfg:g}"
+    label = label if a.cfg is None else f"{label}, CFG {a.cfg:g}"
+    return label if a.shift is None else f"{label}, shift {a.shift:g}"
 
 
 def refuse_existing(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:

@@ -457,7 +457,8 @@ def main(argv=None):
     res, samples = evaluate(st, quick=a.quick, parts=parts)
     label = model_label(a)
     write_reports(a.report, lambda: report_md(res, timing, label, a.quick), a.json,
-                  {**{k: v for k, v in res.items() if k != "rows"}, **timing, "cfg": st.preset.cfg})
+                  {**{k: v for k, v in res.items() if k != "rows"}, **timing, "cfg": st.preset.cfg,
+                   "shift": st.preset.shift})
     if a.sheet:
         contact_sheet(samples, a.sheet)
         print("contact sheet:", a.sheet)

@@ -243,7 +243,7 @@ def _load_probe_parts(dit_path: Path, vae_path: Path):
 
 
 def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, seeds: int = 1, cfg: float = 5.0,
-                  shift: float = 3.0, frames: tuple = (1, 17), sets: Optional[dict] = None) -> dict:
+                  shift: float = 3.0, frames: tuple = (1, 17), sets: Optional[dict] = None, steps: int = 20) -> dict:
     """The prompt-following probe on trained weights (default: the shipped ones), outside training. ``seeds`` > 1
     asks every prompt again with other noise, so two sets of weights can be told apart more sharply than by the
     training probe (its 20 held-out prompts move a rate by 5 points each). ``sets``: {name: items} (default SEEN and
@@ -257,6 +257,8 @@ def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, se
         raise SpacetimeValueError(f"cfg={cfg}: allowed > 0 (1 = no guidance)")
     if not (np.isfinite(shift) and shift > 0):
         raise SpacetimeValueError(f"shift={shift}: allowed > 0")
+    if not 1 <= int(steps) <= 1000:
+        raise SpacetimeValueError(f"steps={steps}: allowed 1..1000 sampler steps")
     if not frames or any(f < 1 or (f - 1) % 4 for f in frames):
         raise SpacetimeValueError(f"frames={frames}: allowed 1 + 4k each (1 = single frames)")
     dit, vae = _load_probe_parts(dit_path, vae_path)
@@ -266,7 +268,8 @@ def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, se
     out, tables, motions = {}, [], []
     with torch.no_grad():
         for f in frames:
-            res, clips = run_probe(dit, vae, text, frames=f, sets=pooled, cfg=cfg, shift=shift)
+            res, clips = run_probe(dit, vae, text, frames=f, sets=pooled, cfg=cfg, shift=shift,
+                                    steps=int(steps))
             for name, summ in res.items():
                 out[f"{'image' if f == 1 else 'video'}/{name}"] = summ
                 tables.append(drawn_shapes(clips[name], pooled[name]))
@@ -468,6 +471,7 @@ def main(argv=None):
     a.add_argument("--seeds", type=int, default=1, help="noises per prompt, 1..16 (default: %(default)s)")
     a.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default: %(default)s)")
     a.add_argument("--shift", type=float, default=3.0, help="sampler shift (default: %(default)s)")
+    a.add_argument("--steps", type=int, default=20, help="sampler steps (default: %(default)s)")
     a.add_argument("--json", type=Path, help="also write the figures to this new JSON file")
     a = sub.add_parser("export", help="write trained weights into a weights folder")
     a.add_argument("--vae", type=Path, default=run / "vae_dec")
@@ -522,7 +526,7 @@ def main(argv=None):
     elif args.cmd == "probe":
         from .drift import refuse_existing, write_new
         refuse_existing(ap, args)
-        res = probe_weights(args.dit, args.vae, args.seeds, args.cfg, args.shift)
+        res = probe_weights(args.dit, args.vae, args.seeds, args.cfg, args.shift, steps=args.steps)
         for name, summ in res.items():
             if name in ("drawn_shapes", "drawn_motions"):
                 continue
