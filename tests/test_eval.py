@@ -137,7 +137,7 @@ def test_main_writes_the_report_and_json_once(tmp_path, monkeypatch):
     assert "| left/right correctness | 100% | 2 | >= 90% | yes |" in report.read_text()
     got = json.loads(figures.read_text())
     assert got["left_right"] == 1.0 and got["n"]["left_right"] == 2 and got["cold_s"] == 2.0 and "rows" not in got
-    assert got["cfg"] == 5.0                                  # the guidance every generation used
+    assert got["cfg"] == 5.0 and got["shift"] == 3.0          # the guidance and shift every generation used
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.md"]
     with pytest.raises(SystemExit):
         ev.main(args)
