@@ -173,7 +173,8 @@ def test_ship_rule_probes_both_sides_and_ships_only_the_better_weights(tmp_path,
     import torch
     from spacetime.model.embedded import DIT_FILE, META, VAE_FILE
     from spacetime.model.loading import read_state_dict
-    from spacetime.toyworld.train import copy_shipped_vae, export, ship_score
+    from spacetime.toyworld.train import SHIP_SEEDS, copy_shipped_vae, export, ship_score
+    assert SHIP_SEEDS == 4                          # the yardstick the model card's ship decisions are read against
     meta = json.loads(META.read_text())
     good = read_state_dict(DIT_FILE)
     broken = {k: (torch.zeros_like(v) if k.startswith("head.head") else v) for k, v in good.items()}
@@ -196,10 +197,11 @@ def test_ship_rule_probes_both_sides_and_ships_only_the_better_weights(tmp_path,
     worse = tmp_path / "worse"                      # a folder holding the broken weights, exported without the rule
     assert export(vae, broken_run, worse, **quick)
     worse_probe = json.loads((worse / "embedded.json").read_text())["probe"]
-    assert worse_probe["image/seen"]["n"] == 6 and worse_probe["mean"]["color"] == 0 == worse_probe["mean"]["count"]
+    assert worse_probe["image/seen"]["n"] == 3 * SHIP_SEEDS
+    assert worse_probe["mean"]["color"] == 0 == worse_probe["mean"]["count"]
     assert export(vae, good_run, worse, ship=True, **quick)
     rec = json.loads((worse / "embedded.json").read_text())
-    assert rec["probe_seeds"] == 2 and ship_score(rec["probe"]) > ship_score(worse_probe)
+    assert rec["probe_seeds"] == SHIP_SEEDS and ship_score(rec["probe"]) > ship_score(worse_probe)
     assert rec["probe"]["mean"]["background"] >= 2 / 3
     assert torch.equal(read_state_dict(worse / DIT_FILE.name)["head.head.weight"], good["head.head.weight"])
 
@@ -438,3 +440,43 @@ def test_drawn_motions_tells_which_motions_are_followed():
     assert drawn_motions([render(one.scene, 1).frames], [one]) == {}        # single frames have no motion
     blank = np.broadcast_to(render(one.scene, 1).frames[:1, :1, :1], (17, 64, 64, 3)).copy()
     assert drawn_motions([blank], [one]) == {one.scene.main.motion: {"none": 1}}
+
+
+def test_average_interpolates_two_dits_into_a_run_folder_the_probe_and_export_take(tmp_path, capsys):
+    """``train average``: weight 0 gives the first DiT, 1 the second, 0.25 the point a quarter of the way; the new
+    folder loads like a training run's; bad weights, other configurations and a taken folder are refused with the
+    option and the value before anything is written."""
+    import json
+    import torch
+    from spacetime.model.embedded import DIT_FILE, META, WEIGHTS_DIR
+    from spacetime.model.errors import SpacetimeValueError
+    from spacetime.model.loading import read_state_dict
+    from spacetime.toyworld.train import _load_probe_parts, average_dits, main
+    cfg = json.loads(META.read_text())["dit"]
+    first = read_state_dict(DIT_FILE)
+    second = {k: v.float() + 1.0 for k, v in first.items()}
+    run = _dit_run(tmp_path / "second", second, cfg)
+    for w in (0.0, 1.0, 0.25):
+        out = average_dits(WEIGHTS_DIR, run, w, tmp_path / f"avg{w}")
+        got = read_state_dict(out / "dit_ema.safetensors")
+        for k in ("head.head.weight", "blocks.0.self_attn.q.weight"):
+            assert torch.allclose(got[k], first[k].float() + w, atol=1e-6), (w, k)
+        rec = json.loads((out / "dit.json").read_text())
+        assert rec["config"] == cfg and rec["average"]["weight"] == w and rec["step"] >= 1
+    dit, _ = _load_probe_parts(tmp_path / "avg0.25", WEIGHTS_DIR)
+    assert torch.allclose(dit.state_dict()["head.head.weight"], first["head.head.weight"].float() + 0.25, atol=1e-6)
+
+    with pytest.raises(SpacetimeValueError, match=r"--weight 1\.5: allowed 0\.\.1"):
+        average_dits(WEIGHTS_DIR, run, 1.5, tmp_path / "never")
+    with pytest.raises(SpacetimeValueError, match=r"--out .*avg0\.25: already holds dit\.json and dit_ema"):
+        average_dits(WEIGHTS_DIR, run, 0.5, tmp_path / "avg0.25")
+    other = _dit_run(tmp_path / "other", second, dict(cfg, num_layers=cfg["num_layers"] + 1))
+    with pytest.raises(SpacetimeValueError, match=r"configurations differ in num_layers"):
+        average_dits(WEIGHTS_DIR, other, 0.5, tmp_path / "never")
+    fewer = _dit_run(tmp_path / "fewer", {k: v for k, v in second.items() if k != "head.head.weight"}, cfg)
+    with pytest.raises(SpacetimeValueError, match=r"tensors differ \(head\.head\.weight\)"):
+        average_dits(WEIGHTS_DIR, fewer, 0.5, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(SystemExit):
+        main(["average", "--dit", str(run), "--out", str(tmp_path / "never")])
+    assert "allowed exactly twice" in capsys.readouterr().err
