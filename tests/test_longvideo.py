@@ -371,6 +371,19 @@ def test_drift_evaluation_tells_steady_from_drifting(scene_index):
     assert drifted["drifting"] and drifted["colour_drift"] > 5.0
 
 
+def test_drift_summary_keeps_the_sign_of_the_largest_size_change():
+    """A shrinking object is reported as shrinking: the largest change by magnitude, with its sign, next to the
+    magnitude the mean over runs uses."""
+    from spacetime.toyworld.drift import summarize
+    rows = [{"identity": True, "background_de": 0.0}] + [
+        {"identity": True, "background_de": 0.0, "object_drift": 1.0, "seam_ratio": 0.5, "size_change": c}
+        for c in (0.2, -0.45, 0.3)]
+    summ = summarize(rows)
+    assert summ["size_change"] == pytest.approx(0.45) and summ["size_change_signed"] == pytest.approx(-0.45)
+    rows[2]["size_change"] = 0.1
+    assert summarize(rows)["size_change_signed"] == pytest.approx(0.3)
+
+
 def test_evaluation_reports_never_overwrite(dirs):
     from spacetime.toyworld.drift import main as drift_main, write_reports
     from spacetime.toyworld.storyboard_eval import main as storyboard_main

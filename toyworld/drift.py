@@ -196,6 +196,8 @@ def summarize(rows: list[dict]) -> dict:
            "colour_drift": max((r["object_drift"] for r in later if "object_drift" in r), default=nan),
            "background_drift": max((r.get("background_drift", 0.0) for r in later), default=0.0),
            "size_change": max((abs(r["size_change"]) for r in later if "size_change" in r), default=nan),
+           # the same change with its sign (- = the object shrank)
+           "size_change_signed": max((r["size_change"] for r in later if "size_change" in r), key=abs, default=nan),
            "seam": float(np.mean([r["seam_ratio"] for r in later])) if later else 0.0,
            "object_de_first": rows[0].get("object_de", float("nan")),
            "object_de_last": rows[-1].get("object_de", float("nan")),
@@ -279,7 +281,7 @@ def evaluate(st, windows: int = 10, scenes: Sequence[Scene] = DRIFT_SCENES, seed
                                 "seed": s, "frames": frames, "rows": rows, "summary": summ})
                 log(f"{mode}: {results[-1]['scene']}: identity {summ['identity']:.0%}, colour drift "
                     f"{summ['colour_drift']:.1f}, background drift {summ['background_drift']:.1f}, seam "
-                    f"{summ['seam']:.2f}, size change {summ['size_change']:+.0%}")
+                    f"{summ['seam']:.2f}, size change {summ['size_change_signed']:+.0%}")
         runs[mode] = {"runs": results, "mean": _mean([r["summary"] for r in results])}
     return runs
 
