@@ -480,3 +480,8 @@ def test_average_interpolates_two_dits_into_a_run_folder_the_probe_and_export_ta
     with pytest.raises(SystemExit):
         main(["average", "--dit", str(run), "--out", str(tmp_path / "never")])
     assert "allowed exactly twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["average", "--dit", str(WEIGHTS_DIR), "--dit", str(run), "--weight", "-0.1",
+              "--out", str(tmp_path / "never")])
+    assert "--weight -0.1: allowed 0..1" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

@@ -604,7 +604,11 @@ def main(argv=None):
     elif args.cmd == "average":
         if len(args.dit) != 2:
             ap.error(f"--dit given {len(args.dit)} times: allowed exactly twice (the two DiTs to average)")
-        print(f"wrote {average_dits(args.dit[0], args.dit[1], args.weight, args.out)}")
+        from ..model.errors import SpacetimeValueError
+        try:
+            print(f"wrote {average_dits(args.dit[0], args.dit[1], args.weight, args.out)}")
+        except SpacetimeValueError as e:                      # every refusal comes before anything is written
+            ap.error(str(e))
     elif args.cmd == "export" and args.i2v:
         export_i2v(args.dit, args.out, ship=args.ship)
     elif args.cmd == "export":
