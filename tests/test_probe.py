@@ -381,6 +381,15 @@ def test_frame_word_gap_is_zero_for_a_text_blind_model_and_names_one_other_word(
             if word == "colour":
                 assert visible_on(ob["color"], pb["background"])
 
+    vae, text = _LatentsOf(), _Captions()                                 # pairs, the relation inverted
+    gap = frame_word_gap(_Blind(), vae, text, "relation", frames=6, sigmas=(0.85,))
+    assert abs(gap[0.85]) < 1e-9
+    true, other = text.calls
+    for a, b in zip(true, other):
+        pa, pb = parse_prompt(a), parse_prompt(b)
+        assert len(pa["objects"]) == 2 and pa["objects"] == pb["objects"]
+        assert {pa["relation"], pb["relation"]} in ({"left of", "right of"}, {"above", "below"})
+
     vae, text = _LatentsOf(), _Captions()
     assert all(v > 1e3 for v in frame_word_gap(_Reader(vae), vae, text, "shape", frames=6).values())
     with pytest.raises(ValueError, match="word='size'"):

@@ -352,7 +352,8 @@ def test_probe_sets_none_logs_only_the_word_gaps(run, tmp_path, monkeypatch):
     def no_probe(*a, **k):
         raise AssertionError("probe_sets='none' must not generate probe prompts")
     monkeypatch.setattr(pr, "motion_word_gap", fake_gap)
-    monkeypatch.setattr(pr, "frame_word_gap", lambda dit, vae, te, word: {0.85: {"shape": 3.0, "colour": 40.0}[word]})
+    monkeypatch.setattr(pr, "frame_word_gap", lambda dit, vae, te, word: {0.85: {"shape": 3.0, "colour": 40.0,
+                                                                                        "relation": 1.0}[word]})
     monkeypatch.setattr(pr, "run_probe", no_probe)
     r = td.DitRecipe(steps=6, tokens=256, warmup=2, probe_every=3, probe_sets="none", dit=config_to_dict(TINY_DIT),
                      max_batch=8)
@@ -361,7 +362,47 @@ def test_probe_sets_none_logs_only_the_word_gaps(run, tmp_path, monkeypatch):
     assert len(gaps) == 2 and [x["step"] for x in rows] == [3, 3, 6, 6]
     assert all(x["i2v@0.99"] == 12.0 for x in rows if x["mode"] == "motion_word_gap")
     words = [x for x in rows if x["mode"] == "frame_word_gap"]
-    assert len(words) == 2 and all(x["shape@0.85"] == 3.0 and x["colour@0.85"] == 40.0 for x in words)
+    assert len(words) == 2 and all(x["shape@0.85"] == 3.0 and x["colour@0.85"] == 40.0 and x["relation@0.85"] == 1.0
+                                   for x in words)
+
+
+def test_contrasting_captions_invert_the_relation_of_pairs_on_frames_and_clips():
+    from spacetime.toyworld.captions import parse_prompt
+    from spacetime.toyworld.world import INVERSE_RELATION, RELATIONS, Obj, Scene, alternatives
+    rng = np.random.default_rng(7)
+    a, b = Obj("ball", "red", "small", "stays still", 0.3, 0.5), Obj("box", "blue", "medium", "stays still", 0.7, 0.5)
+    pairs = [Scene(bg, (a, b), relation=rel, kind="pair")
+             for bg, rel in zip(("black", "white", "navy", "gray"), RELATIONS)]
+    single = Scene("black", (Obj("triangle", "yellow", "small", "moves right", 0.3, 0.5),))
+    bk = td.Bucket("64x64_5f", torch.zeros(5, 4, 2, 4, 4, dtype=torch.float16),
+                   torch.zeros(5, 2, 4, 4, dtype=torch.uint8), pairs + [single])
+    inverted, plain = 0, 0
+    for image_frac in (1.0, 0.0):                          # a relation shows on one frame as on a clip
+        r = td.DitRecipe(tokens=64, p_drop=0.0, image_frac=image_frac, contrast=1.0, p_short=0.5,
+                         contrast_words="relation")
+        for step in range(30):
+            bt = td.clip_batch([bk], rng, r, TINY_DIT, step)
+            for cap, neg in zip(bt.captions, bt.negatives or [None] * len(bt.captions)):
+                g = parse_prompt(cap)
+                if len(g["objects"]) == 1:                 # no relation to invert on a single object
+                    assert neg is None
+                    plain += 1
+                    continue
+                n = parse_prompt(neg)
+                assert n["relation"] == INVERSE_RELATION[g["relation"]] and n["objects"] == g["objects"], (cap, neg)
+                assert cap.split()[:3] == neg.split()[:3] and cap.split()[-2:] == neg.split()[-2:]   # same wording
+                inverted += 1
+    assert inverted > 40 and plain > 5
+    # the objects stay where they are: only the caption reads them the other way round
+    for sc in pairs:
+        (alt,) = alternatives(sc, "relation")
+        assert alt.objects == sc.objects and alt.relation == INVERSE_RELATION[sc.relation]
+    assert alternatives(single, "relation") == []
+    # a relation-only recipe leaves single objects alone, a single-object word leaves pairs alone
+    assert td.contrasting_scene(single, ["relation"], rng) is None
+    assert td.contrasting_scene(pairs[0], ["shape", "colour", "motion"], rng) is None
+    with pytest.raises(ValueError, match="allowed motion, shape, colour, relation"):
+        alternatives(single, "size")
 
 
 def test_motion_boost_draws_clips_that_move_left_right_up_or_down():

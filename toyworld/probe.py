@@ -270,16 +270,18 @@ def probe_sheet(clips: Sequence[np.ndarray], path: Path, cols: int = 8, scale: i
 OPPOSITE_DIRECTION = {m: OPPOSITE_MOTION[m] for m in DIRECTIONS}
 
 
-FRAME_WORDS = ("shape", "colour")
+FRAME_WORDS = ("shape", "colour", "relation")
 
 
 def frame_word_gap(dit, vae, text_encoder, word: str, frames: int = 32, sigmas: Sequence[float] = (0.5, 0.85, 0.99),
                    seed: int = 11) -> dict:
     """How much worse the DiT fits single toy-world frames of one object when their caption names another shape
-    (``word="shape"``) or another colour that stands out from the background (``"colour"``), everything else equal
-    (same frames, noise and wording): per noise level sigma, 100 x (loss with the other word / loss with the true
-    one - 1) in percent. A model that ignores the word scores 0, whatever its pictures look like; a frame shows shape
-    and colour, so a model that reads the word scores above 0 at every level. -> {sigma: gap}."""
+    (``word="shape"``) or another colour that stands out from the background (``"colour"``), or frames of two
+    objects when it names the inverse relation (``"relation"``: "left of" for "right of", the objects where they
+    are), everything else equal (same frames, noise and wording): per noise level sigma, 100 x (loss with the other
+    word / loss with the true one - 1) in percent. A model that ignores the word scores 0, whatever its pictures
+    look like; a frame shows shape, colour and where objects are, so a model that reads the word scores above 0 at
+    every level. -> {sigma: gap}."""
     from .captions import detailed_caption
     from .world import alternatives, render, sample_scene
     if word not in FRAME_WORDS:
@@ -287,7 +289,7 @@ def frame_word_gap(dit, vae, text_encoder, word: str, frames: int = 32, sigmas: 
     rng = np.random.default_rng(seed)
     scenes, others = [], []
     while len(scenes) < frames:
-        s = sample_scene(rng, "single", True)
+        s = sample_scene(rng, "pair" if word == "relation" else "single", True)
         alts = alternatives(s, word)
         if alts:
             scenes.append(s)

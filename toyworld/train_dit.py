@@ -20,7 +20,9 @@ see weights/MODEL_CARD.md):
   a caption that changes one word must fit its target worse, by ``contrast_margin`` of the true caption's loss.
   ``contrast_words`` says which words: ``motion`` (the opposite motion: right <-> left, up <-> down, grows <->
   shrinks, bounces <-> stays still; clips only, a single frame shows no motion), ``shape`` (another shape),
-  ``colour`` (another colour that stands out from the background); one of them per example. Without it the flow loss
+  ``colour`` (another colour that stands out from the background), ``relation`` (on pairs: the inverse relation,
+  "left of" <-> "right of", "above" <-> "below", the objects where they are); one of them per example. Without it the
+  flow loss
   alone left the model blind to the direction word (swapping it changed the loss by under 0.5 % at every noise
   level) and nearly blind to the shape word (2-4 %, against 40-54 % for the colour word).
 - Text embeddings of repeated captions are cached, so the text encoder does not dominate single-frame steps.
@@ -54,7 +56,8 @@ from .world import DIRECTIONS, Obj, Scene, alternatives, random_clip, render
 TRAIN_SIZES = ((64, 64), (96, 64), (64, 96))
 # clips per bucket as fractions of the total: single frames are cheap and plentiful, clips teach motion
 DATA_MIX = {1: 0.40, 9: 0.15, 17: 0.30, 33: 0.15}
-CONTRAST_WORDS = ("motion", "shape", "colour")     # what a contrasting caption may change (``DitRecipe.contrast_words``)
+# what a contrasting caption may change (``DitRecipe.contrast_words``)
+CONTRAST_WORDS = ("motion", "shape", "colour", "relation")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -390,7 +393,8 @@ class DitRecipe:
     extend_frac: float = 0.0        # share of clip examples with a long known head or tail (see sample_mask)
     mask_mix: dict = field(default_factory=dict)   # {kind: weight} for clip frame masks; {} = MASK_MIX
     contrast: float = 0.0           # weight of the contrasting-caption hinge (0 = off; see the module notes)
-    contrast_words: str = "motion"  # comma-separated words the contrasting caption changes: motion, shape, colour
+    contrast_words: str = "motion"  # comma-separated words the contrasting caption changes: motion, shape, colour,
+    #                                 relation
     contrast_margin: float = 0.2    # the opposite caption's loss must exceed the true one's by this share
     contrast_min_sigma: float = 0.5  # the hinge applies at noise levels from here (below, the clip shows its motion)
     motion_boost: float = 0.0       # clip steps draw clips whose object moves left/right/up/down 1 + this times as often
@@ -492,13 +496,18 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
 
 
 def contrasting_scene(scene: Scene, words, rng: np.random.Generator) -> Optional[Scene]:
-    """The scene of a contrasting caption: one of ``words`` (motion, shape, colour) changed on the scene's one
-    object (the opposite motion, another shape, another colour visible on its background), or None for scenes of
-    another kind or where every change would name a held-out combination. A random draw only when there is a
-    choice, so a motion-only recipe keeps the random stream of the data it reads."""
-    if scene.kind != "single" or len(scene.objects) != 1:
+    """The scene of a contrasting caption: one of ``words`` changed, on a scene of one object motion, shape or
+    colour (the opposite motion, another shape, another colour visible on its background), on a pair the relation
+    (the inverse one), or None for scenes of another kind, words that do not apply, or where every change would name
+    a held-out combination. A random draw only when there is a choice, so a motion-only recipe keeps the random
+    stream of the data it reads."""
+    if scene.kind == "single" and len(scene.objects) == 1:
+        applies = ("motion", "shape", "colour")
+    elif scene.kind == "pair" and len(scene.objects) == 2:
+        applies = ("relation",)
+    else:
         return None
-    options = [c for c in (alternatives(scene, w) for w in words) if c]
+    options = [c for c in (alternatives(scene, w) for w in words if w in applies) if c]
     if not options:
         return None
     pick = options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]

@@ -31,6 +31,8 @@ OPPOSITE_MOTION = {"moves right": "moves left", "moves left": "moves right", "mo
                    "moves down": "moves up", "grows": "shrinks", "shrinks": "grows", "bounces": "stays still",
                    "stays still": "bounces"}
 RELATIONS = ("left of", "right of", "above", "below")
+# each relation's inverse: what a caption that reads the two objects the wrong way round says (the relation hinge)
+INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 PANS = ("pan left", "pan right")
 PILLAR_COLOR = (92, 64, 44)          # a brown pillar, distinct from every object colour
 POST_SHADE = 0.72                     # landmarks of panning scenes: the background colour darkened (or lightened)
@@ -141,18 +143,23 @@ def with_opposite_motion(scene: Scene) -> Scene:
 
 
 def alternatives(scene: Scene, word: str) -> list:
-    """The scene with one word of its main object changed, every way training may name: ``motion`` the opposite
-    motion, ``shape`` each other shape, ``colour`` each other colour that stands out from the background; held-out
-    combinations left out (the contrasting captions of training and the probe's word gaps)."""
+    """The scene with one word changed, every way training may name: of its main object ``motion`` the opposite
+    motion, ``shape`` each other shape, ``colour`` each other colour that stands out from the background; of a pair
+    ``relation`` the inverse relation, the objects where they are (the caption then reads them the wrong way round;
+    none for scenes without a relation). Held-out combinations left out (the contrasting captions of training and
+    the probe's word gaps)."""
     o = scene.main
-    if word == "motion":
+    if word == "relation":
+        cands = [replace(scene, relation=INVERSE_RELATION[scene.relation])] if scene.relation in INVERSE_RELATION \
+            and len(scene.objects) == 2 else []
+    elif word == "motion":
         cands = [with_opposite_motion(scene)]
     elif word == "shape":
         cands = [with_main(scene, shape=x) for x in SHAPES if x != o.shape]
     elif word == "colour":
         cands = [with_main(scene, color=x) for x in COLORS if x != o.color and visible_on(x, scene.background)]
     else:
-        raise ValueError(f"word={word!r}: allowed motion, shape, colour")
+        raise ValueError(f"word={word!r}: allowed motion, shape, colour, relation")
     return [c for c in cands if not is_held_out(c)]
 
 
