@@ -277,3 +277,15 @@ def test_storyboard_evaluation_scores_ground_truth_and_catches_a_missing_cut():
     c = s.cuts[0]
     late[c:c + 8] = late[c - 1]
     assert measure_story(late, s)["cut_placed"][0] is False
+
+
+def test_storyboard_evaluation_json_records_the_guidance_shift_and_steps_it_ran_with(tmp_path):
+    from spacetime.toyworld.storyboard_eval import main as storyboard_main
+    out = tmp_path / "story.json"
+    assert storyboard_main(["--stories", "1", "--modes", "text", "--steps", "2", "--cfg", "3", "--shift", "2.5",
+                            "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["settings"] == {"cfg": 3.0, "shift": 2.5, "steps": 2, "stories": 1, "seed": 0}
+    s = res["modes"]["text"]["summary"]
+    assert s["stories"] == 1 and len(res["modes"]["text"]["stories"]) == 1 and set(res["modes"]) == {"text"}
+    assert 0.0 <= res["single_shot_followed"] <= 1.0

@@ -152,7 +152,9 @@ def single_shot_rate(st, items: Sequence[Story], seed: int = 0, steps: Optional[
 def evaluate(st, n: int = 8, modes: Sequence[str] = ("text", "reference", "text+reference"), seed: int = 0,
              steps: Optional[int] = None, log=print) -> dict:
     items = stories(n, seed)
-    out = {"single_shot_followed": single_shot_rate(st, items, seed, steps), "modes": {}}
+    out = {"settings": {"cfg": st.preset.cfg, "shift": st.preset.shift, "steps": steps or st.preset.steps,
+                        "stories": n, "seed": seed},
+           "single_shot_followed": single_shot_rate(st, items, seed, steps), "modes": {}}
     log(f"single-shot prompt following: {out['single_shot_followed']:.0%}")
     for mode in modes:
         results = []
