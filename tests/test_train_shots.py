@@ -424,6 +424,26 @@ def test_motion_boost_draws_clips_that_move_left_right_up_or_down():
     assert abs(plain - moving.mean()) < 0.1 and boosted > 0.9, (plain, boosted)
 
 
+def test_pair_boost_draws_pairs_on_frames_and_clips():
+    from spacetime.model.config import config_from_dict
+    from spacetime.toyworld.world import sample_scene
+    rng = np.random.default_rng(1)
+    scenes = [sample_scene(rng, None, True) for _ in range(80)]
+    pairs = np.array([s.kind == "pair" for s in scenes])
+    assert 0 < pairs.sum() < len(scenes) / 2
+    lat = torch.arange(80, dtype=torch.float16).view(80, 1, 1, 1, 1).expand(80, 16, 3, 4, 4).contiguous()
+    b = td.Bucket("64x64_9f", lat, torch.zeros(80, 3, 4, 4, dtype=torch.uint8), scenes)
+    cfg = config_from_dict(DiTConfig, config_to_dict(TINY_DIT))
+
+    def share(boost, image_frac):
+        r = td.DitRecipe(tokens=1024, image_frac=image_frac, pair_boost=boost, max_batch=64)
+        idx = [bt.x0[:, 0, 0, 0, 0].long() for bt in (td.clip_batch([b], rng, r, cfg, s) for s in range(20))]
+        return float(pairs[torch.cat(idx).numpy()].mean())
+    for image_frac in (0.0, 1.0):
+        plain, boosted = share(0.0, image_frac), share(50.0, image_frac)
+        assert abs(plain - pairs.mean()) < 0.1 and boosted > 0.85, (image_frac, plain, boosted)
+
+
 def test_text_lr_mult_gives_the_caption_path_its_own_rate():
     model = _model(1)
     plain = td._param_groups(model)

@@ -233,6 +233,11 @@ class Bucket:
         """1.0 for the clips whose scene has an object moving left, right, up or down, else 0."""
         return np.array([float(any(o.motion in DIRECTIONS for o in s.objects)) for s in self.scenes])
 
+    @cached_property
+    def paired(self) -> np.ndarray:
+        """1.0 for the clips of two objects in a spatial relation (pairs), else 0."""
+        return np.array([float(s.kind == "pair" and s.relation is not None) for s in self.scenes])
+
 
 _KINDS = {"clips": ("--data", "encode"), "stories": ("--stories", "encode-stories")}
 
@@ -398,6 +403,7 @@ class DitRecipe:
     contrast_margin: float = 0.2    # the opposite caption's loss must exceed the true one's by this share
     contrast_min_sigma: float = 0.5  # the hinge applies at noise levels from here (below, the clip shows its motion)
     motion_boost: float = 0.0       # clip steps draw clips whose object moves left/right/up/down 1 + this times as often
+    pair_boost: float = 0.0         # every step draws pairs (two objects in a relation) 1 + this times as often
     text_lr_mult: float = 1.0       # learning rate multiplier of the caption's path (text embedding, cross-attention)
     dit: dict = field(default_factory=lambda: config_to_dict(TOY_DIT))
 
@@ -473,8 +479,9 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
     b = data[bi]
     Fp = 1 if img_step else b.frames
     B = batch_size(r, cfg, Fp, *b.latents.shape[3:])
-    if r.motion_boost > 0 and not img_step:
-        w = 1.0 + r.motion_boost * b.directional
+    move = r.motion_boost > 0 and not img_step
+    if move or r.pair_boost > 0:
+        w = 1.0 + (r.motion_boost * b.directional if move else 0.0) + r.pair_boost * b.paired
         idx = rng.choice(b.latents.shape[0], B, p=w / w.sum())
     else:
         idx = rng.integers(0, b.latents.shape[0], B)
