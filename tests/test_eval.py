@@ -46,10 +46,12 @@ def test_parts_measure_only_what_is_asked_and_the_report_says_the_rest_was_not()
     assert res["left_right"] == 1.0 and res["above_below"] == 1.0
     assert not {"seen_color", "color", "permanence", "i2v_psnr", "seam", "fill_psnr"} & set(res)
     md = report_md(res, {"cold_s": 2.0, "warm_s": 1.0}, "toyworld", quick=True)
-    assert md.count("not measured") == 25 and "| left/right correctness | 100% | 2 | >= 90% | yes |" in md
+    assert md.count("not measured") == 26 and "| left/right correctness | 100% | 2 | >= 90% | yes |" in md
     deaf, _ = evaluate(Renderer(scene_from_prompt("a red ball moving right on a gray background")), quick=True,
                        log=lambda *_: None, parts=("pairs",))
     assert deaf["left_right"] == 0.0 and deaf["above_below"] == 0.0
+    single, _ = evaluate(Renderer(), quick=True, log=lambda *_: None, parts=("single",))
+    assert single["color"] == 1.0 and single["ghosting"] == 0.0 and single["n"]["ghosting"] == 8
 
 
 def test_full_evaluation_counts_its_samples_and_the_report_shows_them():

@@ -3,7 +3,7 @@ measurements score ground truth as correct and scrambled clips as wrong."""
 import numpy as np
 import pytest
 
-from spacetime.toyworld.analysis import analyse, flicker, motion_of, psnr, relation_of, seam_ratio
+from spacetime.toyworld.analysis import analyse, flicker, ghosting, motion_of, psnr, relation_of, seam_ratio
 from spacetime.toyworld.captions import detailed_caption, expand_prompt, parse_prompt, scene_from_prompt, \
     short_caption
 from spacetime.toyworld.world import (COLORS, HELD_OUT_COLOR_MOTION, HELD_OUT_SHAPE_COLOR, Obj, Scene,
@@ -135,6 +135,13 @@ def test_analysis_scores_scrambled_clips_as_wrong():
     noisy = clip.astype(int) + rng.integers(-40, 40, clip.shape)
     assert flicker(np.clip(noisy, 0, 255).astype(np.uint8)) > 10 > flicker(clip)
     assert psnr(clip[0], clip[0]) == float("inf") and psnr(clip[0], shuffled[5]) < 30
+    # a ghost: frames that hold the object where it was and where it went (two frames blended into one picture)
+    assert ghosting(clip) == 0.0
+    ghost = clip.copy()
+    moved = np.any(clip[16] != clip[0, 0, 0], axis=-1)                # the object's pixels in the last frame
+    for k in (0, 1):                                                  # apart from the object there
+        ghost[k][moved] = clip[16][moved]
+    assert ghosting(ghost) == pytest.approx(2 / 17)
     swapped = _clip(Scene("gray", (Obj("ball", "blue", "medium", "moves right", 0.25, 0.5),)))
     t2 = analyse(swapped)["tracks"][0]
     assert (t2.color, t2.shape()) == ("blue", "ball") != ("orange", "triangle")

@@ -277,6 +277,16 @@ def object_count(frames, bg=None, min_area: int = 12) -> int:
     return int(np.median([len(components(foreground_mask(f, bg), min_area)) for f in frames]))
 
 
+def ghosting(frames, bg=None, min_area: int = 12) -> float:
+    """The share of frames of a one-object clip in which the object shows as two or more separate groups (a ghost:
+    the object drawn twice, at the place it left and the place it reached, as a decoder blends frames that a
+    latent frame holds together). 0 for a rendered clip without a pillar."""
+    frames = as_uint8(frames)
+    if bg is None:
+        bg = np.median(np.stack([background_color(f) for f in frames]), axis=0)
+    return float(np.mean([len(components(foreground_mask(f, bg), min_area)) >= 2 for f in frames]))
+
+
 def background_flatness(frames, bg=None) -> float:
     """Mean distance (0-255 units) of the background-classified pixels from the background colour: 0 for a plain
     backdrop, large for a patchy or noisy one."""

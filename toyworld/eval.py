@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .analysis import analyse, flicker, motion_of, psnr, relation_of, seam_ratio
+from .analysis import analyse, flicker, ghosting, motion_of, psnr, relation_of, seam_ratio
 from .captions import detailed_caption
 from .world import DIRECTIONS, Obj, Scene, render, with_main, with_opposite_motion
 
@@ -162,7 +162,7 @@ def evaluate(st, quick=False, seeds=(0, 1), log=print, parts=PARTS) -> tuple[dic
 
 
 def _eval_single(st, single, seeds, res, samples, log):
-    color_ok, shape_ok, dir_ok, motion_ok, bg_ok, stable_ok, flick = [], [], [], [], [], [], []
+    color_ok, shape_ok, dir_ok, motion_ok, bg_ok, stable_ok, flick, ghost = [], [], [], [], [], [], [], []
     rows = []
     for i, (prompt, color, shape, motion, bg) in enumerate(single):
         for s in seeds:
@@ -180,6 +180,7 @@ def _eval_single(st, single, seeds, res, samples, log):
             bg_ok.append(a["background"] == bg)
             fl = flicker(v)
             flick.append(fl)
+            ghost.append(ghosting(v))
             ident = obj is not None and obj.visible().mean() > 0.8
             stable_ok.append(fl < 3.0 and ident)
             rows.append((prompt, s, main.color if main else "-", obj.shape() if obj else "-", m))
@@ -187,7 +188,7 @@ def _eval_single(st, single, seeds, res, samples, log):
     log(f"single-object prompts: colour {np.mean(color_ok):.0%} shape {np.mean(shape_ok):.0%} "
         f"direction {np.mean(dir_ok):.0%}")
     _put(res, color=color_ok, shape=shape_ok, direction=dir_ok, motion=motion_ok, background=bg_ok,
-         stability=stable_ok, flicker=flick)
+         stability=stable_ok, flicker=flick, ghosting=ghost)
     res["rows"] = rows
 
 
@@ -409,6 +410,7 @@ def report_md(res: dict, timing: dict, preset: str, quick: bool) -> str:
             ("object permanence after occlusion", "permanence", "{:.0%}", ">= 80%"),
             ("temporal stability (no flicker, no identity change)", "stability", "{:.0%}", ""),
             ("background flicker (mean abs change, 0-255)", "flicker", "{:.2f}", ""),
+            ("ghosting: frames showing the one object as two or more groups", "ghosting", "{:.0%}", ""),
             ("image-to-video first-frame PSNR", "i2v_psnr", "{:.1f} dB", ">= 30 dB"),
             ("image-to-video motion as prompted", "i2v_motion", "{:.0%}", ">= 85%"),
             ("image-to-video, the same image asked with the opposite word", "i2v_swapped", "{:.0%}", ""),
