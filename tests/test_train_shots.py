@@ -405,6 +405,38 @@ def test_contrasting_captions_invert_the_relation_of_pairs_on_frames_and_clips()
         alternatives(single, "size")
 
 
+def test_pair_places_names_each_object_s_place_and_its_contrast_swaps_the_places():
+    from spacetime.toyworld.captions import complete_graph, parse_prompt, placed_caption, scene_graph
+    from spacetime.toyworld.world import Obj, Scene, sample_scene
+    rng = np.random.default_rng(4)
+    for _ in range(60):                                       # the same scene graph, read back by the parser
+        sc = sample_scene(rng, "pair", True)
+        cap = placed_caption(sc, rng)
+        assert " of the frame and " in cap and complete_graph(parse_prompt(cap)) == complete_graph(scene_graph(sc))
+    with pytest.raises(ValueError, match="allowed a pair"):
+        placed_caption(Scene("black", (Obj("ball", "red", "small", "stays still", 0.5, 0.5),)))
+    pairs = [sample_scene(rng, "pair", True) for _ in range(4)]
+    b = td.Bucket("64x64_5f", torch.zeros(4, 4, 2, 4, 4, dtype=torch.float16), torch.zeros(4, 2, 4, 4, dtype=torch.uint8),
+                  pairs)
+    r = td.DitRecipe(tokens=64, p_drop=0.0, image_frac=1.0, contrast=1.0, contrast_words="relation", pair_places=1.0)
+    placed = 0
+    for step in range(20):
+        bt = td.clip_batch([b], rng, r, TINY_DIT, step)
+        for cap, neg in zip(bt.captions, bt.negatives):
+            if " of the frame and " not in cap:                # a short caption (p_short) keeps the relation
+                continue
+            placed += 1
+            first, second = cap.split(" and ", 1)
+            nfirst, nsecond = neg.split(" and ", 1)
+            sides = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+            side = next(w for w in sides if f" {w} " in first)
+            assert nfirst == first.replace(f" {side} ", f" {sides[side]} "), (cap, neg)
+            assert parse_prompt(neg)["relation"] != parse_prompt(cap)["relation"]
+    assert placed > 30
+    plain = td.DitRecipe(tokens=64, p_drop=0.0, image_frac=1.0)         # off: the relation's words, as before
+    assert not any(" of the frame and " in c for c in td.clip_batch([b], rng, plain, TINY_DIT, 0).captions)
+
+
 def test_motion_boost_draws_clips_that_move_left_right_up_or_down():
     from spacetime.model.config import config_from_dict
     from spacetime.toyworld.world import DIRECTIONS, sample_scene

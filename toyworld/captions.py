@@ -119,8 +119,32 @@ def short_caption(scene: Scene, rng: np.random.Generator) -> str:
     return f"{_a(size + color + ' ' + shape)} {_pick(rng, MOTION_SHORT[o.motion])}{bg}"
 
 
-def training_caption(scene: Scene, rng: np.random.Generator, p_short: float = 0.25) -> str:
-    return short_caption(scene, rng) if rng.random() < p_short else detailed_caption(scene, rng)
+_PLACES = {"left of": ("left", "right"), "right of": ("right", "left"), "above": ("top", "bottom"),
+           "below": ("bottom", "top")}
+
+
+def placed_caption(scene: Scene, rng: Optional[np.random.Generator] = None) -> str:
+    """A pair's caption that gives each object its own place in the frame ("A small red ball on the left side of the
+    frame and a small blue box on the right side of the frame ...") instead of the relation between them: the same
+    scene graph (``parse_prompt`` reads the relation back), with the place next to the object it belongs to."""
+    if scene.kind != "pair" or scene.relation not in _PLACES or len(scene.objects) != 2:
+        raise ValueError(f"scene kind={scene.kind!r}, relation={scene.relation!r}: allowed a pair of two objects in "
+                         f"one of the relations {', '.join(_PLACES)}")
+    canonical = rng is None or rng.random() < 0.7
+    (a, b), (pa, pb) = scene.objects, _PLACES[scene.relation]
+    bg = f"on a plain {BACKGROUND_WORDS[scene.background][0]} background"
+    return (f"{_a(_noun(a, rng, canonical)).capitalize()} {_WHERE[pa]} and {_a(_noun(b, rng, canonical))} "
+            f"{_WHERE[pb]} {bg}. Both objects stay still. The camera is static.")
+
+
+def training_caption(scene: Scene, rng: np.random.Generator, p_short: float = 0.25, pair_places: float = 0.0) -> str:
+    """A short or a detailed caption; with ``pair_places`` > 0 that share of the detailed captions of pairs gives
+    each object its place (``placed_caption``) instead of the relation."""
+    if rng.random() < p_short:
+        return short_caption(scene, rng)
+    if pair_places > 0 and scene.kind == "pair" and rng.random() < pair_places:
+        return placed_caption(scene, rng)
+    return detailed_caption(scene, rng)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -404,6 +404,7 @@ class DitRecipe:
     contrast_min_sigma: float = 0.5  # the hinge applies at noise levels from here (below, the clip shows its motion)
     motion_boost: float = 0.0       # clip steps draw clips whose object moves left/right/up/down 1 + this times as often
     pair_boost: float = 0.0         # every step draws pairs (two objects in a relation) 1 + this times as often
+    pair_places: float = 0.0        # share of pairs' detailed captions naming each object's place, not the relation
     text_lr_mult: float = 1.0       # learning rate multiplier of the caption's path (text embedding, cross-attention)
     dit: dict = field(default_factory=lambda: config_to_dict(TOY_DIT))
 
@@ -494,8 +495,8 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
             continue
         opposite = contrasting_scene(b.scenes[i], words, rng) if words else None
         twin = copy.deepcopy(rng) if opposite is not None else None     # the same wording, one word changed
-        caps.append(training_caption(b.scenes[i], rng, r.p_short))
-        negs.append(None if opposite is None else training_caption(opposite, twin, r.p_short))
+        caps.append(training_caption(b.scenes[i], rng, r.p_short, r.pair_places))
+        negs.append(None if opposite is None else training_caption(opposite, twin, r.p_short, r.pair_places))
     m = np.stack([sample_mask(Fp, rng, r.t2v_only, r.extend_frac, r.mask_mix)[0] for _ in range(B)])
     return Batch(b.name, "image" if img_step else "video", b.latents[idx][:, :, :Fp].float(),
                  b.objects[idx][:, :Fp].float().div(255), m, caps,
