@@ -278,9 +278,9 @@ def object_count(frames, bg=None, min_area: int = 12) -> int:
 
 
 def ghosting(frames, bg=None, min_area: int = 12) -> float:
-    """The share of frames of a one-object clip in which the object shows as two or more separate groups (a ghost:
-    the object drawn twice, at the place it left and the place it reached, as a decoder blends frames that a
-    latent frame holds together). 0 for a rendered clip without a pillar."""
+    """The share of frames of a one-object clip in which the object shows as two or more separate groups of at
+    least ``min_area`` pixels (a ghost: the object drawn twice, where it was and where it went). 0 for a rendered
+    clip without a pillar."""
     frames = as_uint8(frames)
     if bg is None:
         bg = np.median(np.stack([background_color(f) for f in frames]), axis=0)

@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from .world import BACKGROUNDS, COLORS, Obj, Scene, color_distance
+from .world import BACKGROUNDS, COLORS, INVERSE_RELATION, Obj, Scene, color_distance
 
 SHAPE_WORDS = {
     "ball": ("ball", "circle", "sphere", "disc", "dot", "orb"),
@@ -119,19 +119,16 @@ def short_caption(scene: Scene, rng: np.random.Generator) -> str:
     return f"{_a(size + color + ' ' + shape)} {_pick(rng, MOTION_SHORT[o.motion])}{bg}"
 
 
-_PLACES = {"left of": ("left", "right"), "right of": ("right", "left"), "above": ("top", "bottom"),
-           "below": ("bottom", "top")}
-
-
 def placed_caption(scene: Scene, rng: Optional[np.random.Generator] = None) -> str:
     """A pair's caption that gives each object its own place in the frame ("A small red ball on the left side of the
     frame and a small blue box on the right side of the frame ...") instead of the relation between them: the same
     scene graph (``parse_prompt`` reads the relation back), with the place next to the object it belongs to."""
-    if scene.kind != "pair" or scene.relation not in _PLACES or len(scene.objects) != 2:
+    places = {rel: pos for pos, rel in _POS_TO_REL.items()}          # "left of" -> ("left", "right"), ...
+    if scene.kind != "pair" or scene.relation not in places or len(scene.objects) != 2:
         raise ValueError(f"scene kind={scene.kind!r}, relation={scene.relation!r}: allowed a pair of two objects in "
-                         f"one of the relations {', '.join(_PLACES)}")
+                         f"one of the relations {', '.join(places)}")
     canonical = rng is None or rng.random() < 0.7
-    (a, b), (pa, pb) = scene.objects, _PLACES[scene.relation]
+    (a, b), (pa, pb) = scene.objects, places[scene.relation]
     bg = f"on a plain {BACKGROUND_WORDS[scene.background][0]} background"
     return (f"{_a(_noun(a, rng, canonical)).capitalize()} {_WHERE[pa]} and {_a(_noun(b, rng, canonical))} "
             f"{_WHERE[pb]} {bg}. Both objects stay still. The camera is static.")
@@ -261,7 +258,7 @@ _ADJ_FILLER = {",", "and", "very", "bright", "shiny", "glossy", "matte", "solid"
                "vivid", "deep", "dark", "light", "pale", "glowing", "single", "lone", "simple", "colored",
                "coloured", "wooden", "rubber", "metal", "metallic", "3d", "cute", "nice", "perfect", "sized"}
 _BOUNDARY = {",", ";", ".", ":", "!", "?"}
-_INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+_INVERSE = INVERSE_RELATION
 _POS_TO_REL = {("left", "right"): "left of", ("right", "left"): "right of", ("top", "bottom"): "above",
                ("bottom", "top"): "below"}
 _POS_WORD = {"left": "left", "right": "right", "top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}

@@ -21,10 +21,10 @@ see weights/MODEL_CARD.md):
   ``contrast_words`` says which words: ``motion`` (the opposite motion: right <-> left, up <-> down, grows <->
   shrinks, bounces <-> stays still; clips only, a single frame shows no motion), ``shape`` (another shape),
   ``colour`` (another colour that stands out from the background), ``relation`` (on pairs: the inverse relation,
-  "left of" <-> "right of", "above" <-> "below", the objects where they are); one of them per example. Without it the
-  flow loss
-  alone left the model blind to the direction word (swapping it changed the loss by under 0.5 % at every noise
-  level) and nearly blind to the shape word (2-4 %, against 40-54 % for the colour word).
+  "left of" <-> "right of", "above" <-> "below", the objects where they are); one of them per example. Without it
+  the flow loss alone left the model blind to the direction word (swapping it changed the loss by under 0.5 % at
+  every noise level) and nearly blind to the shape word (2-4 %, against 40-54 % for the colour word); the relation
+  hinge has not taught the relation word on the CPU (the model card, "After version 11").
 - Text embeddings of repeated captions are cached, so the text encoder does not dominate single-frame steps.
 
 With ``--stories DIR`` (``train_shots``) the ``story_frac`` share of the steps trains on multi-shot stories: per-shot
