@@ -268,23 +268,26 @@ def components(mask: np.ndarray, min_area: int = 12) -> list[int]:
     return sorted(areas, reverse=True)
 
 
-def object_count(frames, bg=None, min_area: int = 12) -> int:
-    """The number of separate objects a clip shows: the median over frames of the foreground groups of at least
-    ``min_area`` pixels (a shape split by the pillar counts once per visible part)."""
+def group_counts(frames, bg=None, min_area: int = 12) -> np.ndarray:
+    """Per frame, the number of foreground groups of at least ``min_area`` pixels (bg: the clip's median background
+    colour when not given)."""
     frames = as_uint8(frames)
     if bg is None:
         bg = np.median(np.stack([background_color(f) for f in frames]), axis=0)
-    return int(np.median([len(components(foreground_mask(f, bg), min_area)) for f in frames]))
+    return np.array([len(components(foreground_mask(f, bg), min_area)) for f in frames])
+
+
+def object_count(frames, bg=None, min_area: int = 12) -> int:
+    """The number of separate objects a clip shows: the median over frames of the foreground groups of at least
+    ``min_area`` pixels (a shape split by the pillar counts once per visible part)."""
+    return int(np.median(group_counts(frames, bg, min_area)))
 
 
 def ghosting(frames, bg=None, min_area: int = 12) -> float:
     """The share of frames of a one-object clip in which the object shows as two or more separate groups of at
     least ``min_area`` pixels (a ghost: the object drawn twice, where it was and where it went). 0 for a rendered
     clip without a pillar."""
-    frames = as_uint8(frames)
-    if bg is None:
-        bg = np.median(np.stack([background_color(f) for f in frames]), axis=0)
-    return float(np.mean([len(components(foreground_mask(f, bg), min_area)) >= 2 for f in frames]))
+    return float(np.mean(group_counts(frames, bg, min_area) >= 2))
 
 
 def background_flatness(frames, bg=None) -> float:

@@ -123,12 +123,11 @@ def placed_caption(scene: Scene, rng: Optional[np.random.Generator] = None) -> s
     """A pair's caption that gives each object its own place in the frame ("A small red ball on the left side of the
     frame and a small blue box on the right side of the frame ...") instead of the relation between them: the same
     scene graph (``parse_prompt`` reads the relation back), with the place next to the object it belongs to."""
-    places = {rel: pos for pos, rel in _POS_TO_REL.items()}          # "left of" -> ("left", "right"), ...
-    if scene.kind != "pair" or scene.relation not in places or len(scene.objects) != 2:
+    if scene.kind != "pair" or scene.relation not in _REL_TO_POS or len(scene.objects) != 2:
         raise ValueError(f"scene kind={scene.kind!r}, relation={scene.relation!r}: allowed a pair of two objects in "
-                         f"one of the relations {', '.join(places)}")
+                         f"one of the relations {', '.join(_REL_TO_POS)}")
     canonical = rng is None or rng.random() < 0.7
-    (a, b), (pa, pb) = scene.objects, places[scene.relation]
+    (a, b), (pa, pb) = scene.objects, _REL_TO_POS[scene.relation]
     bg = f"on a plain {BACKGROUND_WORDS[scene.background][0]} background"
     return (f"{_a(_noun(a, rng, canonical)).capitalize()} {_WHERE[pa]} and {_a(_noun(b, rng, canonical))} "
             f"{_WHERE[pb]} {bg}. Both objects stay still. The camera is static.")
@@ -258,9 +257,9 @@ _ADJ_FILLER = {",", "and", "very", "bright", "shiny", "glossy", "matte", "solid"
                "vivid", "deep", "dark", "light", "pale", "glowing", "single", "lone", "simple", "colored",
                "coloured", "wooden", "rubber", "metal", "metallic", "3d", "cute", "nice", "perfect", "sized"}
 _BOUNDARY = {",", ";", ".", ":", "!", "?"}
-_INVERSE = INVERSE_RELATION
 _POS_TO_REL = {("left", "right"): "left of", ("right", "left"): "right of", ("top", "bottom"): "above",
                ("bottom", "top"): "below"}
+_REL_TO_POS = {rel: pos for pos, rel in _POS_TO_REL.items()}       # "left of" -> ("left", "right"): placed_caption
 _POS_WORD = {"left": "left", "right": "right", "top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
 _OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 
@@ -466,7 +465,7 @@ class _Reader:
             if rel == "beside":
                 break
             if (subject, target) in (([0], [1]), ([1], [0])):
-                self.g["relation"] = rel if subject == [0] else _INVERSE[rel]
+                self.g["relation"] = rel if subject == [0] else INVERSE_RELATION[rel]
                 break
         if len(self.objects) == 2 and self.g["relation"] is None:
             _positions_to_relation(self.g)
