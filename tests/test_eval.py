@@ -172,3 +172,25 @@ def test_image_to_video_both_ways_tells_a_word_reader_from_a_start_position_rule
     assert rule["n"]["i2v_both_ways"] == 3
     # from a centred object the rule draws one path whatever the word: at most one of the four words is followed
     assert rule["i2v_centred"] <= 0.25 and reader["i2v_centred"] == 1.0 and rule["n"]["i2v_centred"] == 12
+
+
+def test_drift_json_records_the_settings_of_each_mode(tmp_path, monkeypatch):
+    import json
+    from spacetime.toyworld import drift
+    from spacetime.toyworld.world import render as draw
+
+    def truth(st, scene, frames, anchors, seed, steps=None, start="text", **kw):     # a drift-free long video
+        from spacetime.model.longvideo import long_video_plan
+        plan = long_video_plan(frames, 17, 4, anchors, 4)
+        return draw(scene, frames, 64, 64).frames, plan
+
+    monkeypatch.setattr(drift, "load_model", lambda ap, a: Renderer())
+    monkeypatch.setattr(drift, "generate_long", truth)
+    out = tmp_path / "drift.json"
+    assert drift.main(["--windows", "3", "--scenes", "2", "--modes", "text,image+anchor", "--steps", "7",
+                       "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert sorted(got) == ["image+anchor", "text"]                     # still keyed by mode, as earlier files
+    for mode in got.values():
+        assert mode["settings"] == {"cfg": 5.0, "shift": 3.0, "steps": 7, "windows": 3, "scenes": 2, "seeds": [0]}
+        assert mode["mean"]["identity"] == 1.0 and len(mode["runs"]) == 2

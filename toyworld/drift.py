@@ -265,9 +265,11 @@ MODES = {"text": ("text", ()), "text+anchor": ("text", (0,)), "image": ("image",
 def evaluate(st, windows: int = 10, scenes: Sequence[Scene] = DRIFT_SCENES, seeds: Sequence[int] = (0,),
              steps: Optional[int] = None, modes: Sequence[str] = tuple(MODES), log=print) -> dict:
     """Per mode (the first window from the prompt alone, or from the scene's true first frame; with or without the
-    first frame as an anchor in every later window): per run the per-window rows and the summary, and the mean
-    summary of the mode."""
+    first frame as an anchor in every later window): per run the per-window rows and the summary, the mean
+    summary of the mode, and the settings the mode sampled with (guidance, shift, steps, windows, seeds)."""
     runs = {}
+    settings = {"cfg": st.preset.cfg, "shift": st.preset.shift, "steps": steps or st.preset.steps,
+                "windows": windows, "scenes": len(scenes), "seeds": list(seeds)}
     for mode in modes:
         start, anchors = MODES[mode]
         results = []
@@ -282,7 +284,7 @@ def evaluate(st, windows: int = 10, scenes: Sequence[Scene] = DRIFT_SCENES, seed
                 log(f"{mode}: {results[-1]['scene']}: identity {summ['identity']:.0%}, colour drift "
                     f"{summ['colour_drift']:.1f}, background drift {summ['background_drift']:.1f}, seam "
                     f"{summ['seam']:.2f}, size change {summ['size_change_signed']:+.0%}")
-        runs[mode] = {"runs": results, "mean": _mean([r["summary"] for r in results])}
+        runs[mode] = {"runs": results, "mean": _mean([r["summary"] for r in results]), "settings": dict(settings)}
     return runs
 
 
