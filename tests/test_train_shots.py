@@ -601,3 +601,23 @@ def test_encode_refuses_bad_sizes_and_mixes_before_loading_anything(option, valu
     with pytest.raises(SystemExit):
         train.main(["encode", "--vae", str(tmp_path / "missing"), "--out", str(tmp_path / "d"), option, value])
     assert says in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_change_boost_draws_clips_that_grow_shrink_or_bounce_and_keeps_frames_as_they_were():
+    from spacetime.model.config import config_from_dict
+    from spacetime.toyworld.world import CHANGES, sample_scene
+    rng = np.random.default_rng(2)
+    scenes = [sample_scene(rng, "single", True) for _ in range(64)]
+    changing = np.array([s.main.motion in CHANGES for s in scenes])
+    assert 0 < changing.sum() < len(scenes) / 2
+    lat = torch.arange(64, dtype=torch.float16).view(64, 1, 1, 1, 1).expand(64, 16, 3, 4, 4).contiguous()
+    b = td.Bucket("64x64_9f", lat, torch.zeros(64, 3, 4, 4, dtype=torch.uint8), scenes)
+    cfg = config_from_dict(DiTConfig, config_to_dict(TINY_DIT))
+
+    def share(boost, image_frac=0.0):
+        r = td.DitRecipe(tokens=1024, image_frac=image_frac, change_boost=boost, max_batch=64)
+        idx = [bt.x0[:, 0, 0, 0, 0].long() for bt in (td.clip_batch([b], rng, r, cfg, s) for s in range(20))]
+        return float(changing[torch.cat(idx).numpy()].mean())
+    plain, boosted = share(0.0), share(50.0)
+    assert abs(plain - changing.mean()) < 0.1 and boosted > 0.9, (plain, boosted)
+    assert abs(share(50.0, image_frac=1.0) - changing.mean()) < 0.1        # single frames: no motion to boost

@@ -22,7 +22,7 @@ import torch
 
 from .analysis import analyse, flicker, ghosting, motion_of, psnr, relation_of, seam_ratio
 from .captions import detailed_caption
-from .world import DIRECTIONS, Obj, Scene, render, with_main, with_opposite_motion
+from .world import CHANGES, DIRECTIONS, Obj, Scene, render, with_main, with_opposite_motion
 
 # (prompt, expected) -- expected: kind, color, shape, motion or relation (+ second color), background
 SINGLE = [
@@ -124,8 +124,7 @@ def evaluate_seen(st, quick=False, seeds=(0, 1), log=print) -> dict:
     res: dict = {}
     _put(res, seen_color=vals(single, "color"), seen_shape=vals(single, "shape"),
          seen_direction=vals([x for x in single if x[0].main.motion in DIRECTIONS], "motion"),
-         seen_bounce_grow_shrink=vals([x for x in single if x[0].main.motion in ("bounces", "grows", "shrinks")],
-                                      "motion"),
+         seen_bounce_grow_shrink=vals([x for x in single if x[0].main.motion in CHANGES], "motion"),
          seen_relation=vals([x for x in rows if x[0].kind == "pair"], "relation"), seen_all=vals(rows, "all"))
     log(f"seen combinations: colour {res['seen_color']:.0%} shape {res['seen_shape']:.0%} direction "
         f"{res['seen_direction']:.0%} bounce/grow/shrink {res['seen_bounce_grow_shrink']:.0%} all {res['seen_all']:.0%}")

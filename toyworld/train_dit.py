@@ -51,7 +51,7 @@ from ..model.dit import build_dit
 from ..model.embedded import TOY_DIT
 from ..model.loading import read_state_dict, write_safetensors_atomic
 from .runs import Checkpointer, StopOnSignal, clips_to_tensor, device_and_threads, lr_at
-from .world import DIRECTIONS, Obj, Scene, alternatives, random_clip, render
+from .world import CHANGES, DIRECTIONS, Obj, Scene, alternatives, random_clip, render
 
 TRAIN_SIZES = ((64, 64), (96, 64), (64, 96))
 # clips per bucket as fractions of the total: single frames are cheap and plentiful, clips teach motion
@@ -234,6 +234,11 @@ class Bucket:
         return np.array([float(any(o.motion in DIRECTIONS for o in s.objects)) for s in self.scenes])
 
     @cached_property
+    def changing(self) -> np.ndarray:
+        """1.0 for the clips whose scene has an object that grows, shrinks or bounces, else 0."""
+        return np.array([float(any(o.motion in CHANGES for o in s.objects)) for s in self.scenes])
+
+    @cached_property
     def paired(self) -> np.ndarray:
         """1.0 for the clips of two objects in a spatial relation (pairs), else 0."""
         return np.array([float(s.kind == "pair" and s.relation is not None) for s in self.scenes])
@@ -403,6 +408,7 @@ class DitRecipe:
     contrast_margin: float = 0.2    # the opposite caption's loss must exceed the true one's by this share
     contrast_min_sigma: float = 0.5  # the hinge applies at noise levels from here (below, the clip shows its motion)
     motion_boost: float = 0.0       # clip steps draw clips whose object moves left/right/up/down 1 + this times as often
+    change_boost: float = 0.0       # clip steps draw clips whose object grows, shrinks or bounces 1 + this times as often
     pair_boost: float = 0.0         # every step draws pairs (two objects in a relation) 1 + this times as often
     pair_places: float = 0.0        # share of pairs' detailed captions naming each object's place, not the relation
     text_lr_mult: float = 1.0       # learning rate multiplier of the caption's path (text embedding, cross-attention)
@@ -480,9 +486,11 @@ def clip_batch(data: list, rng: np.random.Generator, r: "DitRecipe", cfg: DiTCon
     b = data[bi]
     Fp = 1 if img_step else b.frames
     B = batch_size(r, cfg, Fp, *b.latents.shape[3:])
-    move = r.motion_boost > 0 and not img_step
+    move = (r.motion_boost > 0 or r.change_boost > 0) and not img_step
     if move or r.pair_boost > 0:
-        w = 1.0 + (r.motion_boost * b.directional if move else 0.0) + r.pair_boost * b.paired
+        w = 1.0 + r.pair_boost * b.paired
+        if move:
+            w = w + r.motion_boost * b.directional + r.change_boost * b.changing
         idx = rng.choice(b.latents.shape[0], B, p=w / w.sum())
     else:
         idx = rng.integers(0, b.latents.shape[0], B)

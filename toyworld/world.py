@@ -25,7 +25,8 @@ BACKGROUNDS = {
 }
 SIZES = {"small": 0.16, "medium": 0.24, "large": 0.34}
 DIRECTIONS = ("moves left", "moves right", "moves up", "moves down")     # the motions across the frame
-MOTIONS = DIRECTIONS + ("stays still", "bounces", "grows", "shrinks")
+CHANGES = ("bounces", "grows", "shrinks")                               # the motions in place
+MOTIONS = DIRECTIONS + ("stays still",) + CHANGES
 # each motion's opposite: what a caption with the wrong motion word says (the motion word gap, the contrast hinge)
 OPPOSITE_MOTION = {"moves right": "moves left", "moves left": "moves right", "moves up": "moves down",
                    "moves down": "moves up", "grows": "shrinks", "shrinks": "grows", "bounces": "stays still",
