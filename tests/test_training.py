@@ -73,7 +73,7 @@ def test_decoder_fine_tune_keeps_the_encoder_and_counts_its_steps(tmp_path):
     write_safetensors_atomic(_image_trained_stand_in(TINY).state_dict(), src / "vae.safetensors")
     (src / "vae.json").write_text(json.dumps({"config": config_to_dict(TINY)}))
     train_vae(tmp_path / "dec1", 2, 1e-3, decoder_only_from=src, measure_clips=2)
-    train_vae(tmp_path / "dec2", 3, 1e-3, decoder_only_from=tmp_path / "dec1", measure_clips=2)
+    train_vae(tmp_path / "dec2", 3, 1e-3, decoder_only_from=tmp_path / "dec1", measure_clips=2, temporal_weight=1.0)
     a, b = read_state_dict(src / "vae.safetensors"), read_state_dict(tmp_path / "dec2" / "vae.safetensors")
     enc = [k for k in a if not k.startswith(("decoder.", "conv2."))]
     dec = [k for k in a if k.startswith("decoder.")]
@@ -81,7 +81,20 @@ def test_decoder_fine_tune_keeps_the_encoder_and_counts_its_steps(tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in dec)
     meta = json.loads((tmp_path / "dec2" / "vae.json").read_text())
     assert meta["decoder_finetune_steps"] == 5 and meta["config"] == config_to_dict(TINY)
-    assert len(meta["recon_psnr_per_frame_33f"]) == 33
+    assert len(meta["recon_psnr_per_frame_33f"]) == 33 and meta["recon_boundary_jump_33f"] > 0
+
+
+def test_boundary_jump_is_one_for_even_motion_and_grows_when_frames_move_in_steps():
+    """The decoder's step-wise motion, measured: a clip moving evenly changes as much into the first frame of each
+    latent frame as inside one; the same clip with every frame repeated once (motion in steps of two frames, steps
+    landing on the first frames of latent frames) scores far above."""
+    from spacetime.toyworld.train_vae import boundary_jump, frame_changes
+    from spacetime.toyworld.world import Obj, Scene, render
+    scene = Scene("navy", (Obj("ball", "red", "medium", "moves right", 0.2, 0.5),))
+    x = torch.from_numpy(render(scene, 33, 64, 64).frames).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    assert abs(boundary_jump(frame_changes(x), 4) - 1.0) < 0.1
+    stepped = x[:, :, [0] + [2 * ((k + 1) // 2) for k in range(1, 33)]]       # frames 0, 2, 2, 4, 4, 6, 6, ...
+    assert boundary_jump(frame_changes(stepped), 4) > 1.8
 
 
 class _CountingEncoder:

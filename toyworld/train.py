@@ -464,6 +464,11 @@ def main(argv=None):
     a.add_argument("--out", type=Path, default=run / "vae_dec")
     a.add_argument("--steps", type=int, default=600)
     a.add_argument("--lr", type=float, default=1e-4)
+    a.add_argument("--temporal-weight", type=float, default=0.0,
+                   help="weight of the loss on frame-to-frame changes: motion decoded as evenly as the clip moves "
+                        "(default: %(default)s = off)")
+    a.add_argument("--detail-weight", type=float, default=0.0,
+                   help="extra loss weight on object pixels (default: %(default)s = off)")
     a = sub.add_parser("encode", help="encode a dataset of toy-world clips into latents")
     a.add_argument("--vae", type=Path, default=run / "vae")
     a.add_argument("--out", type=Path, default=run / "data")
@@ -540,7 +545,8 @@ def main(argv=None):
                   detail_weight=args.detail_weight, init_from=args.init,
                   bf16=args.bf16 or torch.cuda.is_available())
     elif args.cmd == "decoder":
-        train_vae(args.out, args.steps, args.lr, decoder_only_from=args.vae)
+        train_vae(args.out, args.steps, args.lr, decoder_only_from=args.vae, temporal_weight=args.temporal_weight,
+                  detail_weight=args.detail_weight)
     elif args.cmd == "encode":
         from .train_dit import parse_mix, parse_sizes
         try:
