@@ -426,6 +426,8 @@ def cmd_eval(a) -> int:
         args += ["--report", a.report]
     if a.dit:
         args += ["--dit", a.dit]
+    if a.vae:
+        args += ["--vae", a.vae]
     if a.parts:
         args += ["--parts", a.parts]
     if a.cfg is not None:
@@ -558,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "identity across cuts) instead")
     e.add_argument("--dit", metavar="PATH", help="a DiT safetensors file to evaluate in place of the embedded one, "
                    "e.g. a training run's dit_ema.safetensors (default: the embedded DiT)")
+    e.add_argument("--vae", metavar="PATH", help="a VAE safetensors file to evaluate in place of the embedded one, "
+                   "e.g. a decoder fine-tune's vae.safetensors (default: the embedded VAE)")
     e.add_argument("--parts", metavar="LIST", help="comma-separated parts of the prompt evaluation: seen, single, "
                    "pairs, occlusion, i2v, extension, fill (default: all)")
     e.add_argument("--cfg", type=float, metavar="SCALE", help="guidance scale of every generation (default: the "

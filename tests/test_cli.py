@@ -294,3 +294,11 @@ def test_eval_cfg_and_shift_reach_every_evaluation_and_bad_ones_stop_before_work
         with pytest.raises(SystemExit) as e:
             main(["eval", "--shift", "0", *extra])
         assert e.value.code == 2 and "--shift 0.0: allowed a number > 0" in capsys.readouterr().err
+
+
+def test_eval_vae_reaches_every_evaluation_and_a_missing_file_stops_before_work(capsys):
+    import pytest
+    for extra in ([], ["--drift"], ["--storyboard"]):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--vae", "no-such-vae.safetensors", *extra])
+        assert e.value.code == 2 and "--vae 'no-such-vae.safetensors': no such file" in capsys.readouterr().err

@@ -87,6 +87,8 @@ def test_bad_parts_and_missing_dit_stop_before_any_work(tmp_path, capsys):
 def test_cfg_and_shift_options_set_every_generation_and_are_named_in_reports():
     import argparse
 
+    import pytest
+
     from spacetime.toyworld.drift import add_model_options, load_model, model_label
     ap = argparse.ArgumentParser()
     add_model_options(ap)
@@ -99,6 +101,12 @@ def test_cfg_and_shift_options_set_every_generation_and_are_named_in_reports():
     assert (st.preset.cfg, st.preset.shift) == (4.0, 2.0)
     assert load_model(ap, plain).preset.shift == 3.0            # the embedded model's default shift untouched
     assert model_label(both) == "toyworld, CFG 4, shift 2"
+    vae_file = bundle_preset("toyworld").files["vae"]
+    other = ap.parse_args(["--vae", str(vae_file), "--cfg", "4"])
+    assert load_model(ap, other).vae_path == vae_file
+    assert model_label(other) == f"toyworld, VAE {vae_file.name}, CFG 4"
+    with pytest.raises(SystemExit):                             # a VAE file that is not there: a usage error
+        load_model(ap, ap.parse_args(["--vae", "no-such-vae.safetensors"]))
 
 
 def test_existing_report_sheet_or_json_stops_before_any_work_and_is_kept(tmp_path, capsys):
@@ -132,7 +140,7 @@ def test_main_writes_the_report_and_json_once(tmp_path, monkeypatch):
     import pytest
     from spacetime.toyworld import drift, eval as ev
     monkeypatch.setattr(drift, "load_model", lambda ap, a: Renderer())
-    monkeypatch.setattr(ev, "wall_time", lambda preset, dit: {"cold_s": 2.0, "warm_s": 1.0})
+    monkeypatch.setattr(ev, "wall_time", lambda preset, dit, vae: {"cold_s": 2.0, "warm_s": 1.0})
     report, figures = tmp_path / "eval.md", tmp_path / "eval.json"
     args = ["--quick", "--parts", "pairs", "--report", str(report), "--json", str(figures)]
     assert ev.main(args) == 0

@@ -357,11 +357,13 @@ def main(argv=None) -> int:
 
 
 def add_model_options(ap: argparse.ArgumentParser) -> None:
-    """--preset, --dit, --cfg and --shift: the model an evaluation measures, and the guidance and sampler shift it
-    samples with."""
+    """--preset, --dit, --vae, --cfg and --shift: the model an evaluation measures, and the guidance and sampler
+    shift it samples with."""
     ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
     ap.add_argument("--dit", type=Path, help="a DiT file to evaluate in place of the preset's, e.g. a training run's "
                     "dit_ema.safetensors (default: the preset's)")
+    ap.add_argument("--vae", type=Path, help="a VAE file to evaluate in place of the preset's (the same encoder: a "
+                    "decoder fine-tune's vae.safetensors; default: the preset's)")
     ap.add_argument("--cfg", type=float, help="guidance scale of every generation (default: the preset's)")
     ap.add_argument("--shift", type=float, help="sampler noise-schedule shift of every generation (default: the "
                     "preset's)")
@@ -369,14 +371,15 @@ def add_model_options(ap: argparse.ArgumentParser) -> None:
 
 def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
     """The pipeline of ``add_model_options``' choice; a --dit file that is not there stops with a usage error."""
-    if a.dit is not None and not a.dit.is_file():
-        ap.error(f"--dit {str(a.dit)!r}: no such file (allowed: a DiT safetensors file)")
+    for opt, path, kind in (("--dit", a.dit, "DiT"), ("--vae", a.vae, "VAE")):
+        if path is not None and not path.is_file():
+            ap.error(f"{opt} {str(path)!r}: no such file (allowed: a {kind} safetensors file)")
     if a.cfg is not None and not (math.isfinite(a.cfg) and a.cfg >= 1):
         ap.error(f"--cfg {a.cfg}: allowed a number >= 1 (1 = no guidance)")
     if a.shift is not None and not (math.isfinite(a.shift) and a.shift > 0):
         ap.error(f"--shift {a.shift}: allowed a number > 0 (1 = no shift)")
     from ..model.pipeline import Spacetime
-    st = Spacetime.load(a.preset, dit=a.dit)
+    st = Spacetime.load(a.preset, dit=a.dit, vae=a.vae)
     if a.cfg is not None:
         st.preset = replace(st.preset, cfg=float(a.cfg))
     if a.shift is not None:
@@ -385,9 +388,10 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
 
 
 def model_label(a: argparse.Namespace) -> str:
-    """The preset, and the DiT file, guidance scale and shift where the options replaced the preset's (report
-    headings)."""
+    """The preset, and the DiT and VAE files, guidance scale and shift where the options replaced the preset's
+    (report headings)."""
     label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
+    label = label if a.vae is None else f"{label}, VAE {a.vae.name}"
     label = label if a.cfg is None else f"{label}, CFG {a.cfg:g}"
     return label if a.shift is None else f"{label}, shift {a.shift:g}"
 

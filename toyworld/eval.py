@@ -339,14 +339,14 @@ def _advance(scene: Scene, frames: int) -> Scene:
     return with_main(scene, x=o.x + dx, y=o.y + dy)
 
 
-def wall_time(preset="toyworld", dit=None) -> dict:
-    """A default generation (17 frames, 20 steps, CFG) in a fresh bundle, model load included (``dit``: a DiT file
+def wall_time(preset="toyworld", dit=None, vae=None) -> dict:
+    """A default generation (17 frames, 20 steps, CFG) in a fresh bundle, model load included (``dit``, ``vae``: files
     in place of the preset's)."""
     from ..model import text_encoders
     from ..model.pipeline import Spacetime
     text_encoders._MINILM_CACHE.clear()
     t0 = time.time()
-    st = Spacetime.load(preset, dit=dit)
+    st = Spacetime.load(preset, dit=dit, vae=vae)
     st.generate("a red ball bounces on a navy background", frames=17, steps=20, seed=0)
     cold = time.time() - t0
     t1 = time.time()
@@ -453,7 +453,7 @@ def main(argv=None):
     refuse_existing(ap, a)                  # reports never overwrite: an existing path stops here
     st = load_model(ap, a)                  # a missing --dit file stops here, before any work
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    timing = wall_time(a.preset, a.dit)
+    timing = wall_time(a.preset, a.dit, a.vae)
     print(f"default generation: {timing['cold_s']:.1f} s including model load, {timing['warm_s']:.1f} s warm")
     res, samples = evaluate(st, quick=a.quick, parts=parts)
     label = model_label(a)
