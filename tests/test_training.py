@@ -128,3 +128,12 @@ def test_caption_cache_never_evicts_a_caption_of_the_batch_it_serves():
     assert set(text.cache) == {"ccc", "dddd", "e"}                   # the least recently used went first
     with pytest.raises(ValueError, match="max_items=0"):
         CachedText(enc, max_items=0)
+
+
+def test_decoder_stage_refuses_negative_or_non_finite_loss_weights_before_loading(tmp_path, capsys):
+    import pytest
+    from spacetime.toyworld import train
+    for opt, val in (("--temporal-weight", "-1"), ("--detail-weight", "nan")):
+        with pytest.raises(SystemExit) as e:
+            train.main(["decoder", "--vae", str(tmp_path / "missing"), "--out", str(tmp_path / "d"), opt, val])
+        assert e.value.code == 2 and f"{opt} " in capsys.readouterr().err and not (tmp_path / "d").exists()

@@ -370,7 +370,8 @@ def add_model_options(ap: argparse.ArgumentParser) -> None:
 
 
 def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
-    """The pipeline of ``add_model_options``' choice; a --dit file that is not there stops with a usage error."""
+    """The pipeline of ``add_model_options``' choice; a --dit or --vae file that is not there stops with a usage
+    error."""
     for opt, path, kind in (("--dit", a.dit, "DiT"), ("--vae", a.vae, "VAE")):
         if path is not None and not path.is_file():
             ap.error(f"{opt} {str(path)!r}: no such file (allowed: a {kind} safetensors file)")

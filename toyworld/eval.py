@@ -451,7 +451,7 @@ def main(argv=None):
     if not parts or any(x not in PARTS for x in parts):
         ap.error(f"--parts {a.parts!r}: allowed a comma-separated choice of {', '.join(PARTS)}")
     refuse_existing(ap, a)                  # reports never overwrite: an existing path stops here
-    st = load_model(ap, a)                  # a missing --dit file stops here, before any work
+    st = load_model(ap, a)                  # a missing --dit or --vae file stops here, before any work
     torch.set_num_threads(max(1, torch.get_num_threads()))
     timing = wall_time(a.preset, a.dit, a.vae)
     print(f"default generation: {timing['cold_s']:.1f} s including model load, {timing['warm_s']:.1f} s warm")

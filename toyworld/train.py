@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import time
@@ -545,6 +546,9 @@ def main(argv=None):
                   detail_weight=args.detail_weight, init_from=args.init,
                   bf16=args.bf16 or torch.cuda.is_available())
     elif args.cmd == "decoder":
+        for opt, val in (("--temporal-weight", args.temporal_weight), ("--detail-weight", args.detail_weight)):
+            if not (math.isfinite(val) and val >= 0):
+                ap.error(f"{opt} {val}: allowed a number >= 0 (0 = off)")
         train_vae(args.out, args.steps, args.lr, decoder_only_from=args.vae, temporal_weight=args.temporal_weight,
                   detail_weight=args.detail_weight)
     elif args.cmd == "encode":
