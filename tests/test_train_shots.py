@@ -437,42 +437,37 @@ def test_pair_places_names_each_object_s_place_and_its_contrast_swaps_the_places
     assert not any(" of the frame and " in c for c in td.clip_batch([b], rng, plain, TINY_DIT, 0).captions)
 
 
-def test_motion_boost_draws_clips_that_move_left_right_up_or_down():
+def _drawn_share(scenes, chosen: np.ndarray, rng, image_frac: float = 0.0, **boost) -> float:
+    """The share of ``chosen`` scenes among the examples of 20 ``clip_batch`` draws from one bucket of ``scenes``
+    (each latent holds its own index), with the recipe's ``boost`` fields."""
     from spacetime.model.config import config_from_dict
+    n = len(scenes)
+    lat = torch.arange(n, dtype=torch.float16).view(n, 1, 1, 1, 1).expand(n, 16, 3, 4, 4).contiguous()
+    b = td.Bucket("64x64_9f", lat, torch.zeros(n, 3, 4, 4, dtype=torch.uint8), scenes)
+    cfg = config_from_dict(DiTConfig, config_to_dict(TINY_DIT))
+    r = td.DitRecipe(tokens=1024, image_frac=image_frac, max_batch=64, **boost)
+    idx = [bt.x0[:, 0, 0, 0, 0].long() for bt in (td.clip_batch([b], rng, r, cfg, s) for s in range(20))]
+    return float(chosen[torch.cat(idx).numpy()].mean())
+
+
+def test_motion_boost_draws_clips_that_move_left_right_up_or_down():
     from spacetime.toyworld.world import DIRECTIONS, sample_scene
     rng = np.random.default_rng(0)
     scenes = [sample_scene(rng, "single", True) for _ in range(64)]
     moving = np.array([s.main.motion in DIRECTIONS for s in scenes])
     assert 0 < moving.sum() < len(scenes) / 2
-    lat = torch.arange(64, dtype=torch.float16).view(64, 1, 1, 1, 1).expand(64, 16, 3, 4, 4).contiguous()
-    b = td.Bucket("64x64_9f", lat, torch.zeros(64, 3, 4, 4, dtype=torch.uint8), scenes)
-    cfg = config_from_dict(DiTConfig, config_to_dict(TINY_DIT))
-
-    def share(boost):
-        r = td.DitRecipe(tokens=1024, image_frac=0.0, motion_boost=boost, max_batch=64)
-        idx = [bt.x0[:, 0, 0, 0, 0].long() for bt in (td.clip_batch([b], rng, r, cfg, s) for s in range(20))]
-        return float(moving[torch.cat(idx).numpy()].mean())
-    plain, boosted = share(0.0), share(50.0)
+    plain, boosted = (_drawn_share(scenes, moving, rng, motion_boost=x) for x in (0.0, 50.0))
     assert abs(plain - moving.mean()) < 0.1 and boosted > 0.9, (plain, boosted)
 
 
 def test_pair_boost_draws_pairs_on_frames_and_clips():
-    from spacetime.model.config import config_from_dict
     from spacetime.toyworld.world import sample_scene
     rng = np.random.default_rng(1)
     scenes = [sample_scene(rng, None, True) for _ in range(80)]
     pairs = np.array([s.kind == "pair" for s in scenes])
     assert 0 < pairs.sum() < len(scenes) / 2
-    lat = torch.arange(80, dtype=torch.float16).view(80, 1, 1, 1, 1).expand(80, 16, 3, 4, 4).contiguous()
-    b = td.Bucket("64x64_9f", lat, torch.zeros(80, 3, 4, 4, dtype=torch.uint8), scenes)
-    cfg = config_from_dict(DiTConfig, config_to_dict(TINY_DIT))
-
-    def share(boost, image_frac):
-        r = td.DitRecipe(tokens=1024, image_frac=image_frac, pair_boost=boost, max_batch=64)
-        idx = [bt.x0[:, 0, 0, 0, 0].long() for bt in (td.clip_batch([b], rng, r, cfg, s) for s in range(20))]
-        return float(pairs[torch.cat(idx).numpy()].mean())
     for image_frac in (0.0, 1.0):
-        plain, boosted = share(0.0, image_frac), share(50.0, image_frac)
+        plain, boosted = (_drawn_share(scenes, pairs, rng, image_frac, pair_boost=x) for x in (0.0, 50.0))
         assert abs(plain - pairs.mean()) < 0.1 and boosted > 0.85, (image_frac, plain, boosted)
 
 
@@ -604,20 +599,12 @@ def test_encode_refuses_bad_sizes_and_mixes_before_loading_anything(option, valu
 
 
 def test_change_boost_draws_clips_that_grow_shrink_or_bounce_and_keeps_frames_as_they_were():
-    from spacetime.model.config import config_from_dict
     from spacetime.toyworld.world import CHANGES, sample_scene
     rng = np.random.default_rng(2)
     scenes = [sample_scene(rng, "single", True) for _ in range(64)]
     changing = np.array([s.main.motion in CHANGES for s in scenes])
     assert 0 < changing.sum() < len(scenes) / 2
-    lat = torch.arange(64, dtype=torch.float16).view(64, 1, 1, 1, 1).expand(64, 16, 3, 4, 4).contiguous()
-    b = td.Bucket("64x64_9f", lat, torch.zeros(64, 3, 4, 4, dtype=torch.uint8), scenes)
-    cfg = config_from_dict(DiTConfig, config_to_dict(TINY_DIT))
-
-    def share(boost, image_frac=0.0):
-        r = td.DitRecipe(tokens=1024, image_frac=image_frac, change_boost=boost, max_batch=64)
-        idx = [bt.x0[:, 0, 0, 0, 0].long() for bt in (td.clip_batch([b], rng, r, cfg, s) for s in range(20))]
-        return float(changing[torch.cat(idx).numpy()].mean())
-    plain, boosted = share(0.0), share(50.0)
+    plain, boosted = (_drawn_share(scenes, changing, rng, change_boost=x) for x in (0.0, 50.0))
     assert abs(plain - changing.mean()) < 0.1 and boosted > 0.9, (plain, boosted)
-    assert abs(share(50.0, image_frac=1.0) - changing.mean()) < 0.1        # single frames: no motion to boost
+    frames = _drawn_share(scenes, changing, rng, 1.0, change_boost=50.0)     # single frames: no motion to boost
+    assert abs(frames - changing.mean()) < 0.1

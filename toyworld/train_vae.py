@@ -226,7 +226,8 @@ def latent_stats(vae, seed: int, n_clips: int = 192):
 
 @torch.no_grad()
 def measure_vae(vae, n_clips: int = 24, frames: int = 33, seed: int = 123) -> dict:
-    """PSNR per frame position on held-out 33-frame clips (the figure the model card reports)."""
+    """PSNR per frame position on held-out 33-frame clips (the figure the model card reports), and how much more the
+    reconstructions change into each latent frame than inside one (``boundary_jump``)."""
     rng = np.random.default_rng(seed)
     per_frame, jumps = [], []
     for i in range(0, n_clips, 4):
