@@ -608,3 +608,47 @@ def test_change_boost_draws_clips_that_grow_shrink_or_bounce_and_keeps_frames_as
     assert abs(plain - changing.mean()) < 0.1 and boosted > 0.9, (plain, boosted)
     frames = _drawn_share(scenes, changing, rng, 1.0, change_boost=50.0)     # single frames: no motion to boost
     assert abs(frames - changing.mean()) < 0.1
+
+
+def test_pixel_loss_reads_decoded_frames_weights_objects_and_trains_only_the_dit():
+    from spacetime.toyworld.train_vae import init_vae
+    vae = init_vae(TINY_VAE, 0).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(5)
+    B = 3
+    x0 = torch.randn(B, 4, 1, 4, 4, generator=g)
+    objw = torch.zeros(B, 1, 4, 4)
+    objw[:, :, 1:3, 1:3] = 1.0
+    sigma = torch.tensor([0.2, 0.5, 0.9])
+    # the true latent predicted: nothing to pay
+    assert float(td.pixel_loss(vae, x0, x0.clone(), objw, sigma, 4.0, 0.6)) == pytest.approx(0.0, abs=1e-7)
+    # the same latent error costs more on an object's cells than on the background's, and nothing above max_sigma
+    bump = torch.zeros_like(x0)
+    on_obj, off_obj = bump.clone(), bump.clone()
+    on_obj[:, :, :, 1, 1] = 1.0
+    off_obj[:, :, :, 0, 3] = 1.0
+    a = float(td.pixel_loss(vae, x0, x0 + on_obj, objw, sigma, 4.0, 0.6))
+    b = float(td.pixel_loss(vae, x0, x0 + off_obj, objw, sigma, 4.0, 0.6))
+    assert a > 0 and b > 0 and a > b
+    assert float(td.pixel_loss(vae, x0, x0 + on_obj, objw, sigma, 4.0, 0.1)) == 0.0
+    # only rows 0 and 1 count (sigma <= 0.6), weighted by 1 - sigma, summed over the batch of 3
+    each = [float(td.pixel_loss(vae, x0[i:i + 1], (x0 + on_obj)[i:i + 1], objw[i:i + 1], torch.zeros(1), 4.0, 0.6))
+            for i in range(2)]
+    assert a == pytest.approx((0.8 * each[0] + 0.5 * each[1]) / 3, rel=1e-5)
+    # in flow_loss: single-frame batches only, the gradient reaches the DiT and not the frozen VAE
+    model = _model(1)
+    ctx = torch.randn(B, 7, 384, generator=g)
+    lens = torch.full((B,), 7)
+    noise = torch.randn(x0.shape, generator=g)
+    m = torch.zeros(B, 1)
+    plain = td.flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, 4.0)
+    with_px = td.flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, 4.0, pixel=(vae, 2.0, 0.6))
+    assert float(with_px.detach()) > float(plain.detach())
+    with_px.backward()
+    assert all(p.grad is None for p in vae.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    clips = torch.randn(B, 4, 2, 4, 4, generator=g)
+    cn = torch.randn(clips.shape, generator=g)
+    ow = objw.expand(B, 2, 4, 4)
+    torch.testing.assert_close(td.flow_loss(model, clips, ow, torch.zeros(B, 2), ctx, lens, sigma, cn, 4.0,
+                                            pixel=(vae, 2.0, 0.6)),
+                               td.flow_loss(model, clips, ow, torch.zeros(B, 2), ctx, lens, sigma, cn, 4.0))

@@ -412,6 +412,10 @@ class DitRecipe:
     pair_boost: float = 0.0         # every step draws pairs (two objects in a relation) 1 + this times as often
     pair_places: float = 0.0        # share of pairs' detailed captions naming each object's place, not the relation
     text_lr_mult: float = 1.0       # learning rate multiplier of the caption's path (text embedding, cross-attention)
+    pixel_weight: float = 0.0       # weight of an L1 loss on single frames decoded by the (frozen) VAE from the
+    #                                 predicted clean latent against the decoded true one (0 = off; see pixel_loss)
+    pixel_max_sigma: float = 0.6    # the pixel loss applies at noise levels up to here (above, the prediction is a
+    #                                 blur of every picture the caption allows)
     dit: dict = field(default_factory=lambda: config_to_dict(TOY_DIT))
 
     def __post_init__(self):
@@ -548,13 +552,16 @@ def predict(model, xs: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, lens: t
 def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx: torch.Tensor, lens: torch.Tensor,
               sigma: torch.Tensor, noise: torch.Tensor, obj_weight: float, bf16: bool = False,
               frame_shots: Optional[torch.Tensor] = None, negatives: Optional[tuple] = None,
-              contrast: float = 0.0, margin: float = 0.2, min_sigma: float = 0.5) -> torch.Tensor:
+              contrast: float = 0.0, margin: float = 0.2, min_sigma: float = 0.5,
+              pixel: Optional[tuple] = None) -> torch.Tensor:
     """Flow-matching loss of one batch: unknown frames (``m`` 0) noised to ``sigma``, known ones clean at timestep
     0 without loss; object cells weigh ``obj_weight``, the sum is divided by the number of unknown cells.
 
     ``negatives`` (rows [K] long, their contrasting captions' ctx, lens) with ``contrast`` > 0 adds, for those rows
     at ``sigma`` >= ``min_sigma``, ``contrast`` x relu(margin x L_true - (L_neg - L_true)) averaged over the rows,
-    where L is an example's weighted loss read with its own or with the contrasting caption."""
+    where L is an example's weighted loss read with its own or with the contrasting caption.
+
+    ``pixel`` (vae, weight, max_sigma) adds ``weight`` x ``pixel_loss`` on the single-frame examples."""
     B, Fp = m.shape
     Hp, Wp = x0.shape[3:]
     s5 = sigma.view(B, 1, 1, 1, 1)
@@ -567,6 +574,9 @@ def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx:
     w = (1 - known) * (1 + (obj_weight - 1) * objw[:, None])
     n_unknown = ((1 - known).sum() * x0.shape[1] * Hp * Wp).clamp(min=1)
     loss = (err * w).sum() / n_unknown
+    if pixel is not None and pixel[1] > 0 and Fp == 1:
+        vae, weight, max_sigma = pixel
+        loss = loss + weight * pixel_loss(vae, x0, xs - s5 * v.float(), objw, sigma, obj_weight, max_sigma)
     if negatives is None or contrast <= 0:
         return loss
     rows, nctx, nlens = negatives
@@ -582,6 +592,26 @@ def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx:
     l_true = (err[rows] * wr).sum(dim=(1, 2, 3, 4)) / cells
     l_neg = ((vn.float() - (noise[rows] - x0[rows])) ** 2 * wr).sum(dim=(1, 2, 3, 4)) / cells
     return loss + contrast * F.relu(margin * l_true - (l_neg - l_true)).mean()
+
+
+def pixel_loss(vae, x0: torch.Tensor, x0_pred: torch.Tensor, objw: torch.Tensor, sigma: torch.Tensor,
+               obj_weight: float, max_sigma: float) -> torch.Tensor:
+    """L1 between single frames decoded from the predicted clean latent ``x0_pred`` and from the true one ``x0``
+    (both [B, C, 1, H', W'], normalised), for the examples at ``sigma`` <= ``max_sigma``, each weighted by 1 - sigma;
+    pixels under an object cell weigh ``obj_weight``. The VAE is frozen: the gradient reaches the DiT only. The
+    latent loss weighs every latent channel alike; the decoder does not, and an object's outline (a box's corners,
+    finer than one DiT token) lives in the few directions of the latent it reads most. 0 when no example is in range."""
+    rows = (sigma <= max_sigma).nonzero().flatten()
+    if rows.numel() == 0:
+        return x0_pred.sum() * 0.0
+    with torch.no_grad():
+        target = next(iter(vae.decode_chunks(x0[rows, :, :1].float(), clamp=False)))
+    pred = next(iter(vae.decode_chunks(x0_pred[rows, :, :1].float(), clamp=False)))
+    sf = pred.shape[-1] // x0.shape[-1]
+    cells = objw[rows, :1].float()                                   # [K, 1, H', W']
+    wpix = 1 + (obj_weight - 1) * cells.repeat_interleave(sf, -2).repeat_interleave(sf, -1)
+    per = ((pred - target).abs() * wpix[:, None]).mean(dim=(1, 2, 3, 4)) / wpix.mean(dim=(1, 2, 3))
+    return (per * (1 - sigma[rows])).sum() / sigma.shape[0]
 
 
 def _param_groups(model, text_lr_mult: float = 1.0):
@@ -630,7 +660,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
     elif stories_dir is not None:
         print(f"story_frac=0: the stories in {stories_dir} are not used", flush=True)
     vae, _ = load_trained_vae(vae_dir)
-    vae = vae.to(dev)
+    vae = vae.to(dev).requires_grad_(False)
     print("buckets:", {b.name: len(b.scenes) for b in data}, flush=True)
     torch.manual_seed(r.seed)
     model = build_dit(cfg).to(dev).train()
@@ -722,7 +752,8 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
                 nctx, nlens = text([bt.negatives[i] if bt.negatives[i] is not None else "" for i in range(B)], dev)
                 negs = (torch.tensor(rows, device=dev), nctx, nlens)
             loss = flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, r.obj_weight, use_bf16, fs, negs,
-                             r.contrast, r.contrast_margin, r.contrast_min_sigma)
+                             r.contrast, r.contrast_margin, r.contrast_min_sigma,
+                             (vae, r.pixel_weight, r.pixel_max_sigma) if bt.kind == "image" else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
