@@ -202,3 +202,9 @@ def test_drift_json_records_the_settings_of_each_mode(tmp_path, monkeypatch):
     for mode in got.values():
         assert mode["settings"] == {"cfg": 5.0, "shift": 3.0, "steps": 7, "windows": 3, "scenes": 2, "seeds": [0]}
         assert mode["mean"]["identity"] == 1.0 and len(mode["runs"]) == 2
+
+
+def test_generation_time_of_a_preset_that_needs_given_frames_is_taken_on_image_to_video():
+    from spacetime.toyworld.eval import wall_time
+    t = wall_time("toyworld-i2v")          # text-to-video is refused by this preset: timed from a rendered frame
+    assert 0 < t["warm_s"] < 120 and 0 < t["cold_s"] < 300
