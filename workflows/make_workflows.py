@@ -174,7 +174,7 @@ def workflows(preset: str = DEFAULT_PRESET) -> list[Workflow]:
                  [("Model", ["model"]), ("Input clip", ["clip"]), ("Prompt", ["text"]), ("Extend", ["extend"]),
                   SAMPLE, SAVE]),
         Workflow("fill_frames", "Fill frames: 8 new frames bridge the end of one clip and the start of a later one.",
-                 [_model(i2v),
+                 [_model(preset),
                   _load("clip", "ball_clip.mp4", "Clip before the gap (last 4 frames)", skip_frames=13),
                   _load("after", "ball_clip_later.mp4", "Clip after the gap (first 5 frames)", max_frames=5),
                   _text(ball_prompt), _extend("fill", "Fill the gap (8 frames)", after=True), *extend_tail],
