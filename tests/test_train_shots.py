@@ -652,3 +652,20 @@ def test_pixel_loss_reads_decoded_frames_weights_objects_and_trains_only_the_dit
     torch.testing.assert_close(td.flow_loss(model, clips, ow, torch.zeros(B, 2), ctx, lens, sigma, cn, 4.0,
                                             pixel=(vae, 2.0, 0.6)),
                                td.flow_loss(model, clips, ow, torch.zeros(B, 2), ctx, lens, sigma, cn, 4.0))
+    # a known single frame carries no loss, in the pixels as in the latent
+    known = torch.tensor([[1.0], [0.0], [0.0]])
+    torch.testing.assert_close(
+        td.flow_loss(model, x0, objw, known, ctx, lens, sigma, noise, 4.0, pixel=(vae, 2.0, 0.6))
+        - td.flow_loss(model, x0, objw, known, ctx, lens, sigma, noise, 4.0),
+        td.flow_loss(model, x0, objw, m, ctx, lens, sigma * torch.tensor([9.0, 1.0, 1.0]), noise, 4.0,
+                     pixel=(vae, 2.0, 0.6))
+        - td.flow_loss(model, x0, objw, m, ctx, lens, sigma * torch.tensor([9.0, 1.0, 1.0]), noise, 4.0))
+
+
+@pytest.mark.parametrize("field, value, says", [("pixel_weight", -1.0, "pixel_weight=-1.0: allowed a number >= 0"),
+                                                 ("pixel_weight", float("nan"), "pixel_weight=nan"),
+                                                 ("pixel_max_sigma", 0.0, "pixel_max_sigma=0.0: allowed a noise"),
+                                                 ("pixel_max_sigma", 1.5, "pixel_max_sigma=1.5")])
+def test_recipe_refuses_a_bad_pixel_loss_setting(field, value, says):
+    with pytest.raises(ValueError, match=says):
+        td.DitRecipe(**{field: value})

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -423,6 +424,10 @@ class DitRecipe:
         if not words or any(w not in CONTRAST_WORDS for w in words):
             raise ValueError(f"contrast_words={self.contrast_words!r}: allowed a comma-separated choice of "
                              f"{', '.join(CONTRAST_WORDS)}")
+        if not (math.isfinite(float(self.pixel_weight)) and float(self.pixel_weight) >= 0):
+            raise ValueError(f"pixel_weight={self.pixel_weight!r}: allowed a number >= 0 (0 = off)")
+        if not 0 < float(self.pixel_max_sigma) <= 1:
+            raise ValueError(f"pixel_max_sigma={self.pixel_max_sigma!r}: allowed a noise level in (0, 1]")
 
     @property
     def contrasted(self) -> tuple:
@@ -576,7 +581,8 @@ def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx:
     loss = (err * w).sum() / n_unknown
     if pixel is not None and pixel[1] > 0 and Fp == 1:
         vae, weight, max_sigma = pixel
-        loss = loss + weight * pixel_loss(vae, x0, xs - s5 * v.float(), objw, sigma, obj_weight, max_sigma)
+        unknown = torch.where(m[:, 0] > 0, torch.full_like(sigma, math.inf), sigma)    # a known frame: no loss
+        loss = loss + weight * pixel_loss(vae, x0, xs - s5 * v.float(), objw, unknown, obj_weight, max_sigma)
     if negatives is None or contrast <= 0:
         return loss
     rows, nctx, nlens = negatives
@@ -599,8 +605,8 @@ def pixel_loss(vae, x0: torch.Tensor, x0_pred: torch.Tensor, objw: torch.Tensor,
     """L1 between single frames decoded from the predicted clean latent ``x0_pred`` and from the true one ``x0``
     (both [B, C, 1, H', W'], normalised), for the examples at ``sigma`` <= ``max_sigma``, each weighted by 1 - sigma;
     pixels under an object cell weigh ``obj_weight``. The VAE is frozen: the gradient reaches the DiT only. The
-    latent loss weighs every latent channel alike; the decoder does not, and an object's outline (a box's corners,
-    finer than one DiT token) lives in the few directions of the latent it reads most. 0 when no example is in range."""
+    latent loss weighs every latent channel alike; the decoder does not, so an error the latent loss counts as small
+    can move an object's outline (a box's corners, finer than one DiT token). 0 when no example is in range."""
     rows = (sigma <= max_sigma).nonzero().flatten()
     if rows.numel() == 0:
         return x0_pred.sum() * 0.0
