@@ -494,3 +494,14 @@ def test_average_interpolates_two_dits_into_a_run_folder_the_probe_and_export_ta
               "--out", str(tmp_path / "never")])
     assert "--weight -0.1: allowed 0..1" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_probe_cli_takes_frames_and_refuses_bad_lengths_before_loading(tmp_path, capsys):
+    from spacetime.toyworld.train import _probe_frames, main, shape_rate
+    assert _probe_frames("1") == (1,) and _probe_frames("1,17") == (1, 17) and _probe_frames("9, 33") == (9, 33)
+    for bad in ("2", "1,16", "x", ""):
+        with pytest.raises(SystemExit):
+            main(["probe", "--frames", bad, "--dit", str(tmp_path)])          # the folder is never read
+        assert "allowed comma-separated clip lengths" in capsys.readouterr().err
+    table = {"ball": {"ball": 5, "triangle": 1}, "box": {"ball": 3, "box": 2, "none": 1}}
+    assert shape_rate(table) == (7, 12) and shape_rate({}) == (0, 0)

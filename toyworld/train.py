@@ -288,6 +288,23 @@ def _load_probe_parts(dit_path: Path, vae_path: Path):
     return dit.eval(), vae_from_config(vcfg, vfile)[0]
 
 
+def _probe_frames(text: str) -> tuple:
+    """``--frames`` of ``train probe``: "1,17" -> (1, 17); each length 1 + 4k."""
+    try:
+        frames = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        frames = ()
+    if not frames or any(f < 1 or (f - 1) % 4 for f in frames):
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed comma-separated clip lengths, each 1 + 4k (1, 5, 9, "
+                                         f"17, ...)")
+    return frames
+
+
+def shape_rate(drawn: dict) -> tuple:
+    """(drawn in the asked shape, asked) over a ``drawn_shapes`` table."""
+    return sum(row.get(a, 0) for a, row in drawn.items()), sum(sum(row.values()) for row in drawn.values())
+
+
 def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, seeds: int = 1, cfg: float = 5.0,
                   shift: float = 3.0, frames: tuple = (1, 17), sets: Optional[dict] = None, steps: int = 20) -> dict:
     """The prompt-following probe on trained weights (default: the shipped ones), outside training. ``seeds`` > 1
@@ -523,6 +540,8 @@ def main(argv=None):
     a.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default: %(default)s)")
     a.add_argument("--shift", type=float, default=3.0, help="sampler shift (default: %(default)s)")
     a.add_argument("--steps", type=int, default=20, help="sampler steps (default: %(default)s)")
+    a.add_argument("--frames", type=_probe_frames, default=(1, 17), metavar="LIST",
+                   help="comma-separated clip lengths, each 1 + 4k (1 = single frames; default: 1,17)")
     a.add_argument("--json", type=Path, help="also write the figures to this new JSON file")
     a = sub.add_parser("average", help="interpolate two DiTs of one configuration into a new DiT run folder")
     a.add_argument("--dit", type=Path, action="append", required=True, metavar="FOLDER",
@@ -586,7 +605,8 @@ def main(argv=None):
     elif args.cmd == "probe":
         from .drift import refuse_existing, write_new
         refuse_existing(ap, args)
-        res = probe_weights(args.dit, args.vae, args.seeds, args.cfg, args.shift, steps=args.steps)
+        res = probe_weights(args.dit, args.vae, args.seeds, args.cfg, args.shift, frames=args.frames,
+                            steps=args.steps)
         for name, summ in res.items():
             if name in ("drawn_shapes", "drawn_motions"):
                 continue
@@ -595,6 +615,10 @@ def main(argv=None):
         for table in ("drawn_shapes", "drawn_motions"):
             for asked, row in sorted(res[table].items()):
                 print(f"asked {asked:11s} drawn: " + ", ".join(f"{got} {n}" for got, n in sorted(row.items())))
+        right, asked = shape_rate(res["drawn_shapes"])
+        if asked:
+            print(f"shape rate (one-object prompts drawn in the asked shape): {right} of {asked} "
+                  f"({100 * right / asked:.0f} %)")
         from ..model.text_encoders import load_minilm
         from .probe import FRAME_WORDS, OPPOSITE_DIRECTION, frame_word_gap, motion_word_gap
         dit, vae = _load_probe_parts(args.dit, args.vae)
