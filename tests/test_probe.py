@@ -497,7 +497,8 @@ def test_average_interpolates_two_dits_into_a_run_folder_the_probe_and_export_ta
 
 
 def test_probe_cli_takes_frames_and_refuses_bad_lengths_before_loading(tmp_path, capsys):
-    from spacetime.toyworld.train import _probe_frames, main, shape_rate
+    from spacetime.toyworld.probe import shape_rate
+    from spacetime.toyworld.train import _probe_frames, main
     assert _probe_frames("1") == (1,) and _probe_frames("1,17") == (1, 17) and _probe_frames("9, 33") == (9, 33)
     for bad in ("2", "1,16", "x", ""):
         with pytest.raises(SystemExit):

@@ -219,6 +219,11 @@ def _drawn(clips, items, field: str, read, min_frames: int = 1) -> dict:
     return table
 
 
+def shape_rate(drawn: dict) -> tuple:
+    """(drawn in the asked shape, asked) over a ``drawn_shapes`` table."""
+    return sum(row.get(a, 0) for a, row in drawn.items()), sum(sum(row.values()) for row in drawn.values())
+
+
 def merge_tables(*tables: dict) -> dict:
     """The cell-by-cell sum of ``drawn_shapes`` (or ``drawn_motions``) tables."""
     out: dict = {}

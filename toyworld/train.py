@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model.conditioning import valid_frames
 from ..model.config import config_to_dict
 from ..model.embedded import DIT_FILE, I2V_DIT_FILE, META, VAE_FILE, WEIGHTS_DIR
 from ..model.loading import read_state_dict, write_safetensors_atomic
@@ -294,15 +295,10 @@ def _probe_frames(text: str) -> tuple:
         frames = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         frames = ()
-    if not frames or any(f < 1 or (f - 1) % 4 for f in frames):
+    if not frames or not all(valid_frames(f, 4) for f in frames):
         raise argparse.ArgumentTypeError(f"{text!r}: allowed comma-separated clip lengths, each 1 + 4k (1, 5, 9, "
                                          f"17, ...)")
     return frames
-
-
-def shape_rate(drawn: dict) -> tuple:
-    """(drawn in the asked shape, asked) over a ``drawn_shapes`` table."""
-    return sum(row.get(a, 0) for a, row in drawn.items()), sum(sum(row.values()) for row in drawn.values())
 
 
 def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, seeds: int = 1, cfg: float = 5.0,
@@ -322,7 +318,7 @@ def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, se
         raise SpacetimeValueError(f"shift={shift}: allowed > 0")
     if not 1 <= int(steps) <= 1000:
         raise SpacetimeValueError(f"steps={steps}: allowed 1..1000 sampler steps")
-    if not frames or any(f < 1 or (f - 1) % 4 for f in frames):
+    if not frames or not all(valid_frames(f, 4) for f in frames):
         raise SpacetimeValueError(f"frames={frames}: allowed 1 + 4k each (1 = single frames)")
     dit, vae = _load_probe_parts(dit_path, vae_path)
     text = load_minilm()
@@ -615,6 +611,7 @@ def main(argv=None):
         for table in ("drawn_shapes", "drawn_motions"):
             for asked, row in sorted(res[table].items()):
                 print(f"asked {asked:11s} drawn: " + ", ".join(f"{got} {n}" for got, n in sorted(row.items())))
+        from .probe import shape_rate
         right, asked = shape_rate(res["drawn_shapes"])
         if asked:
             print(f"shape rate (one-object prompts drawn in the asked shape): {right} of {asked} "
