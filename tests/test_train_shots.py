@@ -516,6 +516,15 @@ def test_resuming_with_another_recipe_is_refused_before_training(run, tmp_path):
                                                                      "max_batch": 4}))
     assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 3
     assert json.loads((tmp_path / "recipe.json").read_text())["steps"] == 3
+    # a run started before a recipe field existed trained with its default: that resumes, another value does not
+    old = json.loads((tmp_path / "recipe.json").read_text())
+    del old["change_weight"]
+    (tmp_path / "recipe.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"change_weight=2.0 \(the run: 0.0\)"):
+        td.train_dit(run / "data", run / "vae", tmp_path, td.DitRecipe(**{**r.__dict__, "steps": 4,
+                                                                         "change_weight": 2.0}))
+    td.train_dit(run / "data", run / "vae", tmp_path, td.DitRecipe(**{**r.__dict__, "steps": 4}))
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 4
 
 
 def test_a_time_scheduled_run_spends_its_cosine_over_the_time_limit_across_resumes(run, tmp_path, monkeypatch):
@@ -669,3 +678,55 @@ def test_pixel_loss_reads_decoded_frames_weights_objects_and_trains_only_the_dit
 def test_recipe_refuses_a_bad_pixel_loss_setting(field, value, says):
     with pytest.raises(ValueError, match=says):
         td.DitRecipe(**{field: value})
+
+
+def test_change_loss_charges_errors_that_change_from_frame_to_frame():
+    g = torch.Generator().manual_seed(8)
+    B, C, Fp, H, W = 2, 4, 3, 4, 4
+    objw = torch.zeros(B, Fp, H, W)
+    objw[:, :, 1, 1] = 1.0
+    m = torch.zeros(B, Fp)
+    # the same error in every frame (a steady wrong shade) costs nothing
+    steady = torch.randn(B, C, 1, H, W, generator=g).expand(B, C, Fp, H, W)
+    assert float(td.change_loss(steady, objw, m, 4.0)) == 0.0
+    # one cell's error jumping by 1 between two frames: one pair, one channel, C * H * W cells a pair
+    e = torch.zeros(B, C, Fp, H, W)
+    e[0, 0, 2, 0, 3] = 1.0                                   # background cell, frame 2: pairs (1, 2) pays 1
+    n_cells = B * (Fp - 1) * C * H * W
+    assert float(td.change_loss(e, objw, m, 4.0)) == pytest.approx(1.0 / n_cells)
+    on_obj = torch.zeros_like(e)
+    on_obj[0, 0, 2, 1, 1] = 1.0                              # the same jump on an object cell weighs 4
+    assert float(td.change_loss(on_obj, objw, m, 4.0)) == pytest.approx(4.0 / n_cells)
+    # a pair with a known frame is skipped; an error in a middle frame alone counts in both of its pairs
+    known = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    assert float(td.change_loss(e, objw, known, 4.0)) == 0.0
+    mid = torch.zeros_like(e)
+    mid[1, 2, 1, 0, 0] = 2.0
+    assert float(td.change_loss(mid, objw, m, 4.0)) == pytest.approx(8.0 / n_cells)
+    assert float(td.change_loss(e[:, :, :1], objw[:, :1], m[:, :1], 4.0)) == 0.0     # single frames: no pairs
+    # in flow_loss: clips only, added with its weight, gradient to the DiT
+    model = _model(1)
+    ctx = torch.randn(B, 7, 384, generator=g)
+    lens = torch.full((B,), 7)
+    sigma = torch.tensor([0.3, 0.8])
+    x0 = torch.randn(B, C, Fp, H, W, generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    plain = td.flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, 4.0)
+    both = td.flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, 4.0, change_weight=2.0)
+    with torch.no_grad():
+        xs = (1 - sigma.view(B, 1, 1, 1, 1)) * x0 + sigma.view(B, 1, 1, 1, 1) * noise
+        v = td.predict(model, xs, sigma.view(B, 1).expand(B, Fp) * 1000.0, ctx, lens)
+    torch.testing.assert_close(both.detach() - plain.detach(),
+                               2.0 * td.change_loss(v - (noise - x0), objw, m, 4.0), rtol=1e-4, atol=1e-6)
+    assert float(both.detach()) > float(plain.detach())
+    both.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    frames = (x0[:, :, :1], objw[:, :1], m[:, :1], ctx, lens, sigma, noise[:, :, :1], 4.0)
+    torch.testing.assert_close(td.flow_loss(model, *frames, change_weight=2.0), td.flow_loss(model, *frames))
+
+
+@pytest.mark.parametrize("value, says", [(-1.0, "change_weight=-1.0: allowed a number >= 0"),
+                                         (float("inf"), "change_weight=inf")])
+def test_recipe_refuses_a_bad_change_weight(value, says):
+    with pytest.raises(ValueError, match=says):
+        td.DitRecipe(change_weight=value)

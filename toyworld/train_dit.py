@@ -417,6 +417,8 @@ class DitRecipe:
     #                                 predicted clean latent against the decoded true one (0 = off; see pixel_loss)
     pixel_max_sigma: float = 0.6    # the pixel loss applies at noise levels up to here (above, the prediction is a
     #                                 blur of every picture the caption allows)
+    change_weight: float = 0.0      # weight of a loss on the frame-to-frame change of the flow error on clips (0 =
+    #                                 off; see change_loss)
     dit: dict = field(default_factory=lambda: config_to_dict(TOY_DIT))
 
     def __post_init__(self):
@@ -428,6 +430,8 @@ class DitRecipe:
             raise ValueError(f"pixel_weight={self.pixel_weight!r}: allowed a number >= 0 (0 = off)")
         if not 0 < float(self.pixel_max_sigma) <= 1:
             raise ValueError(f"pixel_max_sigma={self.pixel_max_sigma!r}: allowed a noise level in (0, 1]")
+        if not (math.isfinite(float(self.change_weight)) and float(self.change_weight) >= 0):
+            raise ValueError(f"change_weight={self.change_weight!r}: allowed a number >= 0 (0 = off)")
 
     @property
     def contrasted(self) -> tuple:
@@ -461,14 +465,15 @@ RESUME_MAY_CHANGE = ("steps", "probe_every", "probe_video", "probe_sets", "bf16"
 def check_resume_recipe(out: Path, r: "DitRecipe") -> None:
     """Refuse to resume the run in ``out`` with a recipe that differs from the one it was started with (its
     ``recipe.json``) in anything but ``RESUME_MAY_CHANGE``: the optimiser state, the data position and the learning
-    rate schedule belong to that recipe. A run folder without ``recipe.json`` is not checked."""
+    rate schedule belong to that recipe. A field newer than the run's ``recipe.json`` counts as its default there (the
+    run trained without it). A run folder without ``recipe.json`` is not checked."""
     saved_path = Path(out) / "recipe.json"
     if not saved_path.exists():
         return
-    saved = json.loads(saved_path.read_text())
     now = json.loads(json.dumps(asdict(r)))          # the same JSON types as the saved file
+    saved = {**json.loads(json.dumps(asdict(DitRecipe()))), **json.loads(saved_path.read_text())}
     changed = [f"{k}={now[k]!r} (the run: {saved[k]!r})" for k in now
-               if k in saved and k not in RESUME_MAY_CHANGE and now[k] != saved[k]]
+               if k not in RESUME_MAY_CHANGE and now[k] != saved[k]]
     if changed:
         raise ValueError(f"the run in {out} was started with another recipe: {', '.join(changed)}. Resume it with "
                          f"the values in its recipe.json (only {', '.join(RESUME_MAY_CHANGE)} may change), or "
@@ -558,7 +563,7 @@ def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx:
               sigma: torch.Tensor, noise: torch.Tensor, obj_weight: float, bf16: bool = False,
               frame_shots: Optional[torch.Tensor] = None, negatives: Optional[tuple] = None,
               contrast: float = 0.0, margin: float = 0.2, min_sigma: float = 0.5,
-              pixel: Optional[tuple] = None) -> torch.Tensor:
+              pixel: Optional[tuple] = None, change_weight: float = 0.0) -> torch.Tensor:
     """Flow-matching loss of one batch: unknown frames (``m`` 0) noised to ``sigma``, known ones clean at timestep
     0 without loss; object cells weigh ``obj_weight``, the sum is divided by the number of unknown cells.
 
@@ -566,7 +571,8 @@ def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx:
     at ``sigma`` >= ``min_sigma``, ``contrast`` x relu(margin x L_true - (L_neg - L_true)) averaged over the rows,
     where L is an example's weighted loss read with its own or with the contrasting caption.
 
-    ``pixel`` (vae, weight, max_sigma) adds ``weight`` x ``pixel_loss`` on the single-frame examples."""
+    ``pixel`` (vae, weight, max_sigma) adds ``weight`` x ``pixel_loss`` on the single-frame examples;
+    ``change_weight`` > 0 adds that times ``change_loss`` on clips."""
     B, Fp = m.shape
     Hp, Wp = x0.shape[3:]
     s5 = sigma.view(B, 1, 1, 1, 1)
@@ -579,6 +585,8 @@ def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx:
     w = (1 - known) * (1 + (obj_weight - 1) * objw[:, None])
     n_unknown = ((1 - known).sum() * x0.shape[1] * Hp * Wp).clamp(min=1)
     loss = (err * w).sum() / n_unknown
+    if change_weight > 0 and Fp > 1:
+        loss = loss + change_weight * change_loss(v.float() - (noise - x0), objw, m, obj_weight)
     if pixel is not None and pixel[1] > 0 and Fp == 1:
         vae, weight, max_sigma = pixel
         unknown = torch.where(m[:, 0] > 0, torch.full_like(sigma, math.inf), sigma)    # a known frame: no loss
@@ -598,6 +606,23 @@ def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx:
     l_true = (err[rows] * wr).sum(dim=(1, 2, 3, 4)) / cells
     l_neg = ((vn.float() - (noise[rows] - x0[rows])) ** 2 * wr).sum(dim=(1, 2, 3, 4)) / cells
     return loss + contrast * F.relu(margin * l_true - (l_neg - l_true)).mean()
+
+
+def change_loss(e: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, obj_weight: float) -> torch.Tensor:
+    """Squared error of the frame-to-frame change: ``e`` is the flow error [B, C, F', H', W'] (prediction less
+    target), and the loss is the mean over pairs of neighbouring latent frames, both unknown (``m`` 0), of
+    (e[f + 1] - e[f])^2, cells where either frame holds an object weighing ``obj_weight``. An error that stays the
+    same in every frame (a wrong shade held steady) costs nothing here; one that changes from frame to frame (an
+    object kept at its size while the clip grows it, a step in its path) costs up to four times its share of the
+    plain loss. 0 when no pair of unknown frames exists."""
+    B, C, Fp, Hp, Wp = e.shape
+    both = (1 - m[:, 1:]) * (1 - m[:, :-1])                                  # [B, F'-1]
+    if Fp < 2 or not bool(both.any()):
+        return e.sum() * 0.0
+    cells = torch.maximum(objw[:, 1:], objw[:, :-1]).float()                 # [B, F'-1, H', W']
+    w = both.view(B, 1, Fp - 1, 1, 1) * (1 + (obj_weight - 1) * cells[:, None])
+    d = (e[:, :, 1:] - e[:, :, :-1]) ** 2
+    return (d * w).sum() / (both.sum() * C * Hp * Wp)
 
 
 def pixel_loss(vae, x0: torch.Tensor, x0_pred: torch.Tensor, objw: torch.Tensor, sigma: torch.Tensor,
@@ -759,7 +784,8 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
                 negs = (torch.tensor(rows, device=dev), nctx, nlens)
             loss = flow_loss(model, x0, objw, m, ctx, lens, sigma, noise, r.obj_weight, use_bf16, fs, negs,
                              r.contrast, r.contrast_margin, r.contrast_min_sigma,
-                             (vae, r.pixel_weight, r.pixel_max_sigma) if bt.kind == "image" else None)
+                             (vae, r.pixel_weight, r.pixel_max_sigma) if bt.kind == "image" else None,
+                             r.change_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
