@@ -613,8 +613,8 @@ def change_loss(e: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, obj_weight
     target), and the loss is the mean over pairs of neighbouring latent frames, both unknown (``m`` 0), of
     (e[f + 1] - e[f])^2, cells where either frame holds an object weighing ``obj_weight``. An error that stays the
     same in every frame (a wrong shade held steady) costs nothing here; one that changes from frame to frame (an
-    object kept at its size while the clip grows it, a step in its path) costs up to four times its share of the
-    plain loss. 0 when no pair of unknown frames exists."""
+    object kept at its size while the clip grows it, a step in its path) is charged again. 0 when no pair of
+    unknown frames exists."""
     B, C, Fp, Hp, Wp = e.shape
     both = (1 - m[:, 1:]) * (1 - m[:, :-1])                                  # [B, F'-1]
     if Fp < 2 or not bool(both.any()):
