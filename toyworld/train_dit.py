@@ -426,12 +426,12 @@ class DitRecipe:
         if not words or any(w not in CONTRAST_WORDS for w in words):
             raise ValueError(f"contrast_words={self.contrast_words!r}: allowed a comma-separated choice of "
                              f"{', '.join(CONTRAST_WORDS)}")
-        if not (math.isfinite(float(self.pixel_weight)) and float(self.pixel_weight) >= 0):
-            raise ValueError(f"pixel_weight={self.pixel_weight!r}: allowed a number >= 0 (0 = off)")
+        for name in ("pixel_weight", "change_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(float(value)) and float(value) >= 0):
+                raise ValueError(f"{name}={value!r}: allowed a number >= 0 (0 = off)")
         if not 0 < float(self.pixel_max_sigma) <= 1:
             raise ValueError(f"pixel_max_sigma={self.pixel_max_sigma!r}: allowed a noise level in (0, 1]")
-        if not (math.isfinite(float(self.change_weight)) and float(self.change_weight) >= 0):
-            raise ValueError(f"change_weight={self.change_weight!r}: allowed a number >= 0 (0 = off)")
 
     @property
     def contrasted(self) -> tuple:
@@ -581,12 +581,13 @@ def flow_loss(model, x0: torch.Tensor, objw: torch.Tensor, m: torch.Tensor, ctx:
     t = (1 - m) * sigma.view(B, 1) * 1000.0
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
         v = predict(model, xs, t, ctx, lens, frame_shots)
-    err = (v.float() - (noise - x0)) ** 2
+    e = v.float() - (noise - x0)                     # the flow error
+    err = e ** 2
     w = (1 - known) * (1 + (obj_weight - 1) * objw[:, None])
     n_unknown = ((1 - known).sum() * x0.shape[1] * Hp * Wp).clamp(min=1)
     loss = (err * w).sum() / n_unknown
     if change_weight > 0 and Fp > 1:
-        loss = loss + change_weight * change_loss(v.float() - (noise - x0), objw, m, obj_weight)
+        loss = loss + change_weight * change_loss(e, objw, m, obj_weight)
     if pixel is not None and pixel[1] > 0 and Fp == 1:
         vae, weight, max_sigma = pixel
         unknown = torch.where(m[:, 0] > 0, torch.full_like(sigma, math.inf), sigma)    # a known frame: no loss
