@@ -150,7 +150,7 @@ def _story(a, st, out, width, height, bar) -> int:
                                    mode=a.shot_conditioning, reference_frames=a.reference_frames, seed=a.seed,
                                    expand_prompt=not a.no_expand, **settings,
                                    callback=lambda k, i, n: bar(i, n, f"shot {k + 1}"))
-    video = st.decode(raw, lambda i, n: bar(i, n, "decode"))[0]
+    video = st.decode(raw, lambda i, n: bar(i, n, "decode"), cuts=plan.latent_cuts)[0]
     report = check_frames(video)
     if report.blocked:
         raise CliError(f"generated frames withheld by the safety policy: {report.summary()}", EXIT_BLOCKED)

@@ -387,9 +387,11 @@ class Spacetime:
         return vae.encode_raw(video.to(vae.device)).cpu()
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, progress: ProgressFn = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, progress: ProgressFn = None, cuts: Sequence[int] = ()) -> torch.Tensor:
         """Raw latents [B, C, F', H', W'] -> frames [B, T, H, W, 3] in 0..1, decoded one latent frame at a time
-        and written straight into the output (memory does not grow with the clip beyond the frames)."""
+        and written straight into the output (memory does not grow with the clip beyond the frames). ``cuts``:
+        latent frames where a new shot begins (a storyboard's ``StoryPlan.latent_cuts``); the decoder starts
+        afresh there, so the cut stays hard instead of blending over the first frames of the new shot."""
         vae = self.vae
         B, C, Fp, Hp, Wp = latents.shape
         if C != vae.cfg.z_dim:
@@ -397,7 +399,7 @@ class Spacetime:
         sf = vae.spatial_factor
         out = torch.empty(B, vae.pixel_frames(Fp), Hp * sf, Wp * sf, 3)
         t = 0
-        for i, chunk in enumerate(vae.decode_chunks(latents.to(vae.device), normalized=False)):
+        for i, chunk in enumerate(vae.decode_chunks(latents.to(vae.device), normalized=False, restarts=cuts)):
             n = chunk.shape[2]
             out[:, t:t + n] = to_frames(chunk.cpu())
             t += n

@@ -10,7 +10,7 @@ Pixels are in [-1, 1]. ``encode`` returns *normalised* latents (mu - mean) / std
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -218,6 +218,19 @@ class Decoder3d(nn.Module):
         return _run(self.head, x, state)
 
 
+def check_restarts(restarts: Sequence[int], total: Optional[int] = None, name: str = "restarts") -> set:
+    """The latent frames where decoding restarts after a hard cut, checked: whole numbers >= 1 (latent frame 0
+    starts every clip anyway) and, with ``total`` latent frames known, below it. ``name``: the input, for errors."""
+    out = set()
+    for r in restarts:
+        if isinstance(r, bool) or not hasattr(r, "__index__") or r < 1 or (total is not None and r >= total):
+            span = f"1..{total - 1}" if total is not None else "whole numbers >= 1"
+            raise SpacetimeValueError(f"{name}={list(restarts)!r}: {r!r} is not a latent frame where a shot can "
+                                      f"begin; allowed: latent frames {span}")
+        out.add(int(r))
+    return out
+
+
 class WanVAE(nn.Module):
     encoder_class, decoder_class = Encoder3d, Decoder3d      # the Wan 2.2 VAE (vae22.py) swaps these
 
@@ -304,18 +317,29 @@ class WanVAE(nn.Module):
         return self.normalize(self.encode_raw(video))
 
     # -- decode --
-    def decode_chunks(self, z: torch.Tensor, normalized: bool = True, clamp: bool = True) -> Iterator[torch.Tensor]:
+    def decode_chunks(self, z: torch.Tensor, normalized: bool = True, clamp: bool = True,
+                      restarts: Sequence[int] = ()) -> Iterator[torch.Tensor]:
         """Yield decoded pixel chunks in [-1, 1]: 1 frame for latent 0, ``temporal_factor`` for each later one
-        (``clamp=False`` keeps the raw output, for training)."""
-        return self.decode_stream([z], normalized, clamp)
+        (``clamp=False`` keeps the raw output, for training). ``restarts``: see ``decode_stream``."""
+        return self.decode_stream([z], normalized, clamp, restarts, total=z.shape[2])
 
-    def decode_stream(self, pieces: Iterable[torch.Tensor], normalized: bool = True,
-                      clamp: bool = True) -> Iterator[torch.Tensor]:
+    def decode_stream(self, pieces: Iterable[torch.Tensor], normalized: bool = True, clamp: bool = True,
+                      restarts: Sequence[int] = (), total: Optional[int] = None) -> Iterator[torch.Tensor]:
         """``decode_chunks`` over a latent that arrives in pieces [B, z, n, H, W] (a long video, window by window):
         one causal state runs through every piece, so the frames equal decoding the pieces concatenated, and only
-        the piece at hand is ever held."""
+        the piece at hand is ever held.
+
+        ``restarts``: latent frames (counted over all pieces) where a new shot begins after a hard cut. There the
+        causal state starts afresh, primed by decoding that latent frame once as a clip's first frame (output
+        dropped), so no frame after the cut blends with the shot before it; every latent frame still yields as
+        many frames as without restarts. ``total``: the latent frames to come, when known, to check ``restarts``
+        against before any work."""
+        return self._decode_stream(pieces, normalized, clamp, check_restarts(restarts, total), total)
+
+    def _decode_stream(self, pieces, normalized: bool, clamp: bool, starts: set,
+                       total: Optional[int]) -> Iterator[torch.Tensor]:
         state = StreamState()
-        first = True
+        first, j = True, 0
         for z in pieces:
             if z.dim() != 5 or z.shape[1] != self.cfg.z_dim:
                 raise SpacetimeValueError(f"latent must be [B, {self.cfg.z_dim}, T, H, W]; got {tuple(z.shape)}")
@@ -324,18 +348,28 @@ class WanVAE(nn.Module):
                 if normalized:
                     zi = self.denormalize(zi)
                 x = self.conv2(zi.to(self.device, self.dtype))
+                if j in starts:                          # a cut: prime a fresh state with this frame alone
+                    state = StreamState()
+                    state[FIRST_CHUNK] = True
+                    self.decoder(x, state)
                 state[FIRST_CHUNK], first = first, False
                 y = self.from_channels(self.decoder(x, state)).float()
+                j += 1
                 yield y.clamp(-1, 1) if clamp else y
+        if total is None and starts and max(starts) >= j:
+            raise SpacetimeValueError(f"restarts={sorted(starts)}: the latent has {j} frames; allowed: latent "
+                                      f"frames 1..{j - 1}")
 
-    def decode(self, z: torch.Tensor, normalized: bool = True, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Normalised latent -> [B, 3, T, H, W] in [-1, 1], written chunk by chunk into one output tensor."""
+    def decode(self, z: torch.Tensor, normalized: bool = True, out: Optional[torch.Tensor] = None,
+               restarts: Sequence[int] = ()) -> torch.Tensor:
+        """Normalised latent -> [B, 3, T, H, W] in [-1, 1], written chunk by chunk into one output tensor
+        (``restarts``: hard cuts, see ``decode_stream``)."""
         B, _, T, H, W = z.shape
         sf = self.spatial_factor
         if out is None:
             out = torch.empty(B, 3, self.pixel_frames(T), H * sf, W * sf, dtype=torch.float32)
         t = 0
-        for chunk in self.decode_chunks(z, normalized):
+        for chunk in self.decode_chunks(z, normalized, restarts=restarts):
             n = chunk.shape[2]
             out[:, :, t:t + n] = chunk.to(out.device)
             t += n

@@ -206,7 +206,8 @@ class SpacetimeStoryboard:
     CATEGORY = f"{CATEGORY}/Sampling"
     RETURN_TYPES = ("LATENT", "STRING")
     RETURN_NAMES = ("latent", "generation_info")
-    OUTPUT_TOOLTIPS = ("The story's latent (raw VAE space).", "JSON with the settings, shots and cut frames.")
+    OUTPUT_TOOLTIPS = ("The story's latent (raw VAE space), with its cuts, which Spacetime VAE Decode keeps hard.",
+                       "JSON with the settings, shots and cut frames.")
     FUNCTION = "generate"
 
     @classmethod
@@ -262,7 +263,7 @@ class SpacetimeStoryboard:
                      width=width, height=height, prompt="\n".join(s.prompt for s in plan.shots), negative=negative,
                      conditioning=conditioning, shots=frame_list(s.frames for s in plan.shots),
                      cuts=frame_list(plan.cuts))
-        return (latent_dict(raw), info)
+        return (latent_dict(raw, spacetime_cuts=plan.latent_cuts), info)
 
 
 NODE_CLASS_MAPPINGS = {"SpacetimeLongVideo": SpacetimeLongVideo, "SpacetimeSaveLongVideo": SpacetimeSaveLongVideo,

@@ -139,7 +139,8 @@ class SpacetimeDenoise:
 
 class SpacetimeVAEDecode:
     DESCRIPTION = ("Decodes a video latent to frames (IMAGE, frames as the batch), streaming one latent frame at a "
-                   "time so memory does not grow with the clip's length.")
+                   "time so memory does not grow with the clip's length. A storyboard's latent carries its cuts; "
+                   "the decoder starts afresh at each, so cuts stay hard.")
     CATEGORY = f"{CATEGORY}/Latent"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
@@ -157,9 +158,12 @@ class SpacetimeVAEDecode:
         z = model.preset.vae.z_dim
         if s.dim() != 5 or s.shape[1] != z:
             raise ValueError(f"latent has shape {tuple(s.shape)}; {model.preset.name} needs [B, {z}, F, H, W]")
+        from ..model.vae import check_restarts
+        cuts = latent.get("spacetime_cuts") or ()
+        check_restarts(cuts, s.shape[2], "latent['spacetime_cuts']")   # e.g. a storyboard latent trimmed elsewhere
         host.use(model, "vae")
         bar = host.Progress(s.shape[2], "decode")
-        frames = model.decode(s, progress=lambda i, n: bar.update(1))
+        frames = model.decode(s, progress=lambda i, n: bar.update(1), cuts=cuts)
         return (frames.reshape(-1, *frames.shape[2:]),)
 
 

@@ -205,6 +205,32 @@ def test_vae_decode_streams_one_latent_frame_at_a_time():
     assert torch.equal(torch.cat(list(vae.decode_chunks(z)), 2), full)
 
 
+@pytest.mark.parametrize("family", ["2.1", "2.2"])
+def test_vae_decode_restarts_at_cuts(family):
+    """A restart decodes the frames from the cut on as their own clip (primed with the cut's latent frame as a first
+    frame, which is dropped): the frame count stays, frames before the cut do not change; pieces stream the same."""
+    from spacetime.model.config import VAE22Config
+    cfg = VAEConfig(dim=8, z_dim=4, latent_mean=(0,) * 4, latent_std=(1,) * 4) if family == "2.1" else \
+        VAE22Config(dim=8, dec_dim=12)
+    vae = build_vae(cfg)
+    z = torch.randn(1, cfg.z_dim, 6, 2, 2)
+    whole = vae.decode(z)
+    cut = vae.decode(z, restarts=[2, 4])
+    assert cut.shape == whole.shape and cut.shape[2] == 21
+    alone = [vae.decode(z[:, :, :2]), vae.decode(torch.cat([z[:, :, 2:3], z[:, :, 2:4]], 2))[:, :, 1:],
+             vae.decode(torch.cat([z[:, :, 4:5], z[:, :, 4:]], 2))[:, :, 1:]]
+    torch.testing.assert_close(cut, torch.cat(alone, 2), rtol=0, atol=1e-6)
+    assert torch.equal(cut[:, :, :5], whole[:, :, :5]) and not torch.allclose(cut[:, :, 5:], whole[:, :, 5:])
+    streamed = torch.cat(list(vae.decode_stream([z[:, :, :3], z[:, :, 3:]], restarts=[2, 4])), 2)
+    torch.testing.assert_close(streamed, cut, rtol=0, atol=1e-6)
+    for bad in ([0], [6], [-1], [2.5], [True]):
+        with pytest.raises(SpacetimeValueError, match=r"restarts=.* is not a latent frame where a shot can begin; "
+                                                      r"allowed: latent frames 1..5"):
+            vae.decode_chunks(z, restarts=bad)
+    with pytest.raises(SpacetimeValueError, match="allowed: latent frames 1..5"):   # streamed: checked at the end
+        list(vae.decode_stream([z[:, :, :3], z[:, :, 3:]], restarts=[6]))
+
+
 def test_a_known_tail_is_encoded_as_in_its_clip_not_after_a_fade_from_gray():
     """Extend backward / fill: the known latents of a tail must be close to the same frames' latents inside the whole
     clip (what training shows the DiT); unknown frames before them hold the first known frame for the encoder."""

@@ -30,6 +30,7 @@ def test_shots_parse_and_plan():
     assert [s.frames for s in plan.shots] == [17, 16, 16] and plan.cuts == [17, 33] and plan.frames == 49
     assert plan.latents() == [(0, 5), (5, 9), (9, 13)]
     assert plan.frame_shots().tolist() == [0] * 5 + [1] * 4 + [2] * 4
+    assert plan.latent_cuts == [5, 9] and plan_story(["17: a"]).latent_cuts == []
     shared = plan_story(["a", "b", "c"], frames=41)                # 11 latent frames shared 4 / 4 / 3
     assert [s.frames for s in shared.shots] == [13, 16, 12] and shared.cuts == [13, 29]
     assert plan_story(["9: a", "b"], frames=13).shots[1].frames == 4
@@ -196,7 +197,21 @@ def test_storyboard_node_and_its_validation():
     r = run_workflow(g)
     info = json.loads(r["2"]["result"][1])
     assert info["cuts"] == "9" and info["shots"] == "9, 8" and info["conditioning"] == "text+reference"
-    assert r["3"]["result"][0].shape == (17, 64, 64, 3)
+    latent, frames = r["2"]["result"][0], r["3"]["result"][0]
+    assert latent["spacetime_cuts"] == [3] and frames.shape == (17, 64, 64, 3)
+    # the decoder starts afresh at the cut: frames before it as in one pass, the shot after it as decoded alone
+    from spacetime.nodes import host
+    from spacetime.nodes.sampler_nodes import SpacetimeVAEDecode
+    st = host.get_model("toyworld-random", device="cpu")
+    whole = st.decode(latent["samples"])[0]
+    z = latent["samples"]
+    alone = st.decode(torch.cat([z[:, :, 3:4], z[:, :, 3:]], 2))[0, 1:]
+    torch.testing.assert_close(frames[:9], whole[:9])
+    torch.testing.assert_close(frames[9:], alone)
+    assert (frames[9:] - whole[9:]).abs().max() > 0.01
+    with pytest.raises(SpacetimeValueError, match=r"latent\['spacetime_cuts'\]=\[5\]: 5 is not a latent frame .* "
+                                                  r"allowed: latent frames 1..4"):
+        SpacetimeVAEDecode().decode(st, dict(latent, spacetime_cuts=[5]))
 
 
 def test_cli_storyboard(tmp_path, capsys):
@@ -279,6 +294,27 @@ def test_storyboard_evaluation_scores_ground_truth_and_catches_a_missing_cut():
     assert measure_story(late, s)["cut_placed"][0] is False
 
 
+def test_a_true_story_keeps_its_cuts_through_the_vae_only_when_decoding_restarts_at_them():
+    """The causal decoder carries its state over a cut: decoded as one clip, a camera-pan cut of a true story fades
+    into the new shot and is not found; restarted at the cut, it is found where the story has it."""
+    from spacetime.model.conditioning import to_frames, to_video
+    from spacetime.model.pipeline import Spacetime
+    from spacetime.toyworld.shots import render_story, sample_story
+    from spacetime.toyworld.storyboard_eval import detect_cuts
+    st = Spacetime.load("toyworld")
+    story = sample_story(np.random.default_rng(3), shots=2, changes=["pan"], pair=False)
+    truth = render_story(story).frames
+    assert detect_cuts(truth) == story.cuts == [17]
+    raw = st.encode(torch.from_numpy(truth.astype(np.float32) / 255))
+    cuts = plan_story(parse_shots(story.storyboard())).latent_cuts
+    assert cuts == [5]
+    one_pass = (st.decode(raw)[0].numpy() * 255 + 0.5).astype(np.uint8)
+    restarted = (st.decode(raw, cuts=cuts)[0].numpy() * 255 + 0.5).astype(np.uint8)
+    assert story.cuts[0] not in detect_cuts(one_pass)
+    assert detect_cuts(restarted) == story.cuts
+    assert np.array_equal(one_pass[:17], restarted[:17])
+
+
 def test_storyboard_evaluation_json_records_the_guidance_shift_and_steps_it_ran_with(tmp_path):
     from spacetime.toyworld.storyboard_eval import main as storyboard_main
     out = tmp_path / "story.json"
@@ -289,3 +325,4 @@ def test_storyboard_evaluation_json_records_the_guidance_shift_and_steps_it_ran_
     s = res["modes"]["text"]["summary"]
     assert s["stories"] == 1 and len(res["modes"]["text"]["stories"]) == 1 and set(res["modes"]) == {"text"}
     assert 0.0 <= res["single_shot_followed"] <= 1.0
+    assert res["vae_ceiling"]["cut_placed"] == 1.0 and res["vae_ceiling"]["stories"] == 1
