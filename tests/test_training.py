@@ -73,7 +73,8 @@ def test_decoder_fine_tune_keeps_the_encoder_and_counts_its_steps(tmp_path):
     write_safetensors_atomic(_image_trained_stand_in(TINY).state_dict(), src / "vae.safetensors")
     (src / "vae.json").write_text(json.dumps({"config": config_to_dict(TINY)}))
     train_vae(tmp_path / "dec1", 2, 1e-3, decoder_only_from=src, measure_clips=2)
-    train_vae(tmp_path / "dec2", 3, 1e-3, decoder_only_from=tmp_path / "dec1", measure_clips=2, temporal_weight=1.0)
+    train_vae(tmp_path / "dec2", 3, 1e-3, decoder_only_from=tmp_path / "dec1", measure_clips=2, temporal_weight=1.0,
+              edge_weight=1.0, detail_weight=2.0)
     a, b = read_state_dict(src / "vae.safetensors"), read_state_dict(tmp_path / "dec2" / "vae.safetensors")
     enc = [k for k in a if not k.startswith(("decoder.", "conv2."))]
     dec = [k for k in a if k.startswith("decoder.")]
@@ -82,6 +83,24 @@ def test_decoder_fine_tune_keeps_the_encoder_and_counts_its_steps(tmp_path):
     meta = json.loads((tmp_path / "dec2" / "vae.json").read_text())
     assert meta["decoder_finetune_steps"] == 5 and meta["config"] == config_to_dict(TINY)
     assert len(meta["recon_psnr_per_frame_33f"]) == 33 and meta["recon_boundary_jump_33f"] > 0
+
+
+def test_edge_loss_sees_softened_corners_not_levels():
+    """The decoder's edge loss: zero for an exact copy and for the same picture a level brighter, positive for a box
+    whose edges are blurred, and only where the weight map lets it."""
+    import torch.nn.functional as F
+    from spacetime.toyworld.train_vae import edge_loss
+    x = -torch.ones(1, 3, 2, 16, 16)
+    x[..., 5:11, 5:11] = 1.0                                              # a 6x6 box on a dark background
+    assert edge_loss(x, x).item() == 0.0
+    assert edge_loss(x + 0.3, x).item() == pytest.approx(0.0, abs=1e-7)
+    blur = F.avg_pool3d(x, (1, 3, 3), stride=1, padding=(0, 1, 1), count_include_pad=False)
+    soft = edge_loss(blur, x).item()
+    assert soft > 0.05
+    w = torch.zeros(1, 1, 2, 16, 16)
+    assert edge_loss(blur, x, w).item() == 0.0
+    w[..., 4:12, 4:12] = 1.0
+    assert 0.0 < edge_loss(blur, x, w).item() <= soft
 
 
 def test_boundary_jump_is_one_for_even_motion_and_grows_when_frames_move_in_steps():

@@ -483,6 +483,9 @@ def main(argv=None):
                         "(default: %(default)s = off)")
     a.add_argument("--detail-weight", type=float, default=0.0,
                    help="extra loss weight on object pixels (default: %(default)s = off)")
+    a.add_argument("--edge-weight", type=float, default=0.0,
+                   help="weight of the loss on pixel differences across each frame: small objects keep their "
+                        "corners (default: %(default)s = off)")
     a = sub.add_parser("encode", help="encode a dataset of toy-world clips into latents")
     a.add_argument("--vae", type=Path, default=run / "vae")
     a.add_argument("--out", type=Path, default=run / "data")
@@ -561,11 +564,12 @@ def main(argv=None):
                   detail_weight=args.detail_weight, init_from=args.init,
                   bf16=args.bf16 or torch.cuda.is_available())
     elif args.cmd == "decoder":
-        for opt, val in (("--temporal-weight", args.temporal_weight), ("--detail-weight", args.detail_weight)):
+        for opt, val in (("--temporal-weight", args.temporal_weight), ("--detail-weight", args.detail_weight),
+                         ("--edge-weight", args.edge_weight)):
             if not (math.isfinite(val) and val >= 0):
                 ap.error(f"{opt} {val}: allowed a number >= 0 (0 = off)")
         train_vae(args.out, args.steps, args.lr, decoder_only_from=args.vae, temporal_weight=args.temporal_weight,
-                  detail_weight=args.detail_weight)
+                  detail_weight=args.detail_weight, edge_weight=args.edge_weight)
     elif args.cmd == "encode":
         from .train_dit import parse_mix, parse_sizes
         try:
