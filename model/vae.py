@@ -296,25 +296,37 @@ class WanVAE(nn.Module):
         return self.conv1.weight.device
 
     # -- encode --
-    def encode_chunks(self, video: torch.Tensor, moments: bool = False) -> Iterator[torch.Tensor]:
+    def encode_chunks(self, video: torch.Tensor, moments: bool = False,
+                      restarts: Sequence[int] = ()) -> Iterator[torch.Tensor]:
         """Yield raw mu for each causal chunk: frame 0, then every ``temporal_factor`` frames (``moments``: mu and
-        log-variance concatenated on channels, for training)."""
+        log-variance concatenated on channels, for training). ``restarts``: latent frames where a new shot begins
+        after a hard cut; the encoder's state starts afresh there, primed with the shot's first frame encoded alone
+        (output dropped), so the shot is encoded as if it were a clip of its own (the encoding that matches
+        ``decode_stream``'s restarts)."""
         self.check_video(video)
         tf = self.temporal_factor
-        state = StreamState()
         x = self.to_channels(video.to(self.device, self.dtype))
         starts = [0] + list(range(1, x.shape[2], tf))
-        for s in starts:
+        return self._encode_chunks(x, starts, moments, check_restarts(restarts, len(starts)))
+
+    def _encode_chunks(self, x, starts, moments: bool, restarts: set) -> Iterator[torch.Tensor]:
+        tf = self.temporal_factor
+        state = StreamState()
+        for j, s in enumerate(starts):
             chunk = x[:, :, s:s + (1 if s == 0 else tf)]
+            if j in restarts:
+                state = StreamState()
+                self.encoder(chunk[:, :, :1], state)
             h = self.conv1(self.encoder(chunk, state))
             yield h.float() if moments else h[:, :self.cfg.z_dim].float()
 
-    def encode_raw(self, video: torch.Tensor) -> torch.Tensor:
-        return torch.cat(list(self.encode_chunks(video)), dim=2)
+    def encode_raw(self, video: torch.Tensor, restarts: Sequence[int] = ()) -> torch.Tensor:
+        return torch.cat(list(self.encode_chunks(video, restarts=restarts)), dim=2)
 
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """[B, 3, T, H, W] in [-1, 1] -> normalised latent [B, z, 1 + (T-1)/tf, H/sf, W/sf] (float32)."""
-        return self.normalize(self.encode_raw(video))
+    def encode(self, video: torch.Tensor, restarts: Sequence[int] = ()) -> torch.Tensor:
+        """[B, 3, T, H, W] in [-1, 1] -> normalised latent [B, z, 1 + (T-1)/tf, H/sf, W/sf] (float32)
+        (``restarts``: hard cuts, see ``encode_chunks``)."""
+        return self.normalize(self.encode_raw(video, restarts))
 
     # -- decode --
     def decode_chunks(self, z: torch.Tensor, normalized: bool = True, clamp: bool = True,

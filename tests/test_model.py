@@ -231,6 +231,24 @@ def test_vae_decode_restarts_at_cuts(family):
         list(vae.decode_stream([z[:, :, :3], z[:, :, 3:]], restarts=[6]))
 
 
+@pytest.mark.parametrize("family", ["2.1", "2.2"])
+def test_vae_encode_restarts_at_cuts(family):
+    """Encoding restarted at a cut encodes the shot after it as a clip of its own (primed with the shot's first
+    frame, that latent dropped); the latents before the cut do not change."""
+    from spacetime.model.config import VAE22Config
+    cfg = VAEConfig(dim=8, z_dim=4, latent_mean=(0,) * 4, latent_std=(1,) * 4) if family == "2.1" else \
+        VAE22Config(dim=8, dec_dim=12)
+    vae = build_vae(cfg)
+    x = torch.rand(1, 3, 17, 16, 16) * 2 - 1
+    whole, cut = vae.encode(x), vae.encode(x, restarts=[3])
+    assert cut.shape == whole.shape and cut.shape[2] == 5
+    alone = vae.encode(torch.cat([x[:, :, 9:10], x[:, :, 9:]], 2))[:, :, 1:]      # latent 3 starts at frame 9
+    torch.testing.assert_close(cut[:, :, 3:], alone, rtol=0, atol=1e-5)
+    assert torch.equal(cut[:, :, :3], whole[:, :, :3]) and not torch.allclose(cut[:, :, 3:], whole[:, :, 3:])
+    with pytest.raises(SpacetimeValueError, match=r"restarts=\[5\]: 5 is not a latent frame .* 1..4"):
+        vae.encode(x, restarts=[5])
+
+
 def test_a_known_tail_is_encoded_as_in_its_clip_not_after_a_fade_from_gray():
     """Extend backward / fill: the known latents of a tail must be close to the same frames' latents inside the whole
     clip (what training shows the DiT); unknown frames before them hold the first known frame for the encoder."""

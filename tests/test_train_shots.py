@@ -57,11 +57,15 @@ def test_story_dataset_round_trip(run, capsys):
             assert [int(j) for j in np.nonzero(np.diff(fs))[0] + 1] == [c // 4 + 1 for c in story.cuts]
             assert [s.caption for s in story.shots] == story.captions() and len(story.captions()) == len(frames)
             assert all(s.caption.startswith("Close-up: ") == (s.zoom > 1) for s in story.shots)
-            # the stored story renders and encodes to the stored latents and object cells (nothing is lost)
+            # the stored story renders and encodes to the stored latents and object cells (nothing is lost), the
+            # encoder restarted at the cuts (each shot encoded as its own clip, as storyboards are decoded)
             clip = render_story(story, w, h)
+            cuts = plan_story(parse_shots(story.storyboard())).latent_cuts
             with torch.no_grad():
-                lat = vae.encode(td.clips_to_tensor([clip]))
+                lat = vae.encode(td.clips_to_tensor([clip]), restarts=cuts)
+                one_clip = vae.encode(td.clips_to_tensor([clip]))
             torch.testing.assert_close(b.latents[i].float(), lat[0], atol=2e-3, rtol=1e-2)
+            assert (one_clip[0, :, cuts[0]] - lat[0, :, cuts[0]]).abs().max() > 1e-3
             cells = td.object_cells(np.concatenate([c.coverage for c in clip.clips]), 4, 4)
             assert np.array_equal(b.objects[i].numpy(), cells) and cells.max() == 255
     capsys.readouterr()

@@ -153,14 +153,17 @@ def single_shot_rate(st, items: Sequence[Story], seed: int = 0, steps: Optional[
 
 @torch.no_grad()
 def vae_ceiling(st, items: Sequence[Story]) -> dict:
-    """The scores of the true stories after the model's VAE (encoded as one clip, as training sees them; decoded
-    with restarts at the cuts, as generations are): what a DiT that made exactly the true latents would score."""
+    """The scores of the true stories after the model's VAE, encoded and decoded with restarts at the cuts (as
+    ``encode-stories`` encodes training stories and storyboards are decoded): what a DiT that made exactly the
+    true latents would score."""
+    from ..model.conditioning import to_video
     from ..model.storyboard import parse_shots, plan_story
     results = []
     for story in items:
         truth = render_story(story).frames
-        raw = st.encode(torch.from_numpy(truth.astype(np.float32) / 255.0))
         cuts = plan_story(parse_shots(story.storyboard()), 0, st.temporal_factor).latent_cuts
+        video = to_video(torch.from_numpy(truth.astype(np.float32) / 255.0)).to(st.vae.device)
+        raw = st.vae.encode_raw(video, restarts=cuts).cpu()
         results.append(measure_story(as_uint8(st.decode(raw, cuts=cuts)[0].numpy()), story))
     return summarize(results)
 

@@ -96,11 +96,12 @@ def write_json_atomic(data, path: Path):
 
 
 def encode_bucket(vae, out: Path, bucket: str, n: int, seed: int, key: tuple, make, batch: int = 16,
-                  part: int = 512, t0: float = 0.0, what: str = "clips"):
+                  part: int = 512, t0: float = 0.0, what: str = "clips", restarts: tuple = ()):
     """Encode ``n`` examples of one bucket into ``out`` in parts of ``part``, skipping parts already there (so a
     stopped run resumes). ``make(rng, start, count)`` renders ``count`` examples as (an object with ``.frames``
     uint8 [T, H, W, 3], object coverage [T, H, W], JSON record, {name: array} of further per-example rows); ``rng``
-    is the part's own generator (``seed``, ``key`` and the part's start), so every part is reproducible alone."""
+    is the part's own generator (``seed``, ``key`` and the part's start), so every part is reproducible alone.
+    ``restarts``: latent frames where every example of the bucket cuts to a new shot (``WanVAE.encode_chunks``)."""
     sf, tf = vae.spatial_factor, vae.temporal_factor
     for p0 in range(0, n, part):
         name = f"{bucket}_s{seed}_{p0 // part:03d}"
@@ -110,7 +111,8 @@ def encode_bucket(vae, out: Path, bucket: str, n: int, seed: int, key: tuple, ma
         lat, cells, recs, extra = [], [], [], {}
         for b0 in range(p0, min(n, p0 + part), batch):
             items = make(rng, b0, min(batch, min(n, p0 + part) - b0))
-            lat.append(vae.encode(clips_to_tensor([it[0] for it in items]).to(vae.device)).half().cpu())
+            x = clips_to_tensor([it[0] for it in items]).to(vae.device)
+            lat.append(vae.encode(x, restarts=restarts).half().cpu())
             for clip, coverage, rec, rows in items:
                 cells.append(object_cells(coverage, sf, tf))
                 recs.append(rec)

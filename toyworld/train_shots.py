@@ -5,8 +5,9 @@
         --set story_frac=0.5
 
 A story (``shots.sample_story``: the same objects over 2-3 shots, a new background, a close-up or a pan after each
-cut) is rendered at a training size and encoded by the causal VAE as one clip, cuts included, the way the clip
-dataset encodes its clips (normalised fp16 latents, object cells, parts on disk, resumable). A bucket holds one size
+cut) is rendered at a training size and encoded by the causal VAE with its state restarted at every cut (each shot
+encoded as a clip of its own, as storyboards are decoded), the way the clip dataset encodes its clips otherwise
+(normalised fp16 latents, object cells, parts on disk, resumable). A bucket holds one size
 and one pattern of shot lengths, so the stories of a batch share their cuts and their ``frame_shots`` (the shot of
 every latent frame), as the sampler's one video does.
 
@@ -75,10 +76,10 @@ def check_mix(mix: dict, tf: int = 4):
 def encode_stories(vae_dir: Path, out: Path, stories: int, seed: int = 1, batch: int = 16, part: int = 512,
                    mix: Optional[dict] = None):
     """Render ``stories`` training stories over the training sizes and the patterns of ``mix`` ({shot frames:
-    fraction}, default ``STORY_MIX``), encode each as one clip with the VAE and store per (size, pattern) bucket in
-    parts of ``part``: latents (fp16, normalised), object cells (uint8), ``frame_shots`` (the shot of every latent
-    frame) and the stories as JSON (per shot: scene graph, frames, change, zoom; the captions follow from them).
-    Resumable part by part; another ``seed`` adds parts."""
+    fraction}, default ``STORY_MIX``), encode each with the VAE restarted at its cuts and store per (size, pattern)
+    bucket in parts of ``part``: latents (fp16, normalised), object cells (uint8), ``frame_shots`` (the shot of
+    every latent frame) and the stories as JSON (per shot: scene graph, frames, change, zoom; the captions follow
+    from them). Resumable part by part; another ``seed`` adds parts."""
     from .train_vae import load_trained_vae
     mix = dict(mix or STORY_MIX)
     if stories < 1:
@@ -105,8 +106,9 @@ def encode_stories(vae_dir: Path, out: Path, stories: int, seed: int = 1, batch:
                                   {"frame_shots": story.latent_shots(tf).astype(np.uint8)}))
                 return items
             n = int(round(stories * share / len(TRAIN_SIZES)))
+            cuts = tuple(int(c) for c in np.cumsum([(frames[0] - 1) // tf + 1] + [f // tf for f in frames[1:-1]]))
             encode_bucket(vae, out, f"{w}x{h}_{'-'.join(map(str, frames))}", n, seed, (bi, *frames), make, batch,
-                          part, t0, "stories")
+                          part, t0, "stories", restarts=cuts)
 
 
 @dataclass
