@@ -194,11 +194,14 @@ def _sample_windows(st, plan, per_window, texts, width, height, overlap, anchors
 
 
 @torch.no_grad()
-def stream_frames(st, pieces: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+def stream_frames(st, pieces: Iterable[torch.Tensor], cuts: Sequence[int] = (),
+                  total: Optional[int] = None) -> Iterator[torch.Tensor]:
     """Raw latent pieces [1, C, n, H', W'] in timeline order -> frames [n', H, W, 3] in 0..1, one latent frame at a
-    time, with one causal decoder state across the pieces."""
+    time, with one causal decoder state across the pieces, restarted at ``cuts`` (a storyboard's latent frames
+    where shots begin; ``total``: the latent frames to come, to check them against first)."""
     vae = st.vae
-    for chunk in vae.decode_stream((p.to(vae.device) for p in pieces), normalized=False):
+    for chunk in vae.decode_stream((p.to(vae.device) for p in pieces), normalized=False, restarts=cuts,
+                                   total=total):
         yield to_frames(chunk.cpu())[0]
 
 

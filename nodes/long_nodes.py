@@ -160,7 +160,8 @@ class SpacetimeSaveLongVideo:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (MODEL, {"tooltip": "From Spacetime Model Loader (its VAE decodes)."}),
-            "latent": ("LATENT", {"tooltip": "From Spacetime Long Video (or any video latent)."}),
+            "latent": ("LATENT", {"tooltip": "From Spacetime Long Video or Storyboard (its cuts stay hard), or "
+                                             "any video latent."}),
             "fps": ("FLOAT", {"default": 8.0, "min": 1.0, "max": 120.0, "step": 1.0,
                               "tooltip": "Frame rate of the MP4 (the embedded model: 8; Wan 2.1: 16)."}),
             "filename_prefix": ("STRING", {"default": "spacetime_long", "tooltip": "File name start in the output "
@@ -182,6 +183,9 @@ class SpacetimeSaveLongVideo:
         z = model.preset.vae.z_dim
         if s.dim() != 5 or s.shape[1] != z:
             raise ValueError(f"latent has shape {tuple(s.shape)}; {model.preset.name} needs [B, {z}, F, H, W]")
+        from ..model.vae import check_restarts
+        cuts = latent.get("spacetime_cuts") or ()
+        check_restarts(cuts, s.shape[2], "latent['spacetime_cuts']")    # before any file is opened
         target = StampTarget(filename_prefix, generation_info, prompt_report)
         total = model.temporal_factor * (s.shape[2] - 1) + 1
         host.use(model, "vae")
@@ -189,7 +193,7 @@ class SpacetimeSaveLongVideo:
         with StampWriter(target.path, float(fps), target.generation, target.text or None, bool(include_prompt),
                          target.ingredients, target.reports, numbered=True, preview_path=target.preview,
                          review=FrameReview(), preview_stride=max(1, math.ceil(total / 64))) as writer:
-            for frames in stream_frames(model, latent_pieces(s)):
+            for frames in stream_frames(model, latent_pieces(s), cuts, s.shape[2]):
                 writer.write(frames)
                 bar.update(1)
         target.reports.append(writer.review.report().to_dict())

@@ -90,6 +90,9 @@ def test_streamed_decode_equals_decoding_the_whole_timeline(st):
     pieces = [z[:, :, :5], z[:, :, 5:6], z[:, :, 6:9]]
     streamed = torch.cat(list(stream_frames(st, pieces)))
     assert streamed.shape == (33, 64, 64, 3) and torch.equal(streamed, whole)
+    cut = torch.cat(list(stream_frames(st, pieces, cuts=[5], total=9)))            # a storyboard's cut
+    torch.testing.assert_close(cut, st.decode(z, cuts=[5])[0], rtol=0, atol=1e-6)
+    assert torch.equal(cut[:17], whole[:17]) and not torch.allclose(cut[17:], whole[17:])
 
 
 def test_windows_join_on_the_latents_they_continue(st, monkeypatch):
@@ -317,6 +320,9 @@ def test_long_video_node_validation_and_cancel(dirs):
     finally:
         host.clear_cancel()
     assert list(dirs["output"].rglob("*.mp4")) == [] and list(dirs["output"].rglob(".*")) == []
+    with pytest.raises(SpacetimeValueError, match=r"latent\['spacetime_cuts'\]=\[9\]: .* allowed: latent frames 1..5"):
+        SpacetimeSaveLongVideo().save(model, dict(lat, spacetime_cuts=[9]), filename_prefix="gone")
+    assert list(dirs["output"].rglob("*")) == []
 
 
 def test_cli_long_video(dirs, capsys):
