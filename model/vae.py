@@ -368,9 +368,8 @@ class WanVAE(nn.Module):
                 y = self.from_channels(self.decoder(x, state)).float()
                 j += 1
                 yield y.clamp(-1, 1) if clamp else y
-        if total is None and starts and max(starts) >= j:
-            raise SpacetimeValueError(f"restarts={sorted(starts)}: the latent has {j} frames; allowed: latent "
-                                      f"frames 1..{j - 1}")
+        if total is None:                                # streamed of unknown length: checked once it is known
+            check_restarts(sorted(starts), j)
 
     def decode(self, z: torch.Tensor, normalized: bool = True, out: Optional[torch.Tensor] = None,
                restarts: Sequence[int] = ()) -> torch.Tensor:

@@ -65,6 +65,15 @@ def latent_dict(samples, noise_mask=None, **extra) -> dict:
     return out
 
 
+def cuts_from_latent(latent: dict) -> list:
+    """A storyboard LATENT's ``spacetime_cuts`` (latent frames where shots begin; none for other latents), checked
+    against its length before any work."""
+    from ..model.vae import check_restarts
+    cuts = list(latent.get("spacetime_cuts") or ())
+    check_restarts(cuts, latent["samples"].shape[2], "latent['spacetime_cuts']")
+    return cuts
+
+
 def known_mask_from_latent(latent: dict):
     """[B, F'] float, 1 = known, from a LATENT's noise_mask (a per-frame mask; spatial masks are averaged)."""
     import torch

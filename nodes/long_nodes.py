@@ -5,8 +5,8 @@ import json
 import math
 
 from . import host
-from .common import (CATEGORY, MAX_FRAMES, MODEL, SAMPLERS, check_size, first_error, frames_input, latent_dict,
-                     seed_input, size_input)
+from .common import (CATEGORY, MAX_FRAMES, MODEL, SAMPLERS, check_size, cuts_from_latent, first_error, frames_input,
+                     latent_dict, seed_input, size_input)
 
 LONG_MAX_FRAMES = 16385                  # 34 minutes at 8 fps; memory does not grow with the length
 STORY_MODES = ["text", "reference", "text+reference"]
@@ -183,9 +183,7 @@ class SpacetimeSaveLongVideo:
         z = model.preset.vae.z_dim
         if s.dim() != 5 or s.shape[1] != z:
             raise ValueError(f"latent has shape {tuple(s.shape)}; {model.preset.name} needs [B, {z}, F, H, W]")
-        from ..model.vae import check_restarts
-        cuts = latent.get("spacetime_cuts") or ()
-        check_restarts(cuts, s.shape[2], "latent['spacetime_cuts']")    # before any file is opened
+        cuts = cuts_from_latent(latent)                  # before any file is opened
         target = StampTarget(filename_prefix, generation_info, prompt_report)
         total = model.temporal_factor * (s.shape[2] - 1) + 1
         host.use(model, "vae")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 from . import host
-from .common import CATEGORY, MAX_SEED, MODEL, SAMPLERS, TEXT, known_mask_from_latent, latent_dict, seed_input
+from .common import (CATEGORY, MAX_SEED, MODEL, SAMPLERS, TEXT, cuts_from_latent, known_mask_from_latent,
+                     latent_dict, seed_input)
 
 
 def _preview(model, x0_norm):
@@ -158,9 +159,7 @@ class SpacetimeVAEDecode:
         z = model.preset.vae.z_dim
         if s.dim() != 5 or s.shape[1] != z:
             raise ValueError(f"latent has shape {tuple(s.shape)}; {model.preset.name} needs [B, {z}, F, H, W]")
-        from ..model.vae import check_restarts
-        cuts = latent.get("spacetime_cuts") or ()
-        check_restarts(cuts, s.shape[2], "latent['spacetime_cuts']")   # e.g. a storyboard latent trimmed elsewhere
+        cuts = cuts_from_latent(latent)
         host.use(model, "vae")
         bar = host.Progress(s.shape[2], "decode")
         frames = model.decode(s, progress=lambda i, n: bar.update(1), cuts=cuts)

@@ -71,8 +71,23 @@ class Story:
 
     def latent_shots(self, tf: int = 4) -> np.ndarray:
         """The shot of every latent frame (first shot 1 + (frames - 1) / tf latent frames, later ones frames / tf)."""
-        counts = [(s.frames - 1) // tf + 1 if i == 0 else s.frames // tf for i, s in enumerate(self.shots)]
+        counts = shot_latent_frames([s.frames for s in self.shots], tf)
         return np.repeat(np.arange(len(counts)), counts)
+
+    def latent_cuts(self, tf: int = 4) -> list[int]:
+        """Latent frame where each shot after the first begins (the decoder's and encoder's restarts)."""
+        return latent_cuts([s.frames for s in self.shots], tf)
+
+
+def shot_latent_frames(frames: Sequence[int], tf: int = 4) -> list[int]:
+    """Latent frames of each shot of ``frames`` pixel frames: 1 + (frames - 1) / tf for the first, frames / tf
+    after it."""
+    return [(f - 1) // tf + 1 if i == 0 else f // tf for i, f in enumerate(frames)]
+
+
+def latent_cuts(frames: Sequence[int], tf: int = 4) -> list[int]:
+    """Latent frame where each shot after the first begins, for shots of ``frames`` pixel frames."""
+    return [int(c) for c in np.cumsum(shot_latent_frames(frames, tf))[:-1]]
 
 
 @dataclass

@@ -157,11 +157,10 @@ def vae_ceiling(st, items: Sequence[Story]) -> dict:
     ``encode-stories`` encodes training stories and storyboards are decoded): what a DiT that made exactly the
     true latents would score."""
     from ..model.conditioning import to_video
-    from ..model.storyboard import parse_shots, plan_story
     results = []
     for story in items:
         truth = render_story(story).frames
-        cuts = plan_story(parse_shots(story.storyboard()), 0, st.temporal_factor).latent_cuts
+        cuts = story.latent_cuts(st.temporal_factor)
         video = to_video(torch.from_numpy(truth.astype(np.float32) / 255.0)).to(st.vae.device)
         raw = st.vae.encode_raw(video, restarts=cuts).cpu()
         results.append(measure_story(as_uint8(st.decode(raw, cuts=cuts)[0].numpy()), story))
@@ -207,9 +206,10 @@ def report_md(res: dict, preset: str) -> str:
     if c:
         lines.append(f"| the true stories through the VAE (ceiling) | {c['cut_placed']:.0%} | "
                      f"{c['spurious_cuts']:.2f} | {c['followed']:.0%} | {c['identity']:.0%} |")
-    lines += ["", "Every video is decoded with the decoder restarted at the cuts (``Spacetime.decode(..., cuts=...)``); "
-              "the last row scores the true stories encoded and decoded the same way, the most a DiT could reach "
-              "through this VAE and analysis.", "", f"Targets: cut placed >= {TARGETS['cut_placed']:.0%}, prompt followed at the single-shot rate, "
+    lines += ["", "Every video is decoded with the decoder restarted at the cuts "
+              "(``Spacetime.decode(..., cuts=...)``); the last row scores the true stories encoded and decoded the "
+              "same way, the most a DiT could reach through this VAE and analysis.", "",
+              f"Targets: cut placed >= {TARGETS['cut_placed']:.0%}, prompt followed at the single-shot rate, "
               f"identity across cuts >= {TARGETS['identity']:.0%}.", ""]
     return "\n".join(lines)
 

@@ -33,7 +33,7 @@ import torch
 
 from ..model.config import DiTConfig
 from .runs import device_and_threads
-from .shots import Story, StoryShot, check_shot_frames, render_story, sample_story
+from .shots import Story, StoryShot, check_shot_frames, latent_cuts, render_story, sample_story
 from .train_dit import (TRAIN_SIZES, Batch, batch_size, encode_bucket, read_parts, scene_from_json,
                         scene_to_json)
 from .world import is_held_out
@@ -106,9 +106,8 @@ def encode_stories(vae_dir: Path, out: Path, stories: int, seed: int = 1, batch:
                                   {"frame_shots": story.latent_shots(tf).astype(np.uint8)}))
                 return items
             n = int(round(stories * share / len(TRAIN_SIZES)))
-            cuts = tuple(int(c) for c in np.cumsum([(frames[0] - 1) // tf + 1] + [f // tf for f in frames[1:-1]]))
             encode_bucket(vae, out, f"{w}x{h}_{'-'.join(map(str, frames))}", n, seed, (bi, *frames), make, batch,
-                          part, t0, "stories", restarts=cuts)
+                          part, t0, "stories", restarts=tuple(latent_cuts(frames, tf)))
 
 
 @dataclass

@@ -54,15 +54,20 @@ def detail_map(clips, x: torch.Tensor, weight: float) -> torch.Tensor:
     return 1.0 + weight * m.reshape(b, t, 1, h, w).transpose(1, 2)
 
 
+def diff_l1(y: torch.Tensor, x: torch.Tensor, dim: int, wmap: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean L1 between the neighbour differences of ``y`` and ``x`` [B, C, T, H, W] along ``dim`` (2: from frame to
+    frame, 3 / 4: across a frame), each difference weighted by ``wmap`` [B, 1, T, H, W] at its later element where
+    given."""
+    n = y.shape[dim] - 1
+    d = (y.narrow(dim, 1, n) - y.narrow(dim, 0, n)) - (x.narrow(dim, 1, n) - x.narrow(dim, 0, n))
+    return (d.abs() if wmap is None else d.abs() * wmap.narrow(dim, 1, n)).mean()
+
+
 def edge_loss(y: torch.Tensor, x: torch.Tensor, wmap: torch.Tensor | None = None) -> torch.Tensor:
     """L1 between the horizontal and vertical pixel differences of ``y`` and ``x`` [B, C, T, H, W] (weighted by
     ``wmap`` [B, 1, T, H, W] where given): zero for any change of level alone, large where ``y`` softens an edge
     that ``x`` has (a box's corners rounded read as a ball)."""
-    dx = (y[..., :, 1:] - y[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
-    dy = (y[..., 1:, :] - y[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
-    if wmap is None:
-        return dx.abs().mean() + dy.abs().mean()
-    return (dx.abs() * wmap[..., :, 1:]).mean() + (dy.abs() * wmap[..., 1:, :]).mean()
+    return diff_l1(y, x, 4, wmap) + diff_l1(y, x, 3, wmap)
 
 
 def init_vae(cfg: VAEConfig, seed: int):
@@ -194,8 +199,7 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
             l1 = (d.abs() * wmap).mean()
             loss = l1 + (d.pow(2) * wmap).mean() + kl_weight * kl
         if temporal_weight and x.shape[2] > 1:
-            dd = (y[:, :, 1:] - y[:, :, :-1]) - (x[:, :, 1:] - x[:, :, :-1])
-            loss = loss + temporal_weight * (dd.abs() if wmap is None else dd.abs() * wmap[:, :, 1:]).mean()
+            loss = loss + temporal_weight * diff_l1(y, x, 2, wmap)
         if edge_weight:
             loss = loss + edge_weight * edge_loss(y, x, wmap)
         opt.zero_grad(set_to_none=True)
