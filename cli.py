@@ -130,6 +130,9 @@ def _check_numbers(a):
         raise CliError(f"--expert-switch-step {a.expert_switch_step}: allowed >= 0, or 0 to switch at the boundary")
     if a.cfg_high_noise is not None and not (math.isfinite(a.cfg_high_noise) and a.cfg_high_noise >= 1.0):
         raise CliError(f"--cfg-high-noise {a.cfg_high_noise}: allowed >= 1; leave it out for the preset's")
+    if a.frame_guidance is not None and not (math.isfinite(a.frame_guidance) and a.frame_guidance >= 0):
+        raise CliError(f"--frame-guidance {a.frame_guidance}: allowed >= 0 (0 turns it off); leave it out for the "
+                       f"model's default")
     if a.offload_blocks < 0:
         raise CliError(f"--offload-blocks {a.offload_blocks}: allowed >= 0 (0 keeps every block on the device)")
     if not (math.isfinite(a.step_cache) and 0.0 <= a.step_cache <= 1.0):
@@ -326,7 +329,8 @@ def _generate(a, out, verdict, preset, dit_path, width, height, frames, loras, p
         video = st.generate(a.prompt, a.negative, width=width, height=height, frames=frames, steps=steps, cfg=cfg,
                             shift=shift, seed=a.seed, sampler=a.sampler, expand_prompt=not a.no_expand,
                             callback=(lambda i, n, x0, x: bar(i, n, "denoise")) if main_rank else None,
-                            decode_progress=lambda i, n: bar(i, n, "decode"), cache=cache, **kwargs)
+                            decode_progress=lambda i, n: bar(i, n, "decode"), cache=cache,
+                            frame_cfg=a.frame_guidance, **kwargs)
     except SpacetimeValueError as exc:
         raise CliError(str(exc)) from None
     if video is None:                                    # ranks other than 0 stop after sampling
@@ -345,6 +349,8 @@ def _generate(a, out, verdict, preset, dit_path, width, height, frames, loras, p
             "parallel": (par.layout if par is not None else Layout()).to_dict()}
     if cache is not None:
         info["step_cache"] = cache.summary()
+    if "image" in kwargs or "extend" in kwargs:
+        info["frame_cfg"] = st.frame_guidance(a.frame_guidance)
     if st.has_experts:
         info.update(st.expert_info(steps, shift, kwargs["switch"], a.cfg_high_noise, cfg))
     result = stamp_video(frames_out, out, fps=a.fps or p.fps, generation=info, prompt=a.prompt,
@@ -434,6 +440,8 @@ def cmd_eval(a) -> int:
         args += ["--cfg", str(a.cfg)]
     if a.shift is not None:
         args += ["--shift", str(a.shift)]
+    if a.frame_cfg is not None:
+        args += ["--frame-cfg", str(a.frame_cfg)]
     return eval_main(args) or 0
 
 
@@ -520,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "steps instead of at the boundary (default: 0 = at the boundary)")
     g.add_argument("--cfg-high-noise", type=float, metavar="G", help="two experts: guidance of the high-noise "
                    "expert; --cfg is the low-noise expert's (default: the preset's, 4.0 for wan2.2-t2v-a14b)")
+    g.add_argument("--frame-guidance", type=float, metavar="G", help="with known frames (--image, --extend, "
+                   "long videos, storyboard references): pull the new frames towards what the known ones imply, for "
+                   "smoother seams; one more model pass per step; 0 = off (default: the model's, 1.5 for toyworld, "
+                   "off for Wan presets)")
     g.add_argument("--offload-blocks", type=int, default=0, metavar="N", help="low VRAM: keep N transformer "
                    "blocks in CPU memory and stream each to the GPU when it runs (default: 0 = all on the GPU)")
     g.add_argument("--step-cache", type=float, default=0.0, metavar="THRESHOLD",
@@ -568,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "model's, 5 for the embedded one)")
     e.add_argument("--shift", type=float, metavar="SHIFT", help="sampler noise-schedule shift of every generation, "
                    "> 0 (default: the model's)")
+    e.add_argument("--frame-cfg", type=float, metavar="G", help="frame guidance of every generation from known "
+                   "frames, >= 0 (0 = off; default: the model's, 1.5 for the embedded one)")
     e.set_defaults(func=cmd_eval)
     return ap
 

@@ -80,7 +80,7 @@ def _prompt_verdicts(texts) -> list:
 def _settings(a, st) -> dict:
     p = st.preset
     return {"steps": a.steps or p.steps, "cfg": p.cfg if a.cfg is None else a.cfg, "shift": a.shift or p.shift,
-            "sampler": a.sampler}
+            "sampler": a.sampler, "frame_cfg": st.frame_guidance(a.frame_guidance)}
 
 
 def run(a, st, out, width: int, height: int, bar) -> int:

@@ -84,6 +84,7 @@ class StepCache:
         self.decisions: list[bool] = []           # per model call, True when it was skipped
         self.predicted: list = []                 # per model call, rho * delta (None before the first compute)
         self._current: Optional[_State] = None
+        self._branch = ""                         # a second kind of call in the same steps (frame guidance)
 
     def for_run(self, steps: int, parallel=None) -> "StepCache":
         """This cache (its counts keep adding up) for a sampling run of ``steps`` steps."""
@@ -99,6 +100,16 @@ class StepCache:
             yield self
         finally:
             del model.step_cache
+
+    @contextmanager
+    def branch(self, name: str):
+        """Calls inside the block keep state of their own (frame guidance's pass without known frames would
+        otherwise meet the main pass's state at the same step and start it afresh)."""
+        before, self._branch = self._branch, name
+        try:
+            yield self
+        finally:
+            self._branch = before
 
     def summary(self) -> dict:
         return {"threshold": self.settings.threshold, "computed": self.computed, "skipped": self.skipped}
@@ -132,7 +143,7 @@ class StepCache:
     # -- the hooks WanDiT.forward calls --
     def reusable(self, model, h, tg, e0, rope_offsets) -> bool:
         """True when this call may skip the blocks (then ``reuse``), else the caller computes them and ``store``s."""
-        key = (id(model), tuple(h.shape), tuple(rope_offsets))
+        key = (id(model), tuple(h.shape), tuple(rope_offsets), self._branch)
         st = self.states.get(key)
         t_now = tg.max()                                       # every rank agrees on the step (a shard may hold
         t_now = float(self.parallel.all_max(t_now) if self.parallel is not None else t_now)   # only known frames)

@@ -170,6 +170,8 @@ class BundlePreset:
     cfg_high_noise: Optional[float] = None
     # weights trained for generation from given frames only (image-to-video, extension, fill): text-to-video refused
     frames_only: bool = False
+    # frame guidance with known frames (image-to-video, extension, fill; model/sampling.py): 0 = off
+    frame_cfg: float = 0.0
 
     @property
     def stride(self) -> tuple:

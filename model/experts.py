@@ -159,17 +159,20 @@ class ExpertPair:
 
     # -------------------------------------------------------------------------------------------------- sampling
     def guided_denoiser(self, text, text_lengths=None, text_null=None, text_null_lengths=None, cfg: float = 1.0,
-                        cond=None, timesteps=None, parallel=None, cache=None) -> "ExpertDenoiser":
+                        cond=None, timesteps=None, parallel=None, cache=None, frame_cfg: float = 0.0,
+                        frame_noise=None) -> "ExpertDenoiser":
         return ExpertDenoiser(self, (text, text_lengths, text_null, text_null_lengths), cfg, cond, timesteps,
-                              parallel, cache)
+                              parallel, cache, frame_cfg, frame_noise)
 
 
 class ExpertDenoiser:
     """What ``sampling.sample`` calls each step: the guided denoiser of the step's expert. ``history`` lists the
     expert of every step it ran."""
 
-    def __init__(self, pair: ExpertPair, text_args: tuple, cfg: float, cond, timesteps, parallel=None, cache=None):
+    def __init__(self, pair: ExpertPair, text_args: tuple, cfg: float, cond, timesteps, parallel=None, cache=None,
+                 frame_cfg: float = 0.0, frame_noise=None):
         self.pair, self.text_args, self.cfg, self.cond = pair, text_args, float(cfg), cond
+        self.frame_cfg, self.frame_noise = frame_cfg, frame_noise
         self.parallel, self.cache = parallel, cache          # model/parallel.py, model/cache.py (per expert state)
         self.plan = pair.switch.plan(timesteps)
         self.active: Optional[str] = None
@@ -187,7 +190,8 @@ class ExpertDenoiser:
             if self.pair.wrap is not None:
                 module = self.pair.wrap(module)
             self.denoiser = GuidedDenoiser(module, *self.text_args, cfg=self.guidance(which), cond=self.cond,
-                                           parallel=self.parallel, cache=self.cache)
+                                           parallel=self.parallel, cache=self.cache, frame_cfg=self.frame_cfg,
+                                           frame_noise=self.frame_noise)
             self.active = which
         self.history.append(which)
         return self.denoiser(x, t)

@@ -30,7 +30,7 @@ from .experts import HIGH, LOW, ExpertPair, ExpertSwitch, check_expert_files, de
 from .loading import file_sha256, load_dit, load_text_encoder, load_vae, parse_dtype
 from .lora import LoraSpec
 from .offload import BlockOffload, check_offload_blocks, place_model
-from .sampling import SAMPLERS, FrameCondition, sample, sigma_schedule
+from .sampling import SAMPLERS, FrameCondition, check_frame_cfg, sample, sigma_schedule
 
 ProgressFn = Optional[Callable[[int, int], None]]
 _EXPERT_OF = {"dit": "high_noise", "dit_low": "low_noise"}      # DiT parts and the LoRA expert names that reach them
@@ -451,23 +451,36 @@ class Spacetime:
                           load=None if load is None else (lambda w: load(parts[w])),
                           unload=None if unload is None else (lambda w: unload(parts[w])))
 
+    def frame_guidance(self, frame_cfg: Optional[float] = None) -> float:
+        """Frame guidance for a run: ``frame_cfg`` checked, or the preset's when None. Models that take known frames
+        as image channels (``concat_conditioned``) have no pass without them, so they allow only 0."""
+        g = self.preset.frame_cfg if frame_cfg is None else check_frame_cfg(frame_cfg)
+        if g > 0 and self.concat_conditioned:
+            raise SpacetimeValueError(
+                f"frame_cfg={g} needs a model that reads known frames as clean latent frames; {self.preset.name} "
+                f"takes them as image channels; allowed: 0")
+        return g
+
     @torch.no_grad()
     def sample_latents(self, text: TextEmbedding, shape: tuple, seed: int = 0, steps: Optional[int] = None,
                        cfg: Optional[float] = None, shift: Optional[float] = None, sampler: str = "unipc",
                        cond: Optional[FrameCondition] = None, init: Optional[torch.Tensor] = None,
                        strength: float = 1.0, callback=None, *, switch: Optional[ExpertSwitch] = None,
                        cfg_high_noise: Optional[float] = None, load: Optional[Callable] = None,
-                       unload: Optional[Callable] = None, cache=None) -> torch.Tensor:
+                       unload: Optional[Callable] = None, cache=None,
+                       frame_cfg: Optional[float] = None) -> torch.Tensor:
         """Returns raw latents. ``cond.latents`` are normalised; ``init`` (for strength < 1) is raw. Two-expert
         models: ``switch`` (default: the preset's boundary) and ``cfg_high_noise`` (default: the preset's).
-        ``cache``: step caching (model.cache.CacheSettings or StepCache), off when None. In a multi-rank run
-        (``parallel``) every rank calls this with the same arguments."""
+        ``cache``: step caching (model.cache.CacheSettings or StepCache), off when None. ``frame_cfg``: frame
+        guidance with known frames (model/sampling.py; default: the preset's). In a multi-rank run (``parallel``)
+        every rank calls this with the same arguments."""
         steps = steps or self.preset.steps
         cfg = self.preset.cfg if cfg is None else cfg
         shift = shift or self.preset.shift
         if sampler not in SAMPLERS:
             raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
         self.check_known_frames(cond)
+        frame_cfg = self.frame_guidance(frame_cfg)
         model = self.denoising_model(switch, cfg_high_noise, load, unload)
         B = shape[0]
         emb, lens = text.emb, text.lengths
@@ -491,7 +504,7 @@ class Spacetime:
                          text_lengths=lens.to(dev), text_null_lengths=None if nlens is None else nlens.to(dev),
                          steps=steps, shift=shift, cfg=cfg, sampler=sampler, cond=cond,
                          init=None if init_n is None else init_n.to(dev), strength=strength, callback=callback,
-                         parallel=self.parallel, cache=cache)
+                         parallel=self.parallel, cache=cache, frame_cfg=frame_cfg)
         finally:
             if isinstance(model, ExpertPair) and load is None:
                 model.release()                        # both experts back in CPU memory: room for decoding
@@ -504,24 +517,26 @@ class Spacetime:
                  extend: Optional[torch.Tensor] = None, direction: str = "forward",
                  after: Optional[torch.Tensor] = None, expand_prompt: bool = True,
                  callback=None, decode_progress: ProgressFn = None, switch: Optional[ExpertSwitch] = None,
-                 cfg_high_noise: Optional[float] = None, cache=None) -> Optional[torch.Tensor]:
+                 cfg_high_noise: Optional[float] = None, cache=None,
+                 frame_cfg: Optional[float] = None) -> Optional[torch.Tensor]:
         """Text-to-video, image-to-video (``image`` [H, W, 3] placed at the start or end) or extension
         (``extend`` frames [T, H, W, 3]: ``direction`` forward = continue after it, backward = lead into it,
         fill = generate ``frames`` new frames between ``extend`` and ``after``). Returns frames [B, T, H, W, 3].
         For extension the output is the whole clip: the given frames (re-decoded) and the new ones. Two-expert
-        models take ``switch`` and ``cfg_high_noise``, step caching ``cache`` (see ``sample_latents``). In a
-        multi-rank run only rank 0 decodes; the other ranks return None."""
+        models take ``switch`` and ``cfg_high_noise``, step caching ``cache``, frame guidance ``frame_cfg`` (see
+        ``sample_latents``). In a multi-rank run only rank 0 decodes; the other ranks return None."""
         width = width or self.preset.default_size[0]
         height = height or self.preset.default_size[1]
         frames = frames or self.preset.default_frames
         plan = plan_task(self.temporal_factor, width, height, frames, batch, image, image_position, extend,
                          direction, after)
         self.check_shape(plan.width, plan.height, plan.total)
+        self.frame_guidance(frame_cfg)
         text = self.encode_text([prompt], [negative], expand=expand_prompt)
         cond = self.condition_from_frames(plan.placement) if plan.placement is not None else None
         lat = self.sample_latents(text, self.latent_shape(batch, plan.total, plan.height, plan.width), seed, steps,
                                   cfg, shift, sampler, cond, callback=callback, switch=switch,
-                                  cfg_high_noise=cfg_high_noise, cache=cache)
+                                  cfg_high_noise=cfg_high_noise, cache=cache, frame_cfg=frame_cfg)
         if self.parallel is not None and not self.parallel.is_main:
             return None
         return self.decode(lat, decode_progress)

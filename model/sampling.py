@@ -7,6 +7,15 @@ Frame conditioning is one mechanism for every task: a per-latent-frame mask (1 =
 Known frames are fed clean with timestep 0, their model output is ignored, and they are re-imposed after every step.
 Text-to-video has no known frames; image-to-video knows frame 0; extend forward knows a head; extend backward a tail;
 fill knows any subset.
+
+Frame guidance (``frame_cfg`` G > 0, off by default): a second guidance term that pushes the generated frames
+towards what the known frames imply, as CFG pushes them towards the text. One more model call per step sees the
+clip with the known frames withheld (their latent frames replaced by noise at the step's level, every token at the
+step's timestep, the negative text); the velocity becomes
+
+    v = v_neg + cfg * (v_text - v_neg) + G * (v_neg - v_neg_without_frames)
+
+(without CFG the text's own velocity stands for v_neg). It costs one model pass per step on top of CFG's two.
 """
 from __future__ import annotations
 
@@ -109,16 +118,31 @@ class GuidedDenoiser:
     ``text`` / ``text_null``: [B, L, text_dim] token embeddings (plus lengths), embedded once for all steps.
     ``parallel`` (model/parallel.py): sequence-parallel calls, and cond / uncond on the two CFG rank groups.
     ``cache`` (model/cache.py): the run's StepCache, or None.
+    ``frame_cfg`` / ``frame_noise``: frame guidance (module docstring) and the noise [B, C, F', H', W'] that stands
+    in for the withheld known frames (the run's starting noise); frame guidance needs known frames in ``cond``.
     """
 
     def __init__(self, model, text, text_lengths=None, text_null=None, text_null_lengths=None, cfg: float = 1.0,
-                 cond: Optional[FrameCondition] = None, parallel=None, cache=None):
+                 cond: Optional[FrameCondition] = None, parallel=None, cache=None, frame_cfg: float = 0.0,
+                 frame_noise: Optional[torch.Tensor] = None):
         self.model, self.cfg, self.cond, self.parallel = model, float(cfg), cond, parallel
+        self.frame_cfg = check_frame_cfg(frame_cfg)
+        self.frame_guided = self.frame_cfg > 0 and cond is not None and cond.any_known
+        if self.frame_guided and frame_noise is None:
+            raise SpacetimeValueError("frame guidance needs frame_noise (the run's starting noise)")
+        self.frame_noise = frame_noise
         with torch.no_grad():
             self.use_cfg = text_null is not None and self.cfg != 1.0
+            self.kv_ref = None
+            if self.frame_guided:               # the text of the pass without known frames: the negative under CFG
+                if self.use_cfg:
+                    neg = text_null.expand(text.shape[0], -1, -1) if text_null.shape[0] != text.shape[0] else text_null
+                    self.kv_ref = model.text_kv(model.text_tokens(neg, null_lengths_for(neg, text_null_lengths)))
             if self.use_cfg:
                 text, text_lengths = join_text(text, text_lengths, text_null, text_null_lengths)
             self.kv = model.text_kv(model.text_tokens(text, text_lengths))
+            if self.frame_guided and not self.use_cfg:
+                self.kv_ref = self.kv
         self.cfg_parallel = parallel is not None and parallel.layout.cfg > 1 and self.use_cfg
         if self.cfg_parallel:
             self.kv = parallel.cfg_share(self.kv)
@@ -148,8 +172,44 @@ class GuidedDenoiser:
                     v_c, v_u = self.parallel.guided_pair(self.model, x, tt, self.kv)
                 else:
                     v_c, v_u = self.model(torch.cat([x, x]), torch.cat([tt, tt]), text_kv=self.kv).chunk(2)
-                return v_u + self.cfg * (v_c - v_u)
-            return self.model(x, tt, text_kv=self.kv)
+                v = v_u + self.cfg * (v_c - v_u)
+            else:
+                v = v_u = self.model(x, tt, text_kv=self.kv)
+            if self.frame_guided:
+                v = v + self.frame_cfg * (v_u - self._without_frames(x, t))
+            return v
+
+    def _without_frames(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """The reference velocity with the known frames withheld: their latent frames hold noise at the step's
+        level (sigma = t / 1000) and every token is at timestep t."""
+        m = self.cond.known(x)
+        x_nf = x * (1 - m) + m * (t / NUM_TRAIN_TIMESTEPS) * self.frame_noise.to(x)
+        tt = torch.full((x.shape[0],), float(t), device=x.device)
+        with ExitStack() as stack:
+            if self.cache is not None:
+                stack.enter_context(self.cache.branch("without frames"))
+            if self.cfg_parallel:                # both CFG groups run it; the negative group's result is used
+                return self.parallel.guided_pair(self.model, x_nf, tt, self.kv)[1]
+            return self.model(x_nf, tt, text_kv=self.kv_ref)
+
+
+def null_lengths_for(text_null: torch.Tensor, lengths):
+    """Lengths of a negative text batch (None: full length), broadcast to its batch."""
+    if lengths is None:
+        return None
+    return torch.as_tensor(lengths).expand(text_null.shape[0])
+
+
+def check_frame_cfg(frame_cfg) -> float:
+    """``frame_cfg`` as a float, refused unless finite and >= 0."""
+    try:
+        g = float(frame_cfg)
+    except (TypeError, ValueError):
+        g = float("nan")
+    if isinstance(frame_cfg, bool) or not math.isfinite(g) or g < 0:
+        raise SpacetimeValueError(f"frame_cfg={frame_cfg!r} is not allowed: frame guidance must be a finite number "
+                                  f">= 0 (0 turns it off)")
+    return g
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -241,7 +301,7 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
            text_lengths=None, text_null_lengths=None, steps: int = 50, shift: float = 5.0, cfg: float = 5.0,
            sampler: str = "unipc", cond: Optional[FrameCondition] = None, init: Optional[torch.Tensor] = None,
            strength: float = 1.0, callback: Optional[StepCallback] = None, parallel=None,
-           cache=None) -> torch.Tensor:
+           cache=None, frame_cfg: float = 0.0) -> torch.Tensor:
     """Sample normalised latents.
 
     ``model``: a DiT, or an ``experts.ExpertPair`` (one of two experts per step). noise [B, C, F', H', W'] standard
@@ -250,7 +310,8 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     strength 0 returns it). ``callback(step, total, x0_pred, x)`` runs after every step and may raise to cancel.
     ``parallel``: a model.parallel.Parallel (every rank calls ``sample`` with the same arguments; rank 0's noise,
     text and known frames are used). ``cache``: model.cache.CacheSettings (or a StepCache, to read its counts after)
-    to skip the blocks on steps whose input changed little; off when None.
+    to skip the blocks on steps whose input changed little; off when None. ``frame_cfg``: frame guidance (module
+    docstring; it needs known frames in ``cond`` and is ignored without them).
     """
     if sampler not in SAMPLERS:
         raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
@@ -258,6 +319,7 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
         raise SpacetimeValueError(f"strength={strength} must be between 0 and 1")
     if strength < 1.0 and init is None:
         raise SpacetimeValueError("strength < 1 needs an init latent (video-to-video)")
+    frame_cfg = check_frame_cfg(frame_cfg)
     if init is not None and init.shape != noise.shape:
         raise SpacetimeValueError(f"init latent shape {tuple(init.shape)} differs from noise {tuple(noise.shape)}")
     sigmas, timesteps = sigma_schedule(steps, shift)
@@ -279,9 +341,10 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
         cache = cache.for_run(steps - start, parallel)
     if hasattr(model, "guided_denoiser"):         # a set of experts (experts.ExpertPair) picks one per step
         denoise = model.guided_denoiser(text, text_lengths, text_null, text_null_lengths, cfg, cond, timesteps,
-                                        parallel=parallel, cache=cache)
+                                        parallel=parallel, cache=cache, frame_cfg=frame_cfg, frame_noise=noise)
     else:
-        denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond, parallel, cache)
+        denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond, parallel, cache,
+                                 frame_cfg=frame_cfg, frame_noise=noise)
     if cond is not None:
         x = cond.impose(x)
     solver = UniPC(sigmas[start:]) if sampler == "unipc" else None

@@ -170,16 +170,18 @@ class PerShotText:
 
 
 def sample_shots(st, text, frame_shots: torch.Tensor, shape: tuple, seed: int, steps=None, cfg=None, shift=None,
-                 sampler: str = "unipc", cond: Optional[FrameCondition] = None, callback=None) -> torch.Tensor:
+                 sampler: str = "unipc", cond: Optional[FrameCondition] = None, callback=None,
+                 frame_cfg: Optional[float] = None) -> torch.Tensor:
     """Like ``Spacetime.sample_latents`` for one video whose latent frames read different captions: ``text`` holds
     one prompt per shot (encoded with a negative each), ``frame_shots`` [F'] the shot of every latent frame.
-    Returns raw latents."""
+    ``frame_cfg``: frame guidance with known frames (default: the preset's). Returns raw latents."""
     from .pipeline import noise_for
     if getattr(st, "has_experts", False) or getattr(st, "concat_conditioned", False):
         raise SpacetimeValueError(f"per-shot text conditioning needs a single text-to-video DiT; {st.preset.name} "
                                   f"has two experts or image channels; allowed: conditioning='reference'")
     if hasattr(st, "check_known_frames"):
         st.check_known_frames(cond)
+    frame_cfg = st.frame_guidance(frame_cfg) if hasattr(st, "frame_guidance") else float(frame_cfg or 0.0)
     dit = st.dit
     dev = dit.device
     if cond is not None:
@@ -189,7 +191,8 @@ def sample_shots(st, text, frame_shots: torch.Tensor, shape: tuple, seed: int, s
                  text.emb.to(dev), None if neg is None else neg.to(dev), text_lengths=text.lengths.to(dev),
                  text_null_lengths=None if neg is None else text.neg_lengths.to(dev),
                  steps=steps or st.preset.steps, shift=shift or st.preset.shift,
-                 cfg=st.preset.cfg if cfg is None else cfg, sampler=sampler, cond=cond, callback=callback)
+                 cfg=st.preset.cfg if cfg is None else cfg, sampler=sampler, cond=cond, callback=callback,
+                 frame_cfg=frame_cfg)
     return st.denormalize(out.cpu())
 
 
@@ -197,12 +200,13 @@ def sample_shots(st, text, frame_shots: torch.Tensor, shape: tuple, seed: int, s
 def storyboard_latents(st, shots, negative: str = "", *, width: int, height: int, frames: int = 0,
                        mode: str = "text", reference_frames: int = 4, seed: int = 0, steps: Optional[int] = None,
                        cfg: Optional[float] = None, shift: Optional[float] = None, sampler: str = "unipc",
-                       expand_prompt: bool = True,
-                       callback: Optional[Callable[[int, int, int], None]] = None) -> tuple[torch.Tensor, StoryPlan]:
+                       expand_prompt: bool = True, callback: Optional[Callable[[int, int, int], None]] = None,
+                       frame_cfg: Optional[float] = None) -> tuple[torch.Tensor, StoryPlan]:
     """Sample a multi-shot video. ``shots``: text, lines or ``Shot``s (see ``parse_shots``); ``frames``: the total
     (0: the sum of the shots). ``mode``: text | reference | text+reference. ``reference_frames``: frames of the
     previous shot known in the next shot's window (a multiple of 4). ``callback(window, step, steps)`` after every
-    step (one window in text mode, one per shot otherwise) may raise to cancel. Returns (raw latents
+    step (one window in text mode, one per shot otherwise) may raise to cancel. ``frame_cfg``: frame guidance on
+    the reference frames (default: the preset's). Returns (raw latents
     [1, C, F', H', W'], the plan with the cuts)."""
     if mode not in MODES:
         raise SpacetimeValueError(f"mode={mode!r} is not allowed; allowed: {', '.join(MODES)}")
@@ -212,6 +216,8 @@ def storyboard_latents(st, shots, negative: str = "", *, width: int, height: int
                                   f"multiple of {tf}")
     plan = plan_story(parse_shots(shots), frames, tf)
     st.check_shape(width, height, plan.frames)
+    if mode != "text" and hasattr(st, "frame_guidance"):
+        frame_cfg = st.frame_guidance(frame_cfg)
     _, C, _, Hp, Wp = st.latent_shape(1, 1, height, width)
     prompts = [s.prompt for s in plan.shots]
 
@@ -239,11 +245,11 @@ def storyboard_latents(st, shots, negative: str = "", *, width: int, height: int
             shape, seed_k = (1, C, r + n, Hp, Wp), window_seed(seed, k)
             if mode == "reference":
                 raw = st.sample_latents(encode([prompt]), shape, seed_k, steps, cfg, shift, sampler, cond,
-                                        callback=step_cb(k))
+                                        callback=step_cb(k), frame_cfg=frame_cfg)
             else:
                 fs = torch.tensor([0] * r + [1] * n)
                 raw = sample_shots(st, encode([prompts[k - 1], prompt]), fs, shape, seed_k, steps, cfg, shift,
-                                   sampler, cond, callback=step_cb(k))
+                                   sampler, cond, callback=step_cb(k), frame_cfg=frame_cfg)
             raw = raw[:, :, r:]
         pieces.append(raw)
         prev = raw

@@ -20,6 +20,20 @@ def seed_input(tooltip: str):
     return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True, "tooltip": tooltip})
 
 
+def frame_guidance_input(what: str):
+    """The optional frame-guidance widget (model/sampling.py): -1 = the model's default."""
+    return ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.1, "round": 0.01,
+                      "tooltip": f"{what}: a second guidance that pulls the new frames towards what the known ones "
+                                 f"imply, for smoother seams; one more model pass per step. -1 = the model's default "
+                                 f"(embedded: 1.5; Wan: off), 0 = off. Not for models that take the image as "
+                                 f"channels (Wan i2v)."})
+
+
+def frame_guidance_value(model, frame_guidance) -> float:
+    """The widget's value checked against the model (negative = the model's default), before any work."""
+    return model.frame_guidance(None if frame_guidance < 0 else frame_guidance)
+
+
 def size_input(default: int, what: str):
     return ("INT", {"default": default, "min": 16, "max": MAX_SIZE, "step": 16,
                     "tooltip": f"{what} in pixels; a multiple of 16 (VAE 8x and patch 2x)"})

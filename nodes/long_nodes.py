@@ -5,8 +5,8 @@ import json
 import math
 
 from . import host
-from .common import (CATEGORY, MAX_FRAMES, MODEL, SAMPLERS, check_size, cuts_from_latent, first_error, frames_input,
-                     latent_dict, seed_input, size_input)
+from .common import (CATEGORY, MAX_FRAMES, MODEL, SAMPLERS, check_size, cuts_from_latent, first_error,
+                     frame_guidance_input, frame_guidance_value, frames_input, latent_dict, seed_input, size_input)
 
 LONG_MAX_FRAMES = 16385                  # 34 minutes at 8 fps; memory does not grow with the length
 STORY_MODES = ["text", "reference", "text+reference"]
@@ -98,6 +98,7 @@ class SpacetimeLongVideo:
             **_sampling_inputs(),
         }, "optional": {
             "image": ("IMAGE", {"tooltip": "Optional first frame (scaled and centre-cropped to the video's size)."}),
+            "frame_guidance": frame_guidance_input("On the frames each window continues"),
         }}
 
     @classmethod
@@ -114,13 +115,15 @@ class SpacetimeLongVideo:
         return check_size(width, height)
 
     def generate(self, model, prompts, negative, width, height, frames, window_frames, overlap_frames, anchor_frames,
-                 seed=0, steps=20, cfg=5.0, shift=3.0, sampler="unipc", expand_prompt=True, image=None):
+                 seed=0, steps=20, cfg=5.0, shift=3.0, sampler="unipc", expand_prompt=True, image=None,
+                 frame_guidance=-1.0):
         from ..model.longvideo import file_backed_latents, long_video_latents, long_video_plan
         lines = _lines(prompts)
         if not lines:
             raise ValueError("prompts is empty; give one prompt per line (one line per window, the last holds)")
         anchors = parse_anchor_frames(anchor_frames)
         model.check_shape(width, height, frames)
+        frame_cfg = frame_guidance_value(model, frame_guidance)
         windows = len(long_video_plan(frames, window_frames, overlap_frames, anchors, model.temporal_factor))
         _check_prompts(lines)
         img = None
@@ -132,7 +135,8 @@ class SpacetimeLongVideo:
         gen = long_video_latents(model, lines, negative, frames=frames, width=width, height=height,
                                  window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=anchors,
                                  seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, image=img,
-                                 expand_prompt=expand_prompt, callback=lambda k, i, n: bar.update(1))
+                                 expand_prompt=expand_prompt, callback=lambda k, i, n: bar.update(1),
+                                 frame_cfg=frame_cfg)
         host.use(model, "vae")
         host.use(model, "dit")
         latents = file_backed_latents(model.latent_shape(1, frames, height, width), host.temp_directory())
@@ -140,7 +144,8 @@ class SpacetimeLongVideo:
             latents[:, :, r.window.start:r.window.stop] = r.latents
         info = _info(model, seed=int(seed), steps=steps, cfg=cfg, shift=shift, sampler=sampler, frames=frames,
                      width=width, height=height, prompt="\n".join(lines), negative=negative, windows=windows,
-                     window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=frame_list(anchors))
+                     window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=frame_list(anchors),
+                     frame_cfg=frame_cfg)
         return (latent_dict(latents), info)
 
 
@@ -232,6 +237,8 @@ class SpacetimeStoryboard:
                                          "frames of the previous shot known at the start of the next (a multiple "
                                          "of 4)."}),
             **_sampling_inputs(),
+        }, "optional": {
+            "frame_guidance": frame_guidance_input("Reference modes, on the previous shot's frames"),
         }}
 
     @classmethod
@@ -246,12 +253,13 @@ class SpacetimeStoryboard:
         return first_error(check_size(width, height))
 
     def generate(self, model, shots, negative, width, height, frames, conditioning, reference_frames, seed=0,
-                 steps=20, cfg=5.0, shift=3.0, sampler="unipc", expand_prompt=True):
+                 steps=20, cfg=5.0, shift=3.0, sampler="unipc", expand_prompt=True, frame_guidance=-1.0):
         from ..model.storyboard import MODES, plan_story, storyboard_latents
         if conditioning not in MODES:
             raise ValueError(f"conditioning={conditioning!r} is not allowed; allowed: {', '.join(MODES)}")
         plan = plan_story(shots, frames, model.temporal_factor)
         model.check_shape(width, height, plan.frames)
+        frame_cfg = frame_guidance_value(model, frame_guidance)
         _check_prompts([s.prompt for s in plan.shots])
         windows = 1 if conditioning == "text" else len(plan.shots)
         bar = host.Progress(windows * steps, "storyboard")
@@ -260,11 +268,11 @@ class SpacetimeStoryboard:
         raw, plan = storyboard_latents(model, plan.shots, negative, width=width, height=height, mode=conditioning,
                                        reference_frames=reference_frames, seed=seed, steps=steps, cfg=cfg,
                                        shift=shift, sampler=sampler, expand_prompt=expand_prompt,
-                                       callback=lambda k, i, n: bar.update(1))
+                                       callback=lambda k, i, n: bar.update(1), frame_cfg=frame_cfg)
         info = _info(model, seed=int(seed), steps=steps, cfg=cfg, shift=shift, sampler=sampler, frames=plan.frames,
                      width=width, height=height, prompt="\n".join(s.prompt for s in plan.shots), negative=negative,
                      conditioning=conditioning, shots=frame_list(s.frames for s in plan.shots),
-                     cuts=frame_list(plan.cuts))
+                     cuts=frame_list(plan.cuts), frame_cfg=frame_cfg)
         return (latent_dict(raw, spacetime_cuts=plan.latent_cuts), info)
 
 

@@ -285,7 +285,7 @@ def test_eval_report_never_overwrites_a_file_in_any_evaluation(tmp_path, capsys)
     assert old.read_text() == "kept"
 
 
-def test_eval_cfg_and_shift_reach_every_evaluation_and_bad_ones_stop_before_work(capsys):
+def test_eval_cfg_shift_and_frame_cfg_reach_every_evaluation_and_bad_ones_stop_before_work(capsys):
     import pytest
     for extra in ([], ["--drift"], ["--storyboard"]):
         with pytest.raises(SystemExit) as e:
@@ -294,6 +294,9 @@ def test_eval_cfg_and_shift_reach_every_evaluation_and_bad_ones_stop_before_work
         with pytest.raises(SystemExit) as e:
             main(["eval", "--shift", "0", *extra])
         assert e.value.code == 2 and "--shift 0.0: allowed a number > 0" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--frame-cfg", "-1", *extra])
+        assert e.value.code == 2 and "--frame-cfg -1.0: allowed a number >= 0" in capsys.readouterr().err
 
 
 def test_eval_vae_reaches_every_evaluation_and_a_missing_file_stops_before_work(capsys):

@@ -29,8 +29,9 @@ def tiny_dit():
 
 
 def run_cases(parallel=None) -> dict:
-    """Text-to-video and known frames (frame 0 known, per-frame timesteps), 3 UniPC steps with CFG; and 6 steps with
-    step caching and known frames (every rank must take the same skip decisions)."""
+    """Text-to-video and known frames (frame 0 known, per-frame timesteps), 3 UniPC steps with CFG, also with frame
+    guidance (its pass without the known frames); and 6 steps with step caching and known frames (every rank must
+    take the same skip decisions)."""
     m = tiny_dit()
     g = torch.Generator().manual_seed(1)
     noise, text, null = torch.randn(SHAPE, generator=g), torch.randn(1, 7, 32, generator=g), torch.zeros(1, 1, 32)
@@ -38,6 +39,8 @@ def run_cases(parallel=None) -> dict:
     out = {}
     for name, cond in (("t2v", None), ("known", known)):
         out[name] = sample(m, noise, text, null, steps=3, shift=3.0, cfg=4.0, cond=cond, parallel=parallel)
+    out["guided"] = sample(m, noise, text, null, steps=3, shift=3.0, cfg=4.0, cond=known, parallel=parallel,
+                           frame_cfg=1.5)
     cache = StepCache(CacheSettings(threshold=1.0))
     out["cached"] = sample(m, noise, text, null, steps=6, shift=3.0, cfg=4.0, cond=known, parallel=parallel,
                            cache=cache)
@@ -73,7 +76,7 @@ def single():
 def test_parallel_sampling_equals_single_process(world, single, tmp_path):
     mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world)
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(world)]
-    assert len(ranks[0]) == 8                               # two layouts x three cases, and the skip decisions
+    assert len(ranks[0]) == 10                              # two layouts x four cases, and the skip decisions
     assert single["cached_skips"].any()
     for key, lat in ranks[0].items():
         if key.endswith("skips"):

@@ -241,6 +241,26 @@ def test_i2v_pair_takes_the_image_as_channels_and_switches_at_0_9(tiny_presets):
     assert torch.allclose(y[0], expect[0], atol=1e-5) and torch.allclose(y[1], expect[0], atol=1e-5)
     with pytest.raises(SpacetimeValueError, match="needs at least one known frame"):
         st.generate("a cat", frames=5, width=32, height=32)
+    with pytest.raises(SpacetimeValueError, match="frame_cfg=1.0 needs a model that reads known frames"):
+        st.generate("a cat", image=image, frames=5, seed=2, frame_cfg=1.0)
+
+
+def test_frame_guidance_runs_on_both_experts(tiny_presets):
+    """A two-expert text-to-video pair extends a clip with frame guidance: each step runs its expert once more
+    (the pass without the known frames), the known frame stays and the new ones change."""
+    st = Spacetime.load("test-t2v-a14b", device="cpu")
+    assert st.frame_guidance() == 0.0                                  # Wan presets: off unless asked
+    clip = torch.rand(1, 32, 32, 3)
+    out = {}
+    for g in (0.0, 2.0):
+        log = []
+        hooks = [record_calls(st.dit, HIGH, log), record_calls(st.dit_low, LOW, log)]
+        out[g] = st.generate("a red ball", extend=clip, frames=4, seed=1, frame_cfg=g)
+        for h in hooks:
+            h.remove()
+        assert [n for n, *_ in log] == ([HIGH] * 6 + [LOW] * 2 if g == 0 else [HIGH] * 12 + [LOW] * 4)
+    assert torch.allclose(out[0.0][:, 0], out[2.0][:, 0], atol=1e-5)
+    assert (out[0.0][:, 1:] - out[2.0][:, 1:]).abs().max() > 1e-3
 
 
 def test_expert_file_errors(tmp_path, tiny_presets):
@@ -369,7 +389,8 @@ def test_nodes_run_a_two_expert_model(tiny_presets, tmp_path, monkeypatch):
     loader = N["SpacetimeModelLoader"]
     assert list(loader.INPUT_TYPES()["optional"]) == ["dit_low_noise_file"]
     assert list(N["SpacetimeDenoise"].INPUT_TYPES()["optional"]) == ["expert_boundary", "expert_switch_step",
-                                                                      "cfg_high_noise", "step_cache"]
+                                                                      "cfg_high_noise", "step_cache",
+                                                                      "frame_guidance"]
     (model,) = loader().load("test-t2v-a14b", device="cpu")
     text, _ = N["SpacetimeTextEncode"]().encode(model, "a red ball", "")
     (latent,) = N["SpacetimeNoiseLatent"]().make(model, 32, 32, 5)

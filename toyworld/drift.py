@@ -357,8 +357,8 @@ def main(argv=None) -> int:
 
 
 def add_model_options(ap: argparse.ArgumentParser) -> None:
-    """--preset, --dit, --vae, --cfg and --shift: the model an evaluation measures, and the guidance and sampler
-    shift it samples with."""
+    """--preset, --dit, --vae, --cfg, --shift and --frame-cfg: the model an evaluation measures, and the guidance,
+    sampler shift and frame guidance it samples with."""
     ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
     ap.add_argument("--dit", type=Path, help="a DiT file to evaluate in place of the preset's, e.g. a training run's "
                     "dit_ema.safetensors (default: the preset's)")
@@ -367,6 +367,8 @@ def add_model_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--cfg", type=float, help="guidance scale of every generation (default: the preset's)")
     ap.add_argument("--shift", type=float, help="sampler noise-schedule shift of every generation (default: the "
                     "preset's)")
+    ap.add_argument("--frame-cfg", type=float, help="frame guidance of every generation from known frames, >= 0 "
+                    "(0 = off; default: the preset's)")
 
 
 def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
@@ -379,22 +381,27 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
         ap.error(f"--cfg {a.cfg}: allowed a number >= 1 (1 = no guidance)")
     if a.shift is not None and not (math.isfinite(a.shift) and a.shift > 0):
         ap.error(f"--shift {a.shift}: allowed a number > 0 (1 = no shift)")
+    if a.frame_cfg is not None and not (math.isfinite(a.frame_cfg) and a.frame_cfg >= 0):
+        ap.error(f"--frame-cfg {a.frame_cfg}: allowed a number >= 0 (0 = off)")
     from ..model.pipeline import Spacetime
     st = Spacetime.load(a.preset, dit=a.dit, vae=a.vae)
     if a.cfg is not None:
         st.preset = replace(st.preset, cfg=float(a.cfg))
     if a.shift is not None:
         st.preset = replace(st.preset, shift=float(a.shift))
+    if a.frame_cfg is not None:
+        st.preset = replace(st.preset, frame_cfg=float(a.frame_cfg))
     return st
 
 
 def model_label(a: argparse.Namespace) -> str:
-    """The preset, and the DiT and VAE files, guidance scale and shift where the options replaced the preset's
-    (report headings)."""
+    """The preset, and the DiT and VAE files, guidance scale, shift and frame guidance where the options replaced the
+    preset's (report headings)."""
     label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
     label = label if a.vae is None else f"{label}, VAE {a.vae.name}"
     label = label if a.cfg is None else f"{label}, CFG {a.cfg:g}"
-    return label if a.shift is None else f"{label}, shift {a.shift:g}"
+    label = label if a.shift is None else f"{label}, shift {a.shift:g}"
+    return label if a.frame_cfg is None else f"{label}, frame guidance {a.frame_cfg:g}"
 
 
 def refuse_existing(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
