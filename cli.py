@@ -350,7 +350,7 @@ def _generate(a, out, verdict, preset, dit_path, width, height, frames, loras, p
     if cache is not None:
         info["step_cache"] = cache.summary()
     if "image" in kwargs or "extend" in kwargs:
-        info["frame_cfg"] = st.frame_guidance(a.frame_guidance)
+        info.update(frame_cfg=st.frame_guidance(a.frame_guidance), frame_cfg_stop=p.frame_cfg_stop)
     if st.has_experts:
         info.update(st.expert_info(steps, shift, kwargs["switch"], a.cfg_high_noise, cfg))
     result = stamp_video(frames_out, out, fps=a.fps or p.fps, generation=info, prompt=a.prompt,
@@ -442,6 +442,8 @@ def cmd_eval(a) -> int:
         args += ["--shift", str(a.shift)]
     if a.frame_cfg is not None:
         args += ["--frame-cfg", str(a.frame_cfg)]
+    if a.frame_cfg_stop is not None:
+        args += ["--frame-cfg-stop", str(a.frame_cfg_stop)]
     return eval_main(args) or 0
 
 
@@ -530,8 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "expert; --cfg is the low-noise expert's (default: the preset's, 4.0 for wan2.2-t2v-a14b)")
     g.add_argument("--frame-guidance", type=float, metavar="G", help="with known frames (--image, --extend, "
                    "long videos, storyboard references): pull the new frames towards what the known ones imply, for "
-                   "smoother seams; one more model pass per step; 0 = off (default: the model's, 1.5 for toyworld, "
-                   "off for Wan presets)")
+                   "smoother seams; one more model pass per step down to the model's noise level for it (0.3 for "
+                   "toyworld); 0 = off (default: the model's, 2.5 for toyworld, off for Wan presets)")
     g.add_argument("--offload-blocks", type=int, default=0, metavar="N", help="low VRAM: keep N transformer "
                    "blocks in CPU memory and stream each to the GPU when it runs (default: 0 = all on the GPU)")
     g.add_argument("--step-cache", type=float, default=0.0, metavar="THRESHOLD",
@@ -581,7 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shift", type=float, metavar="SHIFT", help="sampler noise-schedule shift of every generation, "
                    "> 0 (default: the model's)")
     e.add_argument("--frame-cfg", type=float, metavar="G", help="frame guidance of every generation from known "
-                   "frames, >= 0 (0 = off; default: the model's, 1.5 for the embedded one)")
+                   "frames, >= 0 (0 = off; default: the model's, 2.5 for the embedded one)")
+    e.add_argument("--frame-cfg-stop", type=float, metavar="SIGMA", help="the noise level (0..1) below which frame "
+                   "guidance stops (0 = every step; default: the model's)")
     e.set_defaults(func=cmd_eval)
     return ap
 

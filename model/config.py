@@ -170,8 +170,10 @@ class BundlePreset:
     cfg_high_noise: Optional[float] = None
     # weights trained for generation from given frames only (image-to-video, extension, fill): text-to-video refused
     frames_only: bool = False
-    # frame guidance with known frames (image-to-video, extension, fill; model/sampling.py): 0 = off
+    # frame guidance with known frames (image-to-video, extension, fill; model/sampling.py): 0 = off; it runs on
+    # the steps at noise level >= frame_cfg_stop (0: every step)
     frame_cfg: float = 0.0
+    frame_cfg_stop: float = 0.0
 
     @property
     def stride(self) -> tuple:

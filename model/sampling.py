@@ -16,6 +16,8 @@ step's timestep, the negative text); the velocity becomes
     v = v_neg + cfg * (v_text - v_neg) + G * (v_neg - v_neg_without_frames)
 
 (without CFG the text's own velocity stands for v_neg). It costs one model pass per step on top of CFG's two.
+``frame_cfg_stop`` S limits it to the steps at noise level sigma >= S (0: every step): the guidance shapes where
+things are while the picture forms and leaves the last, low-noise steps to the plain velocity.
 """
 from __future__ import annotations
 
@@ -120,13 +122,15 @@ class GuidedDenoiser:
     ``cache`` (model/cache.py): the run's StepCache, or None.
     ``frame_cfg`` / ``frame_noise``: frame guidance (module docstring) and the noise [B, C, F', H', W'] that stands
     in for the withheld known frames (the run's starting noise); frame guidance needs known frames in ``cond``.
+    ``frame_cfg_stop``: the noise level below which frame guidance stops (module docstring).
     """
 
     def __init__(self, model, text, text_lengths=None, text_null=None, text_null_lengths=None, cfg: float = 1.0,
                  cond: Optional[FrameCondition] = None, parallel=None, cache=None, frame_cfg: float = 0.0,
-                 frame_noise: Optional[torch.Tensor] = None):
+                 frame_noise: Optional[torch.Tensor] = None, frame_cfg_stop: float = 0.0):
         self.model, self.cfg, self.cond, self.parallel = model, float(cfg), cond, parallel
         self.frame_cfg = check_frame_cfg(frame_cfg)
+        self.frame_cfg_stop = check_frame_cfg_stop(frame_cfg_stop)
         self.frame_guided = self.frame_cfg > 0 and cond is not None and cond.any_known
         if self.frame_guided and frame_noise is None:
             raise SpacetimeValueError("frame guidance needs frame_noise (the run's starting noise)")
@@ -175,7 +179,7 @@ class GuidedDenoiser:
                 v = v_u + self.cfg * (v_c - v_u)
             else:
                 v = v_u = self.model(x, tt, text_kv=self.kv)
-            if self.frame_guided:
+            if self.frame_guided and t >= self.frame_cfg_stop * NUM_TRAIN_TIMESTEPS:
                 v = v + self.frame_cfg * (v_u - self._without_frames(x, t))
             return v
 
@@ -198,6 +202,18 @@ def null_lengths_for(text_null: torch.Tensor, lengths):
     if lengths is None:
         return None
     return torch.as_tensor(lengths).expand(text_null.shape[0])
+
+
+def check_frame_cfg_stop(stop) -> float:
+    """``frame_cfg_stop`` as a float, refused unless within 0..1."""
+    try:
+        s = float(stop)
+    except (TypeError, ValueError):
+        s = float("nan")
+    if isinstance(stop, bool) or not 0.0 <= s <= 1.0:
+        raise SpacetimeValueError(f"frame_cfg_stop={stop!r} is not allowed: the noise level where frame guidance "
+                                  f"stops must be within 0..1 (0: every step)")
+    return s
 
 
 def check_frame_cfg(frame_cfg) -> float:
@@ -301,7 +317,7 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
            text_lengths=None, text_null_lengths=None, steps: int = 50, shift: float = 5.0, cfg: float = 5.0,
            sampler: str = "unipc", cond: Optional[FrameCondition] = None, init: Optional[torch.Tensor] = None,
            strength: float = 1.0, callback: Optional[StepCallback] = None, parallel=None,
-           cache=None, frame_cfg: float = 0.0) -> torch.Tensor:
+           cache=None, frame_cfg: float = 0.0, frame_cfg_stop: float = 0.0) -> torch.Tensor:
     """Sample normalised latents.
 
     ``model``: a DiT, or an ``experts.ExpertPair`` (one of two experts per step). noise [B, C, F', H', W'] standard
@@ -311,7 +327,8 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     ``parallel``: a model.parallel.Parallel (every rank calls ``sample`` with the same arguments; rank 0's noise,
     text and known frames are used). ``cache``: model.cache.CacheSettings (or a StepCache, to read its counts after)
     to skip the blocks on steps whose input changed little; off when None. ``frame_cfg``: frame guidance (module
-    docstring; it needs known frames in ``cond`` and is ignored without them).
+    docstring; it needs known frames in ``cond`` and is ignored without them), on the steps at noise level >=
+    ``frame_cfg_stop``.
     """
     if sampler not in SAMPLERS:
         raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
@@ -319,7 +336,7 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
         raise SpacetimeValueError(f"strength={strength} must be between 0 and 1")
     if strength < 1.0 and init is None:
         raise SpacetimeValueError("strength < 1 needs an init latent (video-to-video)")
-    frame_cfg = check_frame_cfg(frame_cfg)
+    frame_cfg, frame_cfg_stop = check_frame_cfg(frame_cfg), check_frame_cfg_stop(frame_cfg_stop)
     if init is not None and init.shape != noise.shape:
         raise SpacetimeValueError(f"init latent shape {tuple(init.shape)} differs from noise {tuple(noise.shape)}")
     sigmas, timesteps = sigma_schedule(steps, shift)
@@ -341,10 +358,11 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
         cache = cache.for_run(steps - start, parallel)
     if hasattr(model, "guided_denoiser"):         # a set of experts (experts.ExpertPair) picks one per step
         denoise = model.guided_denoiser(text, text_lengths, text_null, text_null_lengths, cfg, cond, timesteps,
-                                        parallel=parallel, cache=cache, frame_cfg=frame_cfg, frame_noise=noise)
+                                        parallel=parallel, cache=cache, frame_cfg=frame_cfg, frame_noise=noise,
+                                        frame_cfg_stop=frame_cfg_stop)
     else:
         denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond, parallel, cache,
-                                 frame_cfg=frame_cfg, frame_noise=noise)
+                                 frame_cfg=frame_cfg, frame_noise=noise, frame_cfg_stop=frame_cfg_stop)
     if cond is not None:
         x = cond.impose(x)
     solver = UniPC(sigmas[start:]) if sampler == "unipc" else None

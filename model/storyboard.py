@@ -192,7 +192,7 @@ def sample_shots(st, text, frame_shots: torch.Tensor, shape: tuple, seed: int, s
                  text_null_lengths=None if neg is None else text.neg_lengths.to(dev),
                  steps=steps or st.preset.steps, shift=shift or st.preset.shift,
                  cfg=st.preset.cfg if cfg is None else cfg, sampler=sampler, cond=cond, callback=callback,
-                 frame_cfg=frame_cfg)
+                 frame_cfg=frame_cfg, frame_cfg_stop=getattr(st.preset, "frame_cfg_stop", 0.0))
     return st.denormalize(out.cpu())
 
 

@@ -24,9 +24,9 @@ def frame_guidance_input(what: str):
     """The optional frame-guidance widget (model/sampling.py): -1 = the model's default."""
     return ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.1, "round": 0.01,
                       "tooltip": f"{what}: a second guidance that pulls the new frames towards what the known ones "
-                                 f"imply, for smoother seams; one more model pass per step. -1 = the model's default "
-                                 f"(embedded: 1.5; Wan: off), 0 = off. Not for models that take the image as "
-                                 f"channels (Wan i2v)."})
+                                 f"imply, for smoother seams; one more model pass per step while the noise level is "
+                                 f"above the model's stop (embedded: 0.3). -1 = the model's default (embedded: 2.5; "
+                                 f"Wan: off), 0 = off. Not for models that take the image as channels (Wan i2v)."})
 
 
 def frame_guidance_value(model, frame_guidance) -> float:

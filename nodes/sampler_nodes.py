@@ -137,7 +137,7 @@ class SpacetimeDenoise:
         if cache is not None:
             info["step_cache"] = cache.summary()
         if cond is not None:
-            info["frame_cfg"] = frame_cfg
+            info.update(frame_cfg=frame_cfg, frame_cfg_stop=model.preset.frame_cfg_stop)
         result = latent_dict(out, spacetime_ingredients=latent.get("spacetime_ingredients"))
         return (result, json.dumps(info))
 

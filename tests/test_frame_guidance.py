@@ -67,6 +67,33 @@ def test_no_known_frames_or_zero_leaves_sampling_unchanged_and_known_frames_stay
     assert (out[:, :, 2:] - ref[:, :, 2:]).abs().max() > 1e-3
 
 
+def test_frame_guidance_stops_at_its_noise_level():
+    """frame_cfg_stop S: the pass without known frames runs on the steps at sigma >= S only; S = 1 never runs it
+    (the schedule starts below 1) and equals no frame guidance."""
+    from spacetime.model.sampling import sigma_schedule
+    m = tiny()
+    noise, text, null, cond = inputs()
+    calls = []
+    hook = m.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
+    ref = sample(m, noise, text, null, steps=8, cfg=4.0, cond=cond)
+    assert calls == [2] * 8                                      # CFG: one batched pass a step
+    calls.clear()
+    half = sample(m, noise, text, null, steps=8, cfg=4.0, cond=cond, frame_cfg=2.0, frame_cfg_stop=0.5)
+    _, ts = sigma_schedule(8, 5.0)
+    early = int((ts >= 500).sum())
+    assert 0 < early < 8 and calls.count(1) == early and calls.count(2) == 8
+    calls.clear()
+    assert torch.equal(sample(m, noise, text, null, steps=8, cfg=4.0, cond=cond, frame_cfg=2.0, frame_cfg_stop=1.0),
+                       ref)
+    assert calls == [2] * 8
+    full = sample(m, noise, text, null, steps=8, cfg=4.0, cond=cond, frame_cfg=2.0)
+    hook.remove()
+    assert not torch.equal(half, full) and not torch.equal(half, ref)
+    for bad in (-0.1, 1.5, float("nan"), "late", True):
+        with pytest.raises(SpacetimeValueError, match=r"frame_cfg_stop=.*within 0..1"):
+            sample(m, noise, text, null, steps=2, cond=cond, frame_cfg=1.0, frame_cfg_stop=bad)
+
+
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "strong", True, None])
 def test_bad_frame_guidance_is_refused_naming_it(bad):
     m = tiny()
@@ -116,7 +143,9 @@ def test_the_denoise_node_applies_and_records_frame_guidance():
     outs = {}
     for fg in (-1.0, 0.0, 3.0):
         (lat, info) = node.denoise(st, text, latent, steps=4, cfg=4.0, frame_guidance=fg)
-        outs[fg] = (lat["samples"], json.loads(info)["frame_cfg"])
+        info = json.loads(info)
+        outs[fg] = (lat["samples"], info["frame_cfg"])
+        assert info["frame_cfg_stop"] == st.preset.frame_cfg_stop
     assert outs[-1.0][1] == st.preset.frame_cfg and outs[0.0][1] == 0.0 and outs[3.0][1] == 3.0
     assert torch.allclose(outs[0.0][0][:, :, 0], known[:, :, 0], atol=1e-4)
     assert torch.allclose(outs[3.0][0][:, :, 0], known[:, :, 0], atol=1e-4)

@@ -369,6 +369,8 @@ def add_model_options(ap: argparse.ArgumentParser) -> None:
                     "preset's)")
     ap.add_argument("--frame-cfg", type=float, help="frame guidance of every generation from known frames, >= 0 "
                     "(0 = off; default: the preset's)")
+    ap.add_argument("--frame-cfg-stop", type=float, help="the noise level (0..1) below which frame guidance stops "
+                    "(0 = every step; default: the preset's)")
 
 
 def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
@@ -383,6 +385,8 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
         ap.error(f"--shift {a.shift}: allowed a number > 0 (1 = no shift)")
     if a.frame_cfg is not None and not (math.isfinite(a.frame_cfg) and a.frame_cfg >= 0):
         ap.error(f"--frame-cfg {a.frame_cfg}: allowed a number >= 0 (0 = off)")
+    if a.frame_cfg_stop is not None and not 0 <= a.frame_cfg_stop <= 1:
+        ap.error(f"--frame-cfg-stop {a.frame_cfg_stop}: allowed a number within 0..1 (0 = every step)")
     from ..model.pipeline import Spacetime
     st = Spacetime.load(a.preset, dit=a.dit, vae=a.vae)
     if a.cfg is not None:
@@ -391,6 +395,8 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
         st.preset = replace(st.preset, shift=float(a.shift))
     if a.frame_cfg is not None:
         st.preset = replace(st.preset, frame_cfg=float(a.frame_cfg))
+    if a.frame_cfg_stop is not None:
+        st.preset = replace(st.preset, frame_cfg_stop=float(a.frame_cfg_stop))
     return st
 
 
@@ -401,7 +407,8 @@ def model_label(a: argparse.Namespace) -> str:
     label = label if a.vae is None else f"{label}, VAE {a.vae.name}"
     label = label if a.cfg is None else f"{label}, CFG {a.cfg:g}"
     label = label if a.shift is None else f"{label}, shift {a.shift:g}"
-    return label if a.frame_cfg is None else f"{label}, frame guidance {a.frame_cfg:g}"
+    label = label if a.frame_cfg is None else f"{label}, frame guidance {a.frame_cfg:g}"
+    return label if a.frame_cfg_stop is None else f"{label}, down to noise {a.frame_cfg_stop:g}"
 
 
 def refuse_existing(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:

@@ -465,7 +465,8 @@ def main(argv=None):
     label = model_label(a)
     write_reports(a.report, lambda: report_md(res, timing, label, a.quick), a.json,
                   {**{k: v for k, v in res.items() if k != "rows"}, **timing, "cfg": st.preset.cfg,
-                   "shift": st.preset.shift, "frame_cfg": st.preset.frame_cfg})
+                   "shift": st.preset.shift, "frame_cfg": st.preset.frame_cfg,
+                   "frame_cfg_stop": st.preset.frame_cfg_stop})
     if a.sheet:
         contact_sheet(samples, a.sheet)
         print("contact sheet:", a.sheet)
