@@ -92,7 +92,8 @@ def run(a, st, out, width: int, height: int, bar) -> int:
 
 
 def _record(a, st, settings, **extra) -> dict:
-    info = {"model": st.preset.name, "checkpoint_sha256": st.checkpoint_sha256(), "seed": a.seed, **settings}
+    info = {"model": st.preset.name, "checkpoint_sha256": st.checkpoint_sha256(), "seed": a.seed, **settings,
+            "frame_cfg_stop": st.preset.frame_cfg_stop}
     info.update(extra)
     return info
 

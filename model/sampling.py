@@ -135,11 +135,12 @@ class GuidedDenoiser:
         if self.frame_guided and frame_noise is None:
             raise SpacetimeValueError("frame guidance needs frame_noise (the run's starting noise)")
         self.frame_noise = frame_noise
+        self.use_cfg = text_null is not None and self.cfg != 1.0
+        self.cfg_parallel = parallel is not None and parallel.layout.cfg > 1 and self.use_cfg
         with torch.no_grad():
-            self.use_cfg = text_null is not None and self.cfg != 1.0
             self.kv_ref = None
-            if self.frame_guided:               # the text of the pass without known frames: the negative under CFG
-                if self.use_cfg:
+            if self.frame_guided and not self.cfg_parallel:     # the text of the pass without known frames: the
+                if self.use_cfg:                                # negative under CFG, else the prompt
                     neg = text_null.expand(text.shape[0], -1, -1) if text_null.shape[0] != text.shape[0] else text_null
                     self.kv_ref = model.text_kv(model.text_tokens(neg, null_lengths_for(neg, text_null_lengths)))
             if self.use_cfg:
@@ -147,7 +148,6 @@ class GuidedDenoiser:
             self.kv = model.text_kv(model.text_tokens(text, text_lengths))
             if self.frame_guided and not self.use_cfg:
                 self.kv_ref = self.kv
-        self.cfg_parallel = parallel is not None and parallel.layout.cfg > 1 and self.use_cfg
         if self.cfg_parallel:
             self.kv = parallel.cfg_share(self.kv)
         self.cache = cache

@@ -145,7 +145,7 @@ class SpacetimeLongVideo:
         info = _info(model, seed=int(seed), steps=steps, cfg=cfg, shift=shift, sampler=sampler, frames=frames,
                      width=width, height=height, prompt="\n".join(lines), negative=negative, windows=windows,
                      window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=frame_list(anchors),
-                     frame_cfg=frame_cfg)
+                     frame_cfg=frame_cfg, frame_cfg_stop=model.preset.frame_cfg_stop)
         return (latent_dict(latents), info)
 
 
@@ -272,7 +272,9 @@ class SpacetimeStoryboard:
         info = _info(model, seed=int(seed), steps=steps, cfg=cfg, shift=shift, sampler=sampler, frames=plan.frames,
                      width=width, height=height, prompt="\n".join(s.prompt for s in plan.shots), negative=negative,
                      conditioning=conditioning, shots=frame_list(s.frames for s in plan.shots),
-                     cuts=frame_list(plan.cuts), frame_cfg=frame_cfg)
+                     cuts=frame_list(plan.cuts),
+                     **({} if conditioning == "text" else {"frame_cfg": frame_cfg,
+                                                          "frame_cfg_stop": model.preset.frame_cfg_stop}))
         return (latent_dict(raw, spacetime_cuts=plan.latent_cuts), info)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from spacetime.cli import EXIT_BAD_INPUT, main
+from spacetime.model.config import bundle_preset
 from spacetime.model.errors import SpacetimeValueError
 from spacetime.model.storyboard import Shot, parse_shots, plan_story
 
@@ -197,6 +198,8 @@ def test_storyboard_node_and_its_validation():
     r = run_workflow(g)
     info = json.loads(r["2"]["result"][1])
     assert info["cuts"] == "9" and info["shots"] == "9, 8" and info["conditioning"] == "text+reference"
+    p = bundle_preset("toyworld-random")                    # the reference frames are guided with its defaults
+    assert p.frame_cfg > 0 and (info["frame_cfg"], info["frame_cfg_stop"]) == (p.frame_cfg, p.frame_cfg_stop)
     latent, frames = r["2"]["result"][0], r["3"]["result"][0]
     assert latent["spacetime_cuts"] == [3] and frames.shape == (17, 64, 64, 3)
     # the decoder starts afresh at the cut: frames before it as in one pass, the shot after it as decoded alone
@@ -223,6 +226,8 @@ def test_cli_storyboard(tmp_path, capsys):
     from spacetime.provenance import verify_file
     rep = verify_file(out)
     assert rep["manifest"]["state"] == "trusted" and rep["manifest"]["generation"]["cuts"] == "9"
+    gen, p = rep["manifest"]["generation"], bundle_preset("toyworld-random")
+    assert (gen["frame_cfg"], gen["frame_cfg_stop"]) == (p.frame_cfg, p.frame_cfg_stop) and p.frame_cfg > 0
     for args, needle in ((["--shot", "9: a red ball", "--shot", "7: a box"], "shot 2 has 7 frames"),
                          (["--shot", "a", "--shot", "b", "--shot", "c", "--frames", "5"], "3 shots are more than"),
                          (["--shot", "9:"], "shot 1 is empty"), ([], "a PROMPT is needed")):
