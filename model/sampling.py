@@ -96,22 +96,25 @@ class FrameCondition:
 # The model wrapper: CFG + frame conditioning -> velocity
 # ----------------------------------------------------------------------------------------------------------------------
 
+def batch_text(text: torch.Tensor, lengths, batch: int):
+    """Token embeddings [1 or batch, L, D] and their lengths (None: every row) broadcast to ``batch`` videos."""
+    if text.shape[0] != batch:
+        text = text.expand(batch, -1, -1)
+    lengths = torch.full((batch,), text.shape[1]) if lengths is None else torch.as_tensor(lengths).expand(batch)
+    return text, lengths.to(text.device)
+
+
 def join_text(text: torch.Tensor, lengths, text_null: torch.Tensor, null_lengths):
     """One batch [cond; uncond] of token embeddings (the shorter zero-padded to the longer, the negative broadcast
     to the batch) and its lengths, so the text is embedded and its keys/values computed in one pass."""
     B = text.shape[0]
-    if text_null.shape[0] != B:
-        text_null = text_null.expand(B, -1, -1)
+    text, lengths = batch_text(text, lengths, B)
+    text_null, null_lengths = batch_text(text_null, null_lengths, B)
     L = max(text.shape[1], text_null.shape[1])
 
     def padded(x):
         return x if x.shape[1] == L else torch.cat([x, x.new_zeros(B, L - x.shape[1], x.shape[2])], dim=1)
-
-    def lens(given, x):
-        given = torch.full((B,), x.shape[1]) if given is None else torch.as_tensor(given).expand(B)
-        return given.to(x.device)
-    return (torch.cat([padded(text), padded(text_null.to(text))]),
-            torch.cat([lens(lengths, text), lens(null_lengths, text_null)]))
+    return torch.cat([padded(text), padded(text_null.to(text))]), torch.cat([lengths, null_lengths])
 
 
 class GuidedDenoiser:
@@ -141,8 +144,8 @@ class GuidedDenoiser:
             self.kv_ref = None
             if self.frame_guided and not self.cfg_parallel:     # the text of the pass without known frames: the
                 if self.use_cfg:                                # negative under CFG, else the prompt
-                    neg = text_null.expand(text.shape[0], -1, -1) if text_null.shape[0] != text.shape[0] else text_null
-                    self.kv_ref = model.text_kv(model.text_tokens(neg, null_lengths_for(neg, text_null_lengths)))
+                    self.kv_ref = model.text_kv(model.text_tokens(*batch_text(text_null, text_null_lengths,
+                                                                              text.shape[0])))
             if self.use_cfg:
                 text, text_lengths = join_text(text, text_lengths, text_null, text_null_lengths)
             self.kv = model.text_kv(model.text_tokens(text, text_lengths))
@@ -197,20 +200,20 @@ class GuidedDenoiser:
             return self.model(x_nf, tt, text_kv=self.kv_ref)
 
 
-def null_lengths_for(text_null: torch.Tensor, lengths):
-    """Lengths of a negative text batch (None: full length), broadcast to its batch."""
-    if lengths is None:
-        return None
-    return torch.as_tensor(lengths).expand(text_null.shape[0])
+def _number(value) -> float:
+    """``value`` as a float; nan for what is not a number (text, None, a bool)."""
+    if isinstance(value, bool):
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def check_frame_cfg_stop(stop) -> float:
     """``frame_cfg_stop`` as a float, refused unless within 0..1."""
-    try:
-        s = float(stop)
-    except (TypeError, ValueError):
-        s = float("nan")
-    if isinstance(stop, bool) or not 0.0 <= s <= 1.0:
+    s = _number(stop)
+    if not 0.0 <= s <= 1.0:
         raise SpacetimeValueError(f"frame_cfg_stop={stop!r} is not allowed: the noise level where frame guidance "
                                   f"stops must be within 0..1 (0: every step)")
     return s
@@ -218,11 +221,8 @@ def check_frame_cfg_stop(stop) -> float:
 
 def check_frame_cfg(frame_cfg) -> float:
     """``frame_cfg`` as a float, refused unless finite and >= 0."""
-    try:
-        g = float(frame_cfg)
-    except (TypeError, ValueError):
-        g = float("nan")
-    if isinstance(frame_cfg, bool) or not math.isfinite(g) or g < 0:
+    g = _number(frame_cfg)
+    if not math.isfinite(g) or g < 0:
         raise SpacetimeValueError(f"frame_cfg={frame_cfg!r} is not allowed: frame guidance must be a finite number "
                                   f">= 0 (0 turns it off)")
     return g

@@ -8,15 +8,9 @@ from spacetime.model.config import DiTConfig
 from spacetime.model.dit import build_dit
 from spacetime.model.errors import SpacetimeValueError
 from spacetime.model.sampling import FrameCondition, sample
+from tiny_models import sampling_dit
 
 SHAPE = (1, 16, 3, 4, 6)
-
-
-def tiny():
-    torch.manual_seed(0)
-    m = build_dit(DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=16)).eval()
-    torch.nn.init.normal_(m.head.head.weight, std=0.1)
-    return m
 
 
 def inputs(seed=1):
@@ -31,7 +25,7 @@ def count_block_calls(m):
 
 
 def test_threshold_zero_computes_every_step_and_equals_no_cache():
-    m = tiny()
+    m = sampling_dit()
     noise, text, null = inputs()
     ref = sample(m, noise, text, null, steps=6, cfg=4.0)
     cache = StepCache(CacheSettings(threshold=0.0))
@@ -42,7 +36,7 @@ def test_threshold_zero_computes_every_step_and_equals_no_cache():
 def test_guards_first_steps_last_step_and_runs_of_skips():
     """Threshold 1 skips whenever a guard allows: the first 15 % (at least 2) and the last step are computed, and
     never more than max_skips in a row are skipped; skipped steps do not run the blocks."""
-    m = tiny()
+    m = sampling_dit()
     calls = count_block_calls(m)
     noise, text, null = inputs()
     for steps, max_skips in ((20, 2), (10, 3), (4, 2)):
@@ -61,7 +55,7 @@ def test_guards_first_steps_last_step_and_runs_of_skips():
 
 
 def test_skipping_keeps_known_frames_and_stays_close():
-    m = tiny()
+    m = sampling_dit()
     noise, text, null = inputs()
     known = torch.randn(SHAPE)
     cond = FrameCondition(known, torch.tensor([1.0, 0.0, 0.0]))
@@ -75,7 +69,7 @@ def test_skipping_keeps_known_frames_and_stays_close():
 
 def test_known_frames_are_left_out_of_the_change_measure():
     """With the generated frame frozen, the step looks unchanged however much the known frames weigh."""
-    m = tiny()
+    m = sampling_dit()
     cache = StepCache(CacheSettings(threshold=0.5))
     tg = torch.tensor([[0.0, 0.0, 500.0]])
     with torch.no_grad():
@@ -92,7 +86,7 @@ def test_runs_and_windows_never_share_residuals():
     """One StepCache over two runs (as a caller that samples windows one after another would hold it): each run
     equals a run with its own cache. Two windows called alternately within the steps (different RoPE offsets)
     equal each window cached alone."""
-    m = tiny()
+    m = sampling_dit()
     settings = CacheSettings(threshold=1.0, steps=10)
     (n1, text, null), (n2, _, _) = inputs(1), inputs(2)
     alone = [sample(m, n, text, null, steps=10, cfg=4.0, cache=settings) for n in (n1, n2)]

@@ -9,19 +9,11 @@ import pytest
 import torch
 
 from spacetime.model.cache import CacheSettings, StepCache
-from spacetime.model.config import DiTConfig
-from spacetime.model.dit import build_dit
 from spacetime.model.errors import SpacetimeValueError
 from spacetime.model.sampling import FrameCondition, GuidedDenoiser, join_text, sample
+from tiny_models import sampling_dit
 
 SHAPE = (1, 16, 4, 4, 6)
-
-
-def tiny():
-    torch.manual_seed(0)
-    m = build_dit(DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=16)).eval()
-    torch.nn.init.normal_(m.head.head.weight, std=0.1)
-    return m
 
 
 def inputs(seed=1):
@@ -32,7 +24,7 @@ def inputs(seed=1):
 
 @torch.no_grad()
 def test_the_velocity_adds_guidance_from_a_pass_without_the_known_frames():
-    m = tiny()
+    m = sampling_dit()
     noise, text, null, cond = inputs()
     x = cond.impose(torch.randn(SHAPE))
     t, cfg, g = 700, 4.0, 1.5
@@ -56,7 +48,7 @@ def test_the_velocity_adds_guidance_from_a_pass_without_the_known_frames():
 
 
 def test_no_known_frames_or_zero_leaves_sampling_unchanged_and_known_frames_stay_exact():
-    m = tiny()
+    m = sampling_dit()
     noise, text, null, cond = inputs()
     plain = sample(m, noise, text, null, steps=6, cfg=4.0)
     assert torch.equal(sample(m, noise, text, null, steps=6, cfg=4.0, frame_cfg=2.0), plain)
@@ -71,7 +63,7 @@ def test_frame_guidance_stops_at_its_noise_level():
     """frame_cfg_stop S: the pass without known frames runs on the steps at sigma >= S only; S = 1 never runs it
     (the schedule starts below 1) and equals no frame guidance."""
     from spacetime.model.sampling import sigma_schedule
-    m = tiny()
+    m = sampling_dit()
     noise, text, null, cond = inputs()
     calls = []
     hook = m.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
@@ -96,7 +88,7 @@ def test_frame_guidance_stops_at_its_noise_level():
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "strong", True, None])
 def test_bad_frame_guidance_is_refused_naming_it(bad):
-    m = tiny()
+    m = sampling_dit()
     noise, text, null, cond = inputs()
     with pytest.raises(SpacetimeValueError, match=r"frame_cfg=.*>= 0"):
         sample(m, noise, text, null, steps=2, cond=cond, frame_cfg=bad)
@@ -105,7 +97,7 @@ def test_bad_frame_guidance_is_refused_naming_it(bad):
 def test_step_cache_keeps_the_pass_without_frames_apart():
     """Without CFG the main pass and the pass without known frames have the same shape: each keeps its own state,
     so both still skip steps (one shared state would start afresh at every call and never skip)."""
-    m = tiny()
+    m = sampling_dit()
     noise, text, _, cond = inputs()
     cache = StepCache(CacheSettings(threshold=1.0))
     out = sample(m, noise, text, None, steps=12, cfg=1.0, cond=cond, cache=cache, frame_cfg=1.0)

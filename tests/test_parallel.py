@@ -11,28 +11,20 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from spacetime.model.cache import CacheSettings, StepCache
-from spacetime.model.config import DiTConfig
-from spacetime.model.dit import build_dit
 from spacetime.model.errors import SpacetimeValueError
 from spacetime.model.parallel import Layout, shard_plan
 from spacetime.model.sampling import FrameCondition, sample
+from tiny_models import sampling_dit
 
 TOL = 1e-5
 SHAPE = (1, 16, 3, 12, 22)          # 3 x 6 x 11 = 198 tokens: uneven over 4 ranks, 66 per frame
-
-
-def tiny_dit():
-    torch.manual_seed(0)
-    m = build_dit(DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=16)).eval()
-    torch.nn.init.normal_(m.head.head.weight, std=0.1)
-    return m
 
 
 def run_cases(parallel=None) -> dict:
     """Text-to-video and known frames (frame 0 known, per-frame timesteps), 3 UniPC steps with CFG, also with frame
     guidance (its pass without the known frames); and 6 steps with step caching and known frames (every rank must
     take the same skip decisions)."""
-    m = tiny_dit()
+    m = sampling_dit()
     g = torch.Generator().manual_seed(1)
     noise, text, null = torch.randn(SHAPE, generator=g), torch.randn(1, 7, 32, generator=g), torch.zeros(1, 1, 32)
     known = FrameCondition(torch.randn(SHAPE, generator=g), torch.tensor([1.0, 0.0, 0.0]))
@@ -104,7 +96,7 @@ def test_sequence_parallel_reaches_a_dit_inside_a_wrapper():
     from spacetime.model.concat import ConcatConditioned
     from spacetime.model.dit import SelfAttention
     from spacetime.model.parallel import Parallel
-    m = tiny_dit()
+    m = sampling_dit()
     with Parallel(Layout(2, 1), 0, "cpu").attach(ConcatConditioned(m, torch.zeros(1))) as inner:
         assert inner is m and m.sequence_parallel is not None
         assert all(blk.self_attn.attend == m.sequence_parallel.attention for blk in m.blocks)
