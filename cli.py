@@ -133,6 +133,9 @@ def _check_numbers(a):
     if a.frame_guidance is not None and not (math.isfinite(a.frame_guidance) and a.frame_guidance >= 0):
         raise CliError(f"--frame-guidance {a.frame_guidance}: allowed >= 0 (0 turns it off); leave it out for the "
                        f"model's default")
+    if a.contrast_guidance is not None and not (math.isfinite(a.contrast_guidance) and a.contrast_guidance >= 0):
+        raise CliError(f"--contrast-guidance {a.contrast_guidance}: allowed >= 0 (0 turns it off); leave it out for "
+                       f"the model's default")
     if a.offload_blocks < 0:
         raise CliError(f"--offload-blocks {a.offload_blocks}: allowed >= 0 (0 keeps every block on the device)")
     if not (math.isfinite(a.step_cache) and 0.0 <= a.step_cache <= 1.0):
@@ -330,7 +333,8 @@ def _generate(a, out, verdict, preset, dit_path, width, height, frames, loras, p
                             shift=shift, seed=a.seed, sampler=a.sampler, expand_prompt=not a.no_expand,
                             callback=(lambda i, n, x0, x: bar(i, n, "denoise")) if main_rank else None,
                             decode_progress=lambda i, n: bar(i, n, "decode"), cache=cache,
-                            frame_cfg=a.frame_guidance, **kwargs)
+                            frame_cfg=a.frame_guidance, contrast=a.contrast, contrast_cfg=a.contrast_guidance,
+                            **kwargs)
     except SpacetimeValueError as exc:
         raise CliError(str(exc)) from None
     if video is None:                                    # ranks other than 0 stop after sampling
@@ -351,6 +355,11 @@ def _generate(a, out, verdict, preset, dit_path, width, height, frames, loras, p
         info["step_cache"] = cache.summary()
     if "image" in kwargs or "extend" in kwargs:
         info.update(frame_cfg=st.frame_guidance(a.frame_guidance), frame_cfg_stop=p.frame_cfg_stop)
+    contrast = a.contrast if a.contrast is not None else st.contrast_for(a.prompt)
+    contrast_cfg = st.contrast_guidance(a.contrast_guidance, "image" in kwargs or "extend" in kwargs)
+    if contrast.strip() and contrast_cfg > 0:
+        info.update(contrast=st.expand(contrast) if a.contrast is not None and not a.no_expand else contrast,
+                    contrast_cfg=contrast_cfg, contrast_cfg_stop=p.contrast_cfg_stop)
     if st.has_experts:
         info.update(st.expert_info(steps, shift, kwargs["switch"], a.cfg_high_noise, cfg))
     result = stamp_video(frames_out, out, fps=a.fps or p.fps, generation=info, prompt=a.prompt,
@@ -444,6 +453,10 @@ def cmd_eval(a) -> int:
         args += ["--frame-cfg", str(a.frame_cfg)]
     if a.frame_cfg_stop is not None:
         args += ["--frame-cfg-stop", str(a.frame_cfg_stop)]
+    if a.contrast_cfg is not None:
+        args += ["--contrast-cfg", str(a.contrast_cfg)]
+    if a.contrast_cfg_stop is not None:
+        args += ["--contrast-cfg-stop", str(a.contrast_cfg_stop)]
     return eval_main(args) or 0
 
 
@@ -534,6 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "long videos, storyboard references): pull the new frames towards what the known ones imply, for "
                    "smoother seams; one more model pass per step down to the model's noise level for it (0.3 for "
                    "toyworld); 0 = off (default: the model's, 2.5 for toyworld, off for Wan presets)")
+    g.add_argument("--contrast", metavar="TEXT", help="contrast prompt: the prompt with the one detail changed that "
+                   "the video must not show (e.g. 'moves left' for a ball that must move right); \"\" = none "
+                   "(default: the one the model writes; toyworld: the opposite of each stated motion; Wan: none)")
+    g.add_argument("--contrast-guidance", type=float, metavar="C", help="push the video away from the contrast "
+                   "prompt; one more model pass per step down to the model's noise level for it (0.5 for toyworld); "
+                   "0 = off (default: the model's, 3 for toyworld text-to-video and off with --image or --extend, "
+                   "off for Wan presets)")
     g.add_argument("--offload-blocks", type=int, default=0, metavar="N", help="low VRAM: keep N transformer "
                    "blocks in CPU memory and stream each to the GPU when it runs (default: 0 = all on the GPU)")
     g.add_argument("--step-cache", type=float, default=0.0, metavar="THRESHOLD",
@@ -586,6 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "frames, >= 0 (0 = off; default: the model's, 2.5 for the embedded one)")
     e.add_argument("--frame-cfg-stop", type=float, metavar="SIGMA", help="the noise level (0..1) below which frame "
                    "guidance stops (0 = every step; default: the model's)")
+    e.add_argument("--contrast-cfg", type=float, metavar="C", help="contrast guidance of every generation with a "
+                   "contrast prompt, >= 0 (0 = off; default: the model's, 3 for the embedded one)")
+    e.add_argument("--contrast-cfg-stop", type=float, metavar="SIGMA", help="the noise level (0..1) below which "
+                   "contrast guidance stops (0 = every step; default: the model's)")
     e.set_defaults(func=cmd_eval)
     return ap
 

@@ -56,6 +56,12 @@ def check(a):
         raise CliError("--shot cannot be combined with --window-frames, --window-prompt or --anchor-frames")
     if a.shot and a.image:
         raise CliError("--image cannot be combined with --shot")
+    if a.contrast is not None:
+        raise CliError("--contrast cannot be combined with --window-frames, --window-prompt or --shot (a long video "
+                       "uses the contrast prompt the model writes for each window's prompt)")
+    if a.shot and a.contrast_guidance is not None:
+        raise CliError("--contrast-guidance cannot be combined with --shot (storyboards sample without contrast "
+                       "guidance)")
     from .model.parallel import env_world
     world = max(a.parallel, env_world())
     if world > 1:
@@ -100,7 +106,7 @@ def _record(a, st, settings, **extra) -> dict:
 
 def _long(a, st, out, width, height, bar) -> int:
     from .model.longvideo import long_video_latents, stream_frames
-    from .nodes.long_nodes import frame_list, parse_anchor_frames
+    from .nodes.long_nodes import contrast_record, frame_list, parse_anchor_frames
     from .provenance.stamp import StampWriter
     from .safety import FrameReview
     frames = a.frames or st.preset.default_frames
@@ -120,12 +126,14 @@ def _long(a, st, out, width, height, bar) -> int:
         ingredients.append(a.image)
     settings = _settings(a, st)
     t0 = time.time()
+    contrast_cfg = a.contrast_guidance
     gen = long_video_latents(st, prompts, a.negative, frames=frames, width=width, height=height,
                              window_frames=window, overlap_frames=a.overlap_frames, anchor_frames=anchors,
                              seed=a.seed, image=img, expand_prompt=not a.no_expand, **settings,
-                             callback=lambda k, i, n: bar(i, n, f"window {k + 1}"))
+                             contrast_cfg=contrast_cfg, callback=lambda k, i, n: bar(i, n, f"window {k + 1}"))
     info = _record(a, st, settings, frames=frames, width=width, height=height, window_frames=window,
-                   overlap_frames=a.overlap_frames, anchor_frames=frame_list(anchors), prompt="\n".join(prompts))
+                   overlap_frames=a.overlap_frames, anchor_frames=frame_list(anchors), prompt="\n".join(prompts),
+                   **contrast_record(st, prompts, contrast_cfg, img is not None))
     with StampWriter(out, a.fps or st.preset.fps, info, "\n".join(prompts), a.include_prompt, ingredients,
                      verdicts, review=FrameReview()) as writer:
         for piece in stream_frames(st, (r.latents for r in gen)):

@@ -174,6 +174,11 @@ class BundlePreset:
     # the steps at noise level >= frame_cfg_stop (0: every step)
     frame_cfg: float = 0.0
     frame_cfg_stop: float = 0.0
+    # contrast guidance (model/sampling.py): 0 = off; it runs on the steps at noise level >= contrast_cfg_stop with
+    # the contrast prompt the user gives or ``contrast_writer`` writes from the prompt (None: only the user's)
+    contrast_cfg: float = 0.0
+    contrast_cfg_stop: float = 0.0
+    contrast_writer: Optional[Callable[[str], Optional[str]]] = field(default=None, compare=False)
 
     @property
     def stride(self) -> tuple:

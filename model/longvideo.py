@@ -135,17 +135,22 @@ def long_video_latents(st, prompts: Sequence[str], negative: str = "", *, frames
                        seed: int = 0, steps: Optional[int] = None, cfg: Optional[float] = None,
                        shift: Optional[float] = None, sampler: str = "unipc", image: Optional[torch.Tensor] = None,
                        expand_prompt: bool = True, callback: Optional[Callable[[int, int, int], None]] = None,
-                       frame_cfg: Optional[float] = None) -> Iterator[WindowResult]:
+                       frame_cfg: Optional[float] = None,
+                       contrast_cfg: Optional[float] = None) -> Iterator[WindowResult]:
     """Sample a long video window by window. Inputs are checked and the prompts encoded when this is called; the
     returned generator samples one window each time it is advanced.
 
     ``st``: a ``Spacetime`` bundle. ``prompts``: one per window, the last one holds for the remaining windows.
     ``image`` [H, W, 3] in 0..1 (already ``width`` x ``height``): the first frame. ``callback(window, step, steps)``
     runs after every sampling step and may raise to cancel. ``frame_cfg``: frame guidance on the frames each window
-    continues (default: the preset's)."""
+    continues (default: the preset's). ``contrast_cfg``: contrast guidance with each window prompt's contrast
+    prompt, the one the model writes (default: the preset's on a window without known frames, the first one
+    without ``image``; off on the others)."""
     prompts = _prompt_list(prompts)
     st.check_shape(width, height, frames)
     frame_cfg = st.frame_guidance(frame_cfg)
+    if contrast_cfg is not None:
+        contrast_cfg = st.contrast_guidance(contrast_cfg)
     tf = st.temporal_factor
     plan = long_video_plan(frames, window_frames, overlap_frames, anchor_frames, tf)
     if image is not None and tuple(image.shape) != (height, width, 3):
@@ -159,12 +164,12 @@ def long_video_latents(st, prompts: Sequence[str], negative: str = "", *, frames
                 texts[p] = st.encode_text([p], [negative], expand=expand_prompt)
     return _sample_windows(st, plan, per_window, texts, width, height, overlap_frames // tf,
                            {slot_of(a, tf) for a in anchor_frames}, seed, steps, cfg, shift, sampler, image, callback,
-                           frame_cfg)
+                           frame_cfg, contrast_cfg)
 
 
 @torch.no_grad()
 def _sample_windows(st, plan, per_window, texts, width, height, overlap, anchors, seed, steps, cfg, shift, sampler,
-                    image, callback, frame_cfg) -> Iterator[WindowResult]:
+                    image, callback, frame_cfg, contrast_cfg) -> Iterator[WindowResult]:
     tf = st.temporal_factor
     _, C, _, Hp, Wp = st.latent_shape(1, 1, height, width)
     keep: dict = {}                                         # timeline latent -> normalised [1, C, 1, H', W']
@@ -185,7 +190,7 @@ def _sample_windows(st, plan, per_window, texts, width, height, overlap, anchors
                 callback(k, i, n)
         prompt = per_window[w.index]
         raw = st.sample_latents(texts[prompt], shape, window_seed(seed, w.index), steps, cfg, shift, sampler, cond,
-                                callback=step_cb, frame_cfg=frame_cfg)
+                                callback=step_cb, frame_cfg=frame_cfg, contrast_cfg=contrast_cfg)
         new = raw[:, :, len(w.context):].contiguous()
         z = st.normalize(new)
         wanted = anchors | set(range(w.stop - overlap, w.stop))

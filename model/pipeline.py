@@ -30,7 +30,7 @@ from .experts import HIGH, LOW, ExpertPair, ExpertSwitch, check_expert_files, de
 from .loading import file_sha256, load_dit, load_text_encoder, load_vae, parse_dtype
 from .lora import LoraSpec
 from .offload import BlockOffload, check_offload_blocks, place_model
-from .sampling import SAMPLERS, FrameCondition, check_frame_cfg, sample, sigma_schedule
+from .sampling import SAMPLERS, Contrast, FrameCondition, check_contrast_cfg, check_frame_cfg, sample, sigma_schedule
 
 ProgressFn = Optional[Callable[[int, int], None]]
 _EXPERT_OF = {"dit": "high_noise", "dit_low": "low_noise"}      # DiT parts and the LoRA expert names that reach them
@@ -60,6 +60,11 @@ class TextEmbedding:
     prompts: tuple = ()            # as encoded (after prompt expansion)
     negatives: tuple = ()
     source: tuple = ()             # as written by the user
+    # contrast guidance (model/sampling.py): the contrast prompts' embeddings, or None when no prompt has one (a
+    # prompt without one reads itself there, so its term is zero)
+    contrast_emb: Optional[torch.Tensor] = None
+    contrast_lengths: Optional[torch.Tensor] = None
+    contrasts: tuple = ()          # as encoded; "" where a prompt has none
 
 
 @dataclass
@@ -352,15 +357,35 @@ class Spacetime:
     def expand(self, prompt: str) -> str:
         return self.prompt_expander(prompt) if self.prompt_expander and prompt.strip() else prompt
 
+    def contrast_for(self, prompt: str) -> str:
+        """The contrast prompt the model writes for ``prompt`` (embedded presets: the opposite motion), or ""."""
+        writer = getattr(self.preset, "contrast_writer", None)
+        return (writer(prompt) or "") if writer is not None and prompt.strip() else ""
+
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str], negatives: Optional[Sequence[str]] = None,
-                    expand: bool = True) -> TextEmbedding:
+                    expand: bool = True, contrasts: Optional[Sequence[str]] = None) -> TextEmbedding:
+        """Token embeddings of ``prompts`` (expanded first with ``expand``), their ``negatives`` and contrast
+        prompts: ``contrasts`` None lets the model write them (``contrast_for``), a text per prompt gives them
+        ("" = none; expanded like the prompt)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         source = tuple(prompts)
+        if isinstance(contrasts, str):
+            contrasts = [contrasts] * len(source)
+        if contrasts is not None and len(contrasts) != len(source):
+            raise SpacetimeValueError(f"{len(contrasts)} contrast prompts for {len(source)} prompts; give one for "
+                                      f"each prompt")
         prompts = [self.expand(p) if expand else p for p in prompts]
         emb, lens = self.text_encoder.encode(list(prompts))
         out = TextEmbedding(emb.cpu(), lens.cpu(), prompts=tuple(prompts), source=source)
+        if contrasts is None:
+            contrasts = [self.contrast_for(p) for p in source]
+        else:
+            contrasts = [(self.expand(c) if expand else c).strip() if str(c).strip() else "" for c in contrasts]
+        if any(contrasts):
+            cemb, clens = self.text_encoder.encode([c or p for c, p in zip(contrasts, prompts)])
+            out.contrast_emb, out.contrast_lengths, out.contrasts = cemb.cpu(), clens.cpu(), tuple(contrasts)
         if negatives is not None:
             if isinstance(negatives, str):
                 negatives = [negatives] * len(prompts)
@@ -461,6 +486,14 @@ class Spacetime:
                 f"takes them as image channels; allowed: 0")
         return g
 
+    def contrast_guidance(self, contrast_cfg: Optional[float] = None, known_frames: bool = False) -> float:
+        """Contrast guidance for a run: ``contrast_cfg`` checked, or when None the preset's for text-to-video and 0
+        with ``known_frames`` (there frame guidance does the work; on the embedded model contrast guidance lowered
+        fill and extension, weights/MODEL_CARD.md)."""
+        if contrast_cfg is not None:
+            return check_contrast_cfg(contrast_cfg)
+        return 0.0 if known_frames else self.preset.contrast_cfg
+
     @torch.no_grad()
     def sample_latents(self, text: TextEmbedding, shape: tuple, seed: int = 0, steps: Optional[int] = None,
                        cfg: Optional[float] = None, shift: Optional[float] = None, sampler: str = "unipc",
@@ -468,12 +501,15 @@ class Spacetime:
                        strength: float = 1.0, callback=None, *, switch: Optional[ExpertSwitch] = None,
                        cfg_high_noise: Optional[float] = None, load: Optional[Callable] = None,
                        unload: Optional[Callable] = None, cache=None,
-                       frame_cfg: Optional[float] = None) -> torch.Tensor:
+                       frame_cfg: Optional[float] = None, contrast_cfg: Optional[float] = None) -> torch.Tensor:
         """Returns raw latents. ``cond.latents`` are normalised; ``init`` (for strength < 1) is raw. Two-expert
         models: ``switch`` (default: the preset's boundary) and ``cfg_high_noise`` (default: the preset's).
         ``cache``: step caching (model.cache.CacheSettings or StepCache), off when None. ``frame_cfg``: frame
         guidance with known frames (model/sampling.py; default: the preset's), on the steps down to the preset's
-        ``frame_cfg_stop``. In a multi-rank run (``parallel``) every rank calls this with the same arguments."""
+        ``frame_cfg_stop``. ``contrast_cfg``: contrast guidance with the contrast prompts of ``text`` (default: the
+        preset's without known frames, off with them), on the steps down to the preset's ``contrast_cfg_stop``;
+        without contrast prompts it is off. In
+        a multi-rank run (``parallel``) every rank calls this with the same arguments."""
         steps = steps or self.preset.steps
         cfg = self.preset.cfg if cfg is None else cfg
         shift = shift or self.preset.shift
@@ -481,6 +517,7 @@ class Spacetime:
             raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
         self.check_known_frames(cond)
         frame_cfg = self.frame_guidance(frame_cfg)
+        contrast_cfg = self.contrast_guidance(contrast_cfg, cond is not None and cond.any_known)
         model = self.denoising_model(switch, cfg_high_noise, load, unload)
         B = shape[0]
         emb, lens = text.emb, text.lengths
@@ -491,6 +528,12 @@ class Spacetime:
         neg, nlens = text.neg_emb, text.neg_lengths
         if neg is not None and neg.shape[0] == 1 and B > 1:
             neg, nlens = neg.expand(B, -1, -1), nlens.expand(B)
+        contrast = None
+        if text.contrast_emb is not None and contrast_cfg > 0:
+            if text.contrast_emb.shape[0] not in (1, B):
+                raise SpacetimeValueError(f"{text.contrast_emb.shape[0]} contrast prompts for a batch of {B} videos; "
+                                          f"give one or {B}")
+            contrast = Contrast(text.contrast_emb, text.contrast_lengths, contrast_cfg, self.preset.contrast_cfg_stop)
         noise = noise_for(shape, seed)
         init_n = self.normalize(init) if init is not None else None
         dev = model.device
@@ -505,7 +548,9 @@ class Spacetime:
                          steps=steps, shift=shift, cfg=cfg, sampler=sampler, cond=cond,
                          init=None if init_n is None else init_n.to(dev), strength=strength, callback=callback,
                          parallel=self.parallel, cache=cache, frame_cfg=frame_cfg,
-                         frame_cfg_stop=self.preset.frame_cfg_stop)
+                         frame_cfg_stop=self.preset.frame_cfg_stop,
+                         contrast=None if contrast is None else replace(contrast, text=contrast.text.to(dev),
+                                                                        lengths=contrast.lengths.to(dev)))
         finally:
             if isinstance(model, ExpertPair) and load is None:
                 model.release()                        # both experts back in CPU memory: room for decoding
@@ -519,13 +564,15 @@ class Spacetime:
                  after: Optional[torch.Tensor] = None, expand_prompt: bool = True,
                  callback=None, decode_progress: ProgressFn = None, switch: Optional[ExpertSwitch] = None,
                  cfg_high_noise: Optional[float] = None, cache=None,
-                 frame_cfg: Optional[float] = None) -> Optional[torch.Tensor]:
+                 frame_cfg: Optional[float] = None, contrast: Optional[str] = None,
+                 contrast_cfg: Optional[float] = None) -> Optional[torch.Tensor]:
         """Text-to-video, image-to-video (``image`` [H, W, 3] placed at the start or end) or extension
         (``extend`` frames [T, H, W, 3]: ``direction`` forward = continue after it, backward = lead into it,
         fill = generate ``frames`` new frames between ``extend`` and ``after``). Returns frames [B, T, H, W, 3].
         For extension the output is the whole clip: the given frames (re-decoded) and the new ones. Two-expert
-        models take ``switch`` and ``cfg_high_noise``, step caching ``cache``, frame guidance ``frame_cfg`` (see
-        ``sample_latents``). In a multi-rank run only rank 0 decodes; the other ranks return None."""
+        models take ``switch`` and ``cfg_high_noise``, step caching ``cache``, frame guidance ``frame_cfg`` and
+        contrast guidance ``contrast_cfg`` (see ``sample_latents``) with the ``contrast`` prompt (None: the one the
+        model writes, "" none). In a multi-rank run only rank 0 decodes; the other ranks return None."""
         width = width or self.preset.default_size[0]
         height = height or self.preset.default_size[1]
         frames = frames or self.preset.default_frames
@@ -533,11 +580,14 @@ class Spacetime:
                          direction, after)
         self.check_shape(plan.width, plan.height, plan.total)
         self.frame_guidance(frame_cfg)
-        text = self.encode_text([prompt], [negative], expand=expand_prompt)
+        self.contrast_guidance(contrast_cfg)
+        text = self.encode_text([prompt], [negative], expand=expand_prompt,
+                                contrasts=None if contrast is None else [contrast])
         cond = self.condition_from_frames(plan.placement) if plan.placement is not None else None
         lat = self.sample_latents(text, self.latent_shape(batch, plan.total, plan.height, plan.width), seed, steps,
                                   cfg, shift, sampler, cond, callback=callback, switch=switch,
-                                  cfg_high_noise=cfg_high_noise, cache=cache, frame_cfg=frame_cfg)
+                                  cfg_high_noise=cfg_high_noise, cache=cache, frame_cfg=frame_cfg,
+                                  contrast_cfg=contrast_cfg)
         if self.parallel is not None and not self.parallel.is_main:
             return None
         return self.decode(lat, decode_progress)

@@ -18,12 +18,21 @@ step's timestep, the negative text); the velocity becomes
 (without CFG the text's own velocity stands for v_neg). It costs one model pass per step on top of CFG's two.
 ``frame_cfg_stop`` S limits it to the steps at noise level sigma >= S (0: every step): the guidance shapes where
 things are while the picture forms and leaves the last, low-noise steps to the plain velocity.
+
+Contrast guidance (``Contrast``, off by default): a third guidance term that pushes the video away from a contrast
+prompt, a prompt that differs from the prompt in the one detail the model confuses (the opposite motion: "moves
+left" for "moves right"). The negative prompt cannot do this job: CFG against a near-copy of the prompt loses what
+CFG against the negative gives (colour, shape). One more model call per step reads the contrast prompt:
+
+    v = v_neg + cfg * (v_text - v_neg) + C * (v_text - v_contrast)
+
+on the steps at noise level >= the contrast's stop level (where the layout and the motion are decided).
 """
 from __future__ import annotations
 
 import math
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -117,6 +126,20 @@ def join_text(text: torch.Tensor, lengths, text_null: torch.Tensor, null_lengths
     return torch.cat([padded(text), padded(text_null.to(text))]), torch.cat([lengths, null_lengths])
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """Contrast guidance (module docstring): the contrast prompt's token embeddings [1 or B, L, D] and lengths,
+    the scale (> 0) and the noise level below which it stops (0: every step)."""
+    text: torch.Tensor
+    lengths: Optional[torch.Tensor]
+    scale: float
+    stop: float = 0.0
+
+    def __post_init__(self):
+        check_contrast_cfg(self.scale)
+        check_frame_cfg_stop(self.stop, "contrast_cfg_stop", "contrast guidance")
+
+
 class GuidedDenoiser:
     """Calls the DiT on cond and uncond text in one batch, with known frames at timestep 0.
 
@@ -126,12 +149,16 @@ class GuidedDenoiser:
     ``frame_cfg`` / ``frame_noise``: frame guidance (module docstring) and the noise [B, C, F', H', W'] that stands
     in for the withheld known frames (the run's starting noise); frame guidance needs known frames in ``cond``.
     ``frame_cfg_stop``: the noise level below which frame guidance stops (module docstring).
+    ``contrast``: contrast guidance (``Contrast``), or None.
     """
 
     def __init__(self, model, text, text_lengths=None, text_null=None, text_null_lengths=None, cfg: float = 1.0,
                  cond: Optional[FrameCondition] = None, parallel=None, cache=None, frame_cfg: float = 0.0,
-                 frame_noise: Optional[torch.Tensor] = None, frame_cfg_stop: float = 0.0):
+                 frame_noise: Optional[torch.Tensor] = None, frame_cfg_stop: float = 0.0,
+                 contrast: Optional[Contrast] = None):
         self.model, self.cfg, self.cond, self.parallel = model, float(cfg), cond, parallel
+        self.contrast = contrast if contrast is not None and contrast.scale > 0 else None
+        batch = text.shape[0]
         self.frame_cfg = check_frame_cfg(frame_cfg)
         self.frame_cfg_stop = check_frame_cfg_stop(frame_cfg_stop)
         self.frame_guided = self.frame_cfg > 0 and cond is not None and cond.any_known
@@ -151,8 +178,16 @@ class GuidedDenoiser:
             self.kv = model.text_kv(model.text_tokens(text, text_lengths))
             if self.frame_guided and not self.use_cfg:
                 self.kv_ref = self.kv
+            self.kv_con = None
+            if self.contrast is not None:         # under CFG parallelism both rank groups read the contrast prompt
+                con = batch_text(self.contrast.text.to(text), self.contrast.lengths, batch)
+                if self.cfg_parallel:
+                    con = join_text(*con, *con)
+                self.kv_con = model.text_kv(model.text_tokens(*con))
         if self.cfg_parallel:
             self.kv = parallel.cfg_share(self.kv)
+            if self.kv_con is not None:
+                self.kv_con = parallel.cfg_share(self.kv_con)
         self.cache = cache
 
     def timesteps(self, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -181,10 +216,21 @@ class GuidedDenoiser:
                     v_c, v_u = self.model(torch.cat([x, x]), torch.cat([tt, tt]), text_kv=self.kv).chunk(2)
                 v = v_u + self.cfg * (v_c - v_u)
             else:
-                v = v_u = self.model(x, tt, text_kv=self.kv)
+                v = v_c = v_u = self.model(x, tt, text_kv=self.kv)
             if self.frame_guided and t >= self.frame_cfg_stop * NUM_TRAIN_TIMESTEPS:
                 v = v + self.frame_cfg * (v_u - self._without_frames(x, t))
+            if self.contrast is not None and t >= self.contrast.stop * NUM_TRAIN_TIMESTEPS:
+                v = v + self.contrast.scale * (v_c - self._contrast(x, tt))
             return v
+
+    def _contrast(self, x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        """The velocity read with the contrast prompt (known frames as in the main pass)."""
+        with ExitStack() as stack:
+            if self.cache is not None:
+                stack.enter_context(self.cache.branch("contrast"))
+            if self.cfg_parallel:
+                return self.parallel.guided_pair(self.model, x, tt, self.kv_con)[0]
+            return self.model(x, tt, text_kv=self.kv_con)
 
     def _without_frames(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """The reference velocity with the known frames withheld: their latent frames hold noise at the step's
@@ -210,22 +256,27 @@ def _number(value) -> float:
         return float("nan")
 
 
-def check_frame_cfg_stop(stop) -> float:
-    """``frame_cfg_stop`` as a float, refused unless within 0..1."""
+def check_frame_cfg_stop(stop, name: str = "frame_cfg_stop", what: str = "frame guidance") -> float:
+    """``frame_cfg_stop`` (or the stop level ``name`` of ``what``) as a float, refused unless within 0..1."""
     s = _number(stop)
     if not 0.0 <= s <= 1.0:
-        raise SpacetimeValueError(f"frame_cfg_stop={stop!r} is not allowed: the noise level where frame guidance "
+        raise SpacetimeValueError(f"{name}={stop!r} is not allowed: the noise level where {what} "
                                   f"stops must be within 0..1 (0: every step)")
     return s
 
 
-def check_frame_cfg(frame_cfg) -> float:
-    """``frame_cfg`` as a float, refused unless finite and >= 0."""
+def check_frame_cfg(frame_cfg, name: str = "frame_cfg", what: str = "frame guidance") -> float:
+    """``frame_cfg`` (or the scale ``name`` of ``what``) as a float, refused unless finite and >= 0."""
     g = _number(frame_cfg)
     if not math.isfinite(g) or g < 0:
-        raise SpacetimeValueError(f"frame_cfg={frame_cfg!r} is not allowed: frame guidance must be a finite number "
+        raise SpacetimeValueError(f"{name}={frame_cfg!r} is not allowed: {what} must be a finite number "
                                   f">= 0 (0 turns it off)")
     return g
+
+
+def check_contrast_cfg(scale) -> float:
+    """The contrast guidance scale as a float, refused unless finite and >= 0."""
+    return check_frame_cfg(scale, "contrast_cfg", "contrast guidance")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -317,7 +368,8 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
            text_lengths=None, text_null_lengths=None, steps: int = 50, shift: float = 5.0, cfg: float = 5.0,
            sampler: str = "unipc", cond: Optional[FrameCondition] = None, init: Optional[torch.Tensor] = None,
            strength: float = 1.0, callback: Optional[StepCallback] = None, parallel=None,
-           cache=None, frame_cfg: float = 0.0, frame_cfg_stop: float = 0.0) -> torch.Tensor:
+           cache=None, frame_cfg: float = 0.0, frame_cfg_stop: float = 0.0,
+           contrast: Optional[Contrast] = None) -> torch.Tensor:
     """Sample normalised latents.
 
     ``model``: a DiT, or an ``experts.ExpertPair`` (one of two experts per step). noise [B, C, F', H', W'] standard
@@ -328,7 +380,7 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     text and known frames are used). ``cache``: model.cache.CacheSettings (or a StepCache, to read its counts after)
     to skip the blocks on steps whose input changed little; off when None. ``frame_cfg``: frame guidance (module
     docstring; it needs known frames in ``cond`` and is ignored without them), on the steps at noise level >=
-    ``frame_cfg_stop``.
+    ``frame_cfg_stop``. ``contrast``: contrast guidance (``Contrast``; module docstring), or None.
     """
     if sampler not in SAMPLERS:
         raise SpacetimeValueError(f"sampler={sampler!r} is not supported; allowed: {', '.join(SAMPLERS)}")
@@ -342,6 +394,8 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     sigmas, timesteps = sigma_schedule(steps, shift)
     if parallel is not None:
         noise, text, text_null, init = parallel.same(noise, text, text_null, init)
+        if contrast is not None:
+            contrast = replace(contrast, text=parallel.same(contrast.text)[0])
         if cond is not None:
             cond = FrameCondition(parallel.same(cond.latents)[0], cond.mask)
     start = 0
@@ -359,10 +413,11 @@ def sample(model, noise: torch.Tensor, text: torch.Tensor, text_null: Optional[t
     if hasattr(model, "guided_denoiser"):         # a set of experts (experts.ExpertPair) picks one per step
         denoise = model.guided_denoiser(text, text_lengths, text_null, text_null_lengths, cfg, cond, timesteps,
                                         parallel=parallel, cache=cache, frame_cfg=frame_cfg, frame_noise=noise,
-                                        frame_cfg_stop=frame_cfg_stop)
+                                        frame_cfg_stop=frame_cfg_stop, contrast=contrast)
     else:
         denoise = GuidedDenoiser(model, text, text_lengths, text_null, text_null_lengths, cfg, cond, parallel, cache,
-                                 frame_cfg=frame_cfg, frame_noise=noise, frame_cfg_stop=frame_cfg_stop)
+                                 frame_cfg=frame_cfg, frame_noise=noise, frame_cfg_stop=frame_cfg_stop,
+                                 contrast=contrast)
     if cond is not None:
         x = cond.impose(x)
     solver = UniPC(sigmas[start:]) if sampler == "unipc" else None

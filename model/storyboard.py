@@ -206,7 +206,8 @@ def storyboard_latents(st, shots, negative: str = "", *, width: int, height: int
     (0: the sum of the shots). ``mode``: text | reference | text+reference. ``reference_frames``: frames of the
     previous shot known in the next shot's window (a multiple of 4). ``callback(window, step, steps)`` after every
     step (one window in text mode, one per shot otherwise) may raise to cancel. ``frame_cfg``: frame guidance on
-    the reference frames (default: the preset's). Returns (raw latents
+    the reference frames (default: the preset's). No shot uses contrast guidance (per-shot text has no pass for
+    it; every mode samples alike). Returns (raw latents
     [1, C, F', H', W'], the plan with the cuts)."""
     if mode not in MODES:
         raise SpacetimeValueError(f"mode={mode!r} is not allowed; allowed: {', '.join(MODES)}")
@@ -236,7 +237,7 @@ def storyboard_latents(st, shots, negative: str = "", *, width: int, height: int
         n = b - a
         if k == 0:
             raw = st.sample_latents(encode([prompt]), (1, C, n, Hp, Wp), window_seed(seed, 0), steps, cfg, shift,
-                                    sampler, callback=step_cb(0))
+                                    sampler, callback=step_cb(0), contrast_cfg=0.0)
         else:
             r = min(reference_frames // tf, prev.shape[2])
             known = torch.zeros(1, C, r + n, Hp, Wp)
@@ -245,7 +246,7 @@ def storyboard_latents(st, shots, negative: str = "", *, width: int, height: int
             shape, seed_k = (1, C, r + n, Hp, Wp), window_seed(seed, k)
             if mode == "reference":
                 raw = st.sample_latents(encode([prompt]), shape, seed_k, steps, cfg, shift, sampler, cond,
-                                        callback=step_cb(k), frame_cfg=frame_cfg)
+                                        callback=step_cb(k), frame_cfg=frame_cfg, contrast_cfg=0.0)
             else:
                 fs = torch.tensor([0] * r + [1] * n)
                 raw = sample_shots(st, encode([prompts[k - 1], prompt]), fs, shape, seed_k, steps, cfg, shift,

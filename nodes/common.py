@@ -34,6 +34,25 @@ def frame_guidance_value(model, frame_guidance) -> float:
     return model.frame_guidance(None if frame_guidance < 0 else frame_guidance)
 
 
+def contrast_guidance_input():
+    """The optional contrast-guidance widget (model/sampling.py): -1 = the model's default."""
+    return ("FLOAT", {"default": -1.0, "min": -1.0, "max": 20.0, "step": 0.1, "round": 0.01,
+                      "tooltip": "Contrast guidance: pushes the video away from the contrast prompt of Spacetime "
+                                 "Text Encode (the embedded model writes one with the opposite motion), so the "
+                                 "asked motion wins over the one the model confuses it with; one more model pass "
+                                 "per step while the noise level is above the model's stop (embedded: 0.5). -1 = the "
+                                 "model's default (embedded: 3 for text-to-video, off with known frames, where "
+                                 "frame guidance works; Wan: off), 0 = off. No effect without a contrast prompt."})
+
+
+def contrast_guidance_value(model, contrast_guidance):
+    """The widget's value checked before any work: None (negative: the model's default, which
+    ``model.contrast_guidance`` turns into a number per run) or the scale."""
+    value = None if contrast_guidance < 0 else contrast_guidance
+    model.contrast_guidance(value)
+    return value
+
+
 def size_input(default: int, what: str):
     return ("INT", {"default": default, "min": 16, "max": MAX_SIZE, "step": 16,
                     "tooltip": f"{what} in pixels; a multiple of 16 (VAE 8x and patch 2x)"})

@@ -5,8 +5,9 @@ import json
 import math
 
 from . import host
-from .common import (CATEGORY, MAX_FRAMES, MODEL, SAMPLERS, check_size, cuts_from_latent, first_error,
-                     frame_guidance_input, frame_guidance_value, frames_input, latent_dict, seed_input, size_input)
+from .common import (CATEGORY, MAX_FRAMES, MODEL, SAMPLERS, check_size, contrast_guidance_input,
+                     contrast_guidance_value, cuts_from_latent, first_error, frame_guidance_input,
+                     frame_guidance_value, frames_input, latent_dict, seed_input, size_input)
 
 LONG_MAX_FRAMES = 16385                  # 34 minutes at 8 fps; memory does not grow with the length
 STORY_MODES = ["text", "reference", "text+reference"]
@@ -62,6 +63,19 @@ def _info(model, **extra) -> str:
     return json.dumps(base)
 
 
+def contrast_record(model, prompts, requested, image: bool) -> dict:
+    """Record keys of contrast guidance in a long video: the windows it ran on (a value given: all; the default:
+    the first, whose frames are all new unless an image is given), their prompts' contrast prompts (one per prompt,
+    "" where none), the scale and the stop level; none when it did not run."""
+    every = requested is not None
+    contrasts = [model.contrast_for(p) for p in (prompts if every else prompts[:1])]
+    scale = model.contrast_guidance(requested, known_frames=image)
+    if scale <= 0 or not any(contrasts):
+        return {}
+    return {"contrasts": contrasts, "contrast_cfg": scale, "contrast_cfg_stop": model.preset.contrast_cfg_stop,
+            "contrast_windows": "all" if every else "first"}
+
+
 class SpacetimeLongVideo:
     DESCRIPTION = ("Generates a video of any length as overlapping windows over one latent timeline: each window "
                    "continues the last frames of the one before (known latent frames, no pixel round trip), anchor "
@@ -99,6 +113,7 @@ class SpacetimeLongVideo:
         }, "optional": {
             "image": ("IMAGE", {"tooltip": "Optional first frame (scaled and centre-cropped to the video's size)."}),
             "frame_guidance": frame_guidance_input("On the frames each window continues"),
+            "contrast_guidance": contrast_guidance_input(),
         }}
 
     @classmethod
@@ -116,7 +131,7 @@ class SpacetimeLongVideo:
 
     def generate(self, model, prompts, negative, width, height, frames, window_frames, overlap_frames, anchor_frames,
                  seed=0, steps=20, cfg=5.0, shift=3.0, sampler="unipc", expand_prompt=True, image=None,
-                 frame_guidance=-1.0):
+                 frame_guidance=-1.0, contrast_guidance=-1.0):
         from ..model.longvideo import file_backed_latents, long_video_latents, long_video_plan
         lines = _lines(prompts)
         if not lines:
@@ -124,6 +139,7 @@ class SpacetimeLongVideo:
         anchors = parse_anchor_frames(anchor_frames)
         model.check_shape(width, height, frames)
         frame_cfg = frame_guidance_value(model, frame_guidance)
+        contrast_cfg = contrast_guidance_value(model, contrast_guidance)
         windows = len(long_video_plan(frames, window_frames, overlap_frames, anchors, model.temporal_factor))
         _check_prompts(lines)
         img = None
@@ -136,7 +152,7 @@ class SpacetimeLongVideo:
                                  window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=anchors,
                                  seed=seed, steps=steps, cfg=cfg, shift=shift, sampler=sampler, image=img,
                                  expand_prompt=expand_prompt, callback=lambda k, i, n: bar.update(1),
-                                 frame_cfg=frame_cfg)
+                                 frame_cfg=frame_cfg, contrast_cfg=contrast_cfg)
         host.use(model, "vae")
         host.use(model, "dit")
         latents = file_backed_latents(model.latent_shape(1, frames, height, width), host.temp_directory())
@@ -145,7 +161,8 @@ class SpacetimeLongVideo:
         info = _info(model, seed=int(seed), steps=steps, cfg=cfg, shift=shift, sampler=sampler, frames=frames,
                      width=width, height=height, prompt="\n".join(lines), negative=negative, windows=windows,
                      window_frames=window_frames, overlap_frames=overlap_frames, anchor_frames=frame_list(anchors),
-                     frame_cfg=frame_cfg, frame_cfg_stop=model.preset.frame_cfg_stop)
+                     frame_cfg=frame_cfg, frame_cfg_stop=model.preset.frame_cfg_stop,
+                     **contrast_record(model, lines, contrast_cfg, img is not None))
         return (latent_dict(latents), info)
 
 

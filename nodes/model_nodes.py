@@ -94,11 +94,19 @@ class SpacetimeTextEncode:
                                                "preset's default negative prompt."}),
             "expand_prompt": ("BOOLEAN", {"default": True, "tooltip": "Rewrite short prompts into the model's "
                                           "detailed caption style (embedded model only; no effect on Wan presets)."}),
+        }, "optional": {
+            "contrast": ("STRING", {"multiline": True, "default": "",
+                                    "tooltip": "Contrast prompt for contrast guidance (Spacetime Denoise): the "
+                                               "prompt with the one detail changed that the video must not show, "
+                                               "e.g. 'moves left' for a ball that must move right. Empty: the "
+                                               "embedded model writes it (the opposite of each stated motion); Wan "
+                                               "presets: none."}),
         }}
 
-    def encode(self, model, prompt, negative="", expand_prompt=True):
+    def encode(self, model, prompt, negative="", expand_prompt=True, contrast=""):
         host.use(model, "text")
-        text = model.encode_text([prompt], [negative], expand=expand_prompt)
+        text = model.encode_text([prompt], [negative], expand=expand_prompt,
+                                 contrasts=[contrast] if str(contrast).strip() else None)
         return (text, text.prompts[0])
 
 

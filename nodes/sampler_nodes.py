@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 
 from . import host
-from .common import (CATEGORY, MAX_SEED, MODEL, SAMPLERS, TEXT, cuts_from_latent, frame_guidance_input,
-                     frame_guidance_value, known_mask_from_latent, latent_dict, seed_input)
+from .common import (CATEGORY, MAX_SEED, MODEL, SAMPLERS, TEXT, contrast_guidance_input, contrast_guidance_value,
+                     cuts_from_latent, frame_guidance_input, frame_guidance_value, known_mask_from_latent,
+                     latent_dict, seed_input)
 
 
 def _preview(model, x0_norm):
@@ -82,10 +83,12 @@ class SpacetimeDenoise:
                                                 "be skipped (0.05-0.2). The first steps and the last are always "
                                                 "computed; known frames are kept."}),
             "frame_guidance": frame_guidance_input("With known frames (Image to Video, Extend, fill)"),
+            "contrast_guidance": contrast_guidance_input(),
         }}
 
     def denoise(self, model, text, latent, steps=20, cfg=5.0, shift=3.0, sampler="unipc", seed=0, strength=1.0,
-                expert_boundary=0.0, expert_switch_step=0, cfg_high_noise=0.0, step_cache=0.0, frame_guidance=-1.0):
+                expert_boundary=0.0, expert_switch_step=0, cfg_high_noise=0.0, step_cache=0.0, frame_guidance=-1.0,
+                contrast_guidance=-1.0):
         from ..model.sampling import FrameCondition
         s = latent["samples"].float()
         z = model.preset.vae.z_dim
@@ -96,7 +99,9 @@ class SpacetimeDenoise:
         if not 0.0 <= step_cache <= 1.0:
             raise ValueError(f"step_cache={step_cache} is not allowed; allowed: 0 (off) to 1")
         frame_cfg = frame_guidance_value(model, frame_guidance)
+        requested = contrast_guidance_value(model, contrast_guidance)
         known = known_mask_from_latent(latent)
+        contrast_cfg = model.contrast_guidance(requested, bool(known.any()))
         host.use(model, "vae")                       # normalisation statistics live with the VAE
         cond = None
         if known.any():
@@ -122,7 +127,7 @@ class SpacetimeDenoise:
         host.use(model, "dit")                         # (two experts: the high-noise one, used first)
         out = model.sample_latents(text, tuple(s.shape), eff_seed, steps, cfg, shift, sampler, cond,
                                    init=s if strength < 1.0 else None, strength=strength, callback=callback,
-                                   cache=cache, frame_cfg=frame_cfg, **experts)
+                                   cache=cache, frame_cfg=frame_cfg, contrast_cfg=contrast_cfg, **experts)
         info = {"model": model.preset.name, "checkpoint_sha256": model.checkpoint_sha256(), "seed": eff_seed,
                 "steps": steps, "cfg": cfg, "shift": shift, "sampler": sampler, "strength": strength,
                 "frames": model.preset.vae.temporal_factor * (s.shape[2] - 1) + 1,
@@ -138,6 +143,9 @@ class SpacetimeDenoise:
             info["step_cache"] = cache.summary()
         if cond is not None:
             info.update(frame_cfg=frame_cfg, frame_cfg_stop=model.preset.frame_cfg_stop)
+        if text.contrast_emb is not None and contrast_cfg > 0:
+            info.update(contrast=text.contrasts[0], contrast_cfg=contrast_cfg,
+                        contrast_cfg_stop=model.preset.contrast_cfg_stop)
         result = latent_dict(out, spacetime_ingredients=latent.get("spacetime_ingredients"))
         return (result, json.dumps(info))
 

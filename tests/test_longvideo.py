@@ -301,6 +301,12 @@ def test_long_video_nodes_write_one_signed_video(dirs, st):
     assert rep["manifest"]["state"] == "trusted" and rep["watermark"]["detected"]
     assert gen["frames"] == 41 and gen["prompt"].splitlines()[1] == "a red ball bounces on navy"
     assert [s["kind"] for s in gen["safety"]] == ["prompt", "frames"] and gen["safety"][1]["frames_checked"] == 41
+    # contrast guidance: by default on the first window only, whose prompt here states no motion to contrast
+    assert "contrast_cfg" not in info
+    r = run_workflow(_long_graph(contrast_guidance=2.0, frames=29))
+    info = json.loads(r["2"]["result"][1])
+    assert info["contrast_windows"] == "all" and info["contrast_cfg"] == 2.0 and info["contrasts"][0] == ""
+    assert "moves steadily downward" in info["contrasts"][1]
 
 
 def test_long_video_node_validation_and_cancel(dirs):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from spacetime.model.cache import CacheSettings, StepCache
 from spacetime.model.errors import SpacetimeValueError
 from spacetime.model.parallel import Layout, shard_plan
-from spacetime.model.sampling import FrameCondition, sample
+from spacetime.model.sampling import Contrast, FrameCondition, sample
 from tiny_models import sampling_dit
 
 TOL = 1e-5
@@ -22,7 +22,7 @@ SHAPE = (1, 16, 3, 12, 22)          # 3 x 6 x 11 = 198 tokens: uneven over 4 ran
 
 def run_cases(parallel=None) -> dict:
     """Text-to-video and known frames (frame 0 known, per-frame timesteps), 3 UniPC steps with CFG, also with frame
-    guidance (its pass without the known frames); and 6 steps with step caching and known frames (every rank must
+    guidance (its pass without the known frames) and contrast guidance (its pass with the contrast text); and 6 steps with step caching and known frames (every rank must
     take the same skip decisions)."""
     m = sampling_dit()
     g = torch.Generator().manual_seed(1)
@@ -33,6 +33,8 @@ def run_cases(parallel=None) -> dict:
         out[name] = sample(m, noise, text, null, steps=3, shift=3.0, cfg=4.0, cond=cond, parallel=parallel)
     out["guided"] = sample(m, noise, text, null, steps=3, shift=3.0, cfg=4.0, cond=known, parallel=parallel,
                            frame_cfg=1.5)
+    out["contrast"] = sample(m, noise, text, null, steps=3, shift=3.0, cfg=4.0, parallel=parallel,
+                             contrast=Contrast(torch.randn(1, 5, 32, generator=g), None, 2.0, 0.3))
     cache = StepCache(CacheSettings(threshold=1.0))
     out["cached"] = sample(m, noise, text, null, steps=6, shift=3.0, cfg=4.0, cond=known, parallel=parallel,
                            cache=cache)
@@ -68,7 +70,7 @@ def single():
 def test_parallel_sampling_equals_single_process(world, single, tmp_path):
     mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world)
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(world)]
-    assert len(ranks[0]) == 10                              # two layouts x four cases, and the skip decisions
+    assert len(ranks[0]) == 12                              # two layouts x five cases, and the skip decisions
     assert single["cached_skips"].any()
     for key, lat in ranks[0].items():
         if key.endswith("skips"):

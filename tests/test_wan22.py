@@ -263,6 +263,23 @@ def test_frame_guidance_runs_on_both_experts(tiny_presets):
     assert (out[0.0][:, 1:] - out[2.0][:, 1:]).abs().max() > 1e-3
 
 
+def test_contrast_guidance_runs_on_both_experts(tiny_presets):
+    """A two-expert pair with a contrast prompt given: each step runs its expert once more (the contrast pass); Wan
+    presets write no contrast prompt and leave contrast guidance off unless asked."""
+    st = Spacetime.load("test-t2v-a14b", device="cpu")
+    assert st.contrast_guidance() == 0.0 and st.contrast_for("a red ball moves right") == ""
+    out = {}
+    for c in (0.0, 2.0):
+        log = []
+        hooks = [record_calls(st.dit, HIGH, log), record_calls(st.dit_low, LOW, log)]
+        out[c] = st.generate("a red ball", frames=5, width=32, height=32, seed=1, contrast="a blue box",
+                             contrast_cfg=c)
+        for h in hooks:
+            h.remove()
+        assert [n for n, *_ in log] == ([HIGH] * 6 + [LOW] * 2 if c == 0 else [HIGH] * 12 + [LOW] * 4)
+    assert (out[0.0] - out[2.0]).abs().max() > 1e-3
+
+
 def test_expert_file_errors(tmp_path, tiny_presets):
     hi = tmp_path / "high.safetensors"
     write_safetensors_atomic(tiny_dit(seed=1).state_dict(), hi)
@@ -390,7 +407,7 @@ def test_nodes_run_a_two_expert_model(tiny_presets, tmp_path, monkeypatch):
     assert list(loader.INPUT_TYPES()["optional"]) == ["dit_low_noise_file"]
     assert list(N["SpacetimeDenoise"].INPUT_TYPES()["optional"]) == ["expert_boundary", "expert_switch_step",
                                                                       "cfg_high_noise", "step_cache",
-                                                                      "frame_guidance"]
+                                                                      "frame_guidance", "contrast_guidance"]
     (model,) = loader().load("test-t2v-a14b", device="cpu")
     text, _ = N["SpacetimeTextEncode"]().encode(model, "a red ball", "")
     (latent,) = N["SpacetimeNoiseLatent"]().make(model, 32, 32, 5)

@@ -723,3 +723,25 @@ def expand_prompt(prompt: str) -> str:
     world are returned unchanged."""
     g = parse_prompt(prompt)
     return caption_from_graph(g) if g["objects"] else prompt.strip()
+
+
+# contrast guidance: what the model is pushed away from for each stated motion. The opposite direction for a
+# direction; for growing, shrinking and bouncing what the model draws in their place (a size kept, a fall without
+# the rebound: weights/MODEL_CARD.md), which contrasts better than the opposite change (measured there)
+CONTRAST_MOTION = {"moves right": "moves left", "moves left": "moves right", "moves up": "moves down",
+                   "moves down": "moves up", "grows": "stays still", "shrinks": "stays still", "bounces": "moves down"}
+
+
+def contrast_prompt(prompt: str) -> Optional[str]:
+    """The contrast prompt of contrast guidance (model/sampling.py) for a toy-world prompt: its detailed caption with
+    every motion the prompt states replaced by its ``CONTRAST_MOTION`` ("moves left" for "moves right", "stays
+    still" for "grows"), everything else as stated. None when the prompt names no object or states no motion to
+    contrast (an object that stays still): sampling then runs without the extra pass."""
+    g = parse_prompt(prompt)
+    if not any(o["motion"] in CONTRAST_MOTION for o in g["objects"]):
+        return None
+    c = complete_graph(g)
+    for stated, o in zip(g["objects"], c["objects"]):
+        if stated["motion"] in CONTRAST_MOTION:
+            o["motion"] = CONTRAST_MOTION[stated["motion"]]
+    return caption_from_graph(c)

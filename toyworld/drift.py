@@ -357,8 +357,8 @@ def main(argv=None) -> int:
 
 
 def add_model_options(ap: argparse.ArgumentParser) -> None:
-    """--preset, --dit, --vae, --cfg, --shift and --frame-cfg: the model an evaluation measures, and the guidance,
-    sampler shift and frame guidance it samples with."""
+    """--preset, --dit, --vae, --cfg, --shift, --frame-cfg and --contrast-cfg: the model an evaluation measures, and
+    the guidance, sampler shift, frame and contrast guidance it samples with."""
     ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
     ap.add_argument("--dit", type=Path, help="a DiT file to evaluate in place of the preset's, e.g. a training run's "
                     "dit_ema.safetensors (default: the preset's)")
@@ -371,6 +371,10 @@ def add_model_options(ap: argparse.ArgumentParser) -> None:
                     "(0 = off; default: the preset's)")
     ap.add_argument("--frame-cfg-stop", type=float, help="the noise level (0..1) below which frame guidance stops "
                     "(0 = every step; default: the preset's)")
+    ap.add_argument("--contrast-cfg", type=float, help="contrast guidance of every generation with a contrast prompt, "
+                    ">= 0 (0 = off; default: the preset's)")
+    ap.add_argument("--contrast-cfg-stop", type=float, help="the noise level (0..1) below which contrast guidance "
+                    "stops (0 = every step; default: the preset's)")
 
 
 def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
@@ -387,6 +391,10 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
         ap.error(f"--frame-cfg {a.frame_cfg}: allowed a number >= 0 (0 = off)")
     if a.frame_cfg_stop is not None and not 0 <= a.frame_cfg_stop <= 1:
         ap.error(f"--frame-cfg-stop {a.frame_cfg_stop}: allowed a number within 0..1 (0 = every step)")
+    if a.contrast_cfg is not None and not (math.isfinite(a.contrast_cfg) and a.contrast_cfg >= 0):
+        ap.error(f"--contrast-cfg {a.contrast_cfg}: allowed a number >= 0 (0 = off)")
+    if a.contrast_cfg_stop is not None and not 0 <= a.contrast_cfg_stop <= 1:
+        ap.error(f"--contrast-cfg-stop {a.contrast_cfg_stop}: allowed a number within 0..1 (0 = every step)")
     from ..model.pipeline import Spacetime
     st = Spacetime.load(a.preset, dit=a.dit, vae=a.vae)
     if a.cfg is not None:
@@ -397,18 +405,24 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
         st.preset = replace(st.preset, frame_cfg=float(a.frame_cfg))
     if a.frame_cfg_stop is not None:
         st.preset = replace(st.preset, frame_cfg_stop=float(a.frame_cfg_stop))
+    if a.contrast_cfg is not None:
+        st.preset = replace(st.preset, contrast_cfg=float(a.contrast_cfg))
+    if a.contrast_cfg_stop is not None:
+        st.preset = replace(st.preset, contrast_cfg_stop=float(a.contrast_cfg_stop))
     return st
 
 
 def model_label(a: argparse.Namespace) -> str:
-    """The preset, and the DiT and VAE files, guidance scale, shift and frame guidance where the options replaced the
-    preset's (report headings)."""
+    """The preset, and the DiT and VAE files, guidance scale, shift, frame and contrast guidance where the options
+    replaced the preset's (report headings)."""
     label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
     label = label if a.vae is None else f"{label}, VAE {a.vae.name}"
     label = label if a.cfg is None else f"{label}, CFG {a.cfg:g}"
     label = label if a.shift is None else f"{label}, shift {a.shift:g}"
     label = label if a.frame_cfg is None else f"{label}, frame guidance {a.frame_cfg:g}"
-    return label if a.frame_cfg_stop is None else f"{label}, down to noise {a.frame_cfg_stop:g}"
+    label = label if a.frame_cfg_stop is None else f"{label}, down to noise {a.frame_cfg_stop:g}"
+    label = label if a.contrast_cfg is None else f"{label}, contrast guidance {a.contrast_cfg:g}"
+    return label if a.contrast_cfg_stop is None else f"{label}, contrast down to noise {a.contrast_cfg_stop:g}"
 
 
 def refuse_existing(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:

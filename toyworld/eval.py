@@ -466,7 +466,8 @@ def main(argv=None):
     write_reports(a.report, lambda: report_md(res, timing, label, a.quick), a.json,
                   {**{k: v for k, v in res.items() if k != "rows"}, **timing, "cfg": st.preset.cfg,
                    "shift": st.preset.shift, "frame_cfg": st.preset.frame_cfg,
-                   "frame_cfg_stop": st.preset.frame_cfg_stop})
+                   "frame_cfg_stop": st.preset.frame_cfg_stop, "contrast_cfg": st.preset.contrast_cfg,
+                   "contrast_cfg_stop": st.preset.contrast_cfg_stop})
     if a.sheet:
         contact_sheet(samples, a.sheet)
         print("contact sheet:", a.sheet)
