@@ -508,8 +508,8 @@ class Spacetime:
         guidance with known frames (model/sampling.py; default: the preset's), on the steps down to the preset's
         ``frame_cfg_stop``. ``contrast_cfg``: contrast guidance with the contrast prompts of ``text`` (default: the
         preset's without known frames, off with them), on the steps down to the preset's ``contrast_cfg_stop``;
-        without contrast prompts it is off. In
-        a multi-rank run (``parallel``) every rank calls this with the same arguments."""
+        without contrast prompts it is off. In a multi-rank run (``parallel``) every rank calls this with the same
+        arguments."""
         steps = steps or self.preset.steps
         cfg = self.preset.cfg if cfg is None else cfg
         shift = shift or self.preset.shift
@@ -533,7 +533,9 @@ class Spacetime:
             if text.contrast_emb.shape[0] not in (1, B):
                 raise SpacetimeValueError(f"{text.contrast_emb.shape[0]} contrast prompts for a batch of {B} videos; "
                                           f"give one or {B}")
-            contrast = Contrast(text.contrast_emb, text.contrast_lengths, contrast_cfg, self.preset.contrast_cfg_stop)
+            lens_c = None if text.contrast_lengths is None else text.contrast_lengths.to(model.device)
+            contrast = Contrast(text.contrast_emb.to(model.device), lens_c, contrast_cfg,
+                                self.preset.contrast_cfg_stop)
         noise = noise_for(shape, seed)
         init_n = self.normalize(init) if init is not None else None
         dev = model.device
@@ -548,9 +550,7 @@ class Spacetime:
                          steps=steps, shift=shift, cfg=cfg, sampler=sampler, cond=cond,
                          init=None if init_n is None else init_n.to(dev), strength=strength, callback=callback,
                          parallel=self.parallel, cache=cache, frame_cfg=frame_cfg,
-                         frame_cfg_stop=self.preset.frame_cfg_stop,
-                         contrast=None if contrast is None else replace(contrast, text=contrast.text.to(dev),
-                                                                        lengths=contrast.lengths.to(dev)))
+                         frame_cfg_stop=self.preset.frame_cfg_stop, contrast=contrast)
         finally:
             if isinstance(model, ExpertPair) and load is None:
                 model.release()                        # both experts back in CPU memory: room for decoding
