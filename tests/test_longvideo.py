@@ -412,6 +412,9 @@ def test_evaluation_reports_never_overwrite(dirs):
         with pytest.raises(SystemExit) as e:
             run(["--dit", str(folder / "missing.safetensors")])
         assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:                            # storyboards sample without contrast guidance
+        storyboard_main(["--contrast-cfg", "2"])
+    assert e.value.code == 2
     new = folder / "new.json"
     write_reports(None, None, new, {"identity": 1.0})
     with pytest.raises(FileExistsError):

@@ -235,6 +235,9 @@ def main(argv=None) -> int:
         ap.error(f"--modes {a.modes!r}: allowed {', '.join(MODES)}")
     if a.stories < 1:
         ap.error(f"--stories {a.stories}: allowed 1 or more")
+    for opt in ("contrast_cfg", "contrast_cfg_stop"):
+        if getattr(a, opt) is not None:
+            ap.error(f"--{opt.replace('_', '-')}: storyboards sample without contrast guidance; leave it out")
     st = load_model(ap, a)
     res = evaluate(st, a.stories, modes, steps=a.steps or None)
     write_reports(a.report, lambda: report_md(res, model_label(a)), a.json, res)
