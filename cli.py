@@ -607,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--frame-cfg-stop", type=float, metavar="SIGMA", help="the noise level (0..1) below which frame "
                    "guidance stops (0 = every step; default: the model's)")
     e.add_argument("--contrast-cfg", type=float, metavar="C", help="contrast guidance of every generation with a "
-                   "contrast prompt, >= 0 (0 = off; default: the model's, 3 for the embedded one)")
+                   "contrast prompt and no known frames (the model's default, which stays off with known frames), "
+                   ">= 0 (0 = off; default: the model's, 3 for the embedded one)")
     e.add_argument("--contrast-cfg-stop", type=float, metavar="SIGMA", help="the noise level (0..1) below which "
                    "contrast guidance stops (0 = every step; default: the model's)")
     e.set_defaults(func=cmd_eval)

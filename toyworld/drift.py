@@ -371,8 +371,9 @@ def add_model_options(ap: argparse.ArgumentParser) -> None:
                     "(0 = off; default: the preset's)")
     ap.add_argument("--frame-cfg-stop", type=float, help="the noise level (0..1) below which frame guidance stops "
                     "(0 = every step; default: the preset's)")
-    ap.add_argument("--contrast-cfg", type=float, help="contrast guidance of every generation with a contrast prompt, "
-                    ">= 0 (0 = off; default: the preset's)")
+    ap.add_argument("--contrast-cfg", type=float, help="contrast guidance of every generation with a contrast prompt "
+                    "and no known frames (the preset's default, which stays off with known frames), >= 0 (0 = off; "
+                    "default: the preset's)")
     ap.add_argument("--contrast-cfg-stop", type=float, help="the noise level (0..1) below which contrast guidance "
                     "stops (0 = every step; default: the preset's)")
 
