@@ -445,18 +445,10 @@ def cmd_eval(a) -> int:
         args += ["--vae", a.vae]
     if a.parts:
         args += ["--parts", a.parts]
-    if a.cfg is not None:
-        args += ["--cfg", str(a.cfg)]
-    if a.shift is not None:
-        args += ["--shift", str(a.shift)]
-    if a.frame_cfg is not None:
-        args += ["--frame-cfg", str(a.frame_cfg)]
-    if a.frame_cfg_stop is not None:
-        args += ["--frame-cfg-stop", str(a.frame_cfg_stop)]
-    if a.contrast_cfg is not None:
-        args += ["--contrast-cfg", str(a.contrast_cfg)]
-    if a.contrast_cfg_stop is not None:
-        args += ["--contrast-cfg-stop", str(a.contrast_cfg_stop)]
+    from .toyworld.drift import PRESET_OPTIONS
+    for name in PRESET_OPTIONS:                          # the sampling options, passed on as given
+        if getattr(a, name) is not None:
+            args += [f"--{name.replace('_', '-')}", str(getattr(a, name))]
     return eval_main(args) or 0
 
 

@@ -356,6 +356,10 @@ def main(argv=None) -> int:
     return 0
 
 
+# the sampling options of ``add_model_options`` that replace the preset's field of the same name
+PRESET_OPTIONS = ("cfg", "shift", "frame_cfg", "frame_cfg_stop", "contrast_cfg", "contrast_cfg_stop")
+
+
 def add_model_options(ap: argparse.ArgumentParser) -> None:
     """--preset, --dit, --vae, --cfg, --shift, --frame-cfg and --contrast-cfg: the model an evaluation measures, and
     the guidance, sampler shift, frame and contrast guidance it samples with."""
@@ -388,28 +392,19 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
         ap.error(f"--cfg {a.cfg}: allowed a number >= 1 (1 = no guidance)")
     if a.shift is not None and not (math.isfinite(a.shift) and a.shift > 0):
         ap.error(f"--shift {a.shift}: allowed a number > 0 (1 = no shift)")
-    if a.frame_cfg is not None and not (math.isfinite(a.frame_cfg) and a.frame_cfg >= 0):
-        ap.error(f"--frame-cfg {a.frame_cfg}: allowed a number >= 0 (0 = off)")
-    if a.frame_cfg_stop is not None and not 0 <= a.frame_cfg_stop <= 1:
-        ap.error(f"--frame-cfg-stop {a.frame_cfg_stop}: allowed a number within 0..1 (0 = every step)")
-    if a.contrast_cfg is not None and not (math.isfinite(a.contrast_cfg) and a.contrast_cfg >= 0):
-        ap.error(f"--contrast-cfg {a.contrast_cfg}: allowed a number >= 0 (0 = off)")
-    if a.contrast_cfg_stop is not None and not 0 <= a.contrast_cfg_stop <= 1:
-        ap.error(f"--contrast-cfg-stop {a.contrast_cfg_stop}: allowed a number within 0..1 (0 = every step)")
+    for name in ("frame_cfg", "contrast_cfg"):                  # guidance scales
+        value = getattr(a, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            ap.error(f"--{name.replace('_', '-')} {value}: allowed a number >= 0 (0 = off)")
+    for name in ("frame_cfg_stop", "contrast_cfg_stop"):        # the noise levels where they stop
+        value = getattr(a, name)
+        if value is not None and not 0 <= value <= 1:
+            ap.error(f"--{name.replace('_', '-')} {value}: allowed a number within 0..1 (0 = every step)")
     from ..model.pipeline import Spacetime
     st = Spacetime.load(a.preset, dit=a.dit, vae=a.vae)
-    if a.cfg is not None:
-        st.preset = replace(st.preset, cfg=float(a.cfg))
-    if a.shift is not None:
-        st.preset = replace(st.preset, shift=float(a.shift))
-    if a.frame_cfg is not None:
-        st.preset = replace(st.preset, frame_cfg=float(a.frame_cfg))
-    if a.frame_cfg_stop is not None:
-        st.preset = replace(st.preset, frame_cfg_stop=float(a.frame_cfg_stop))
-    if a.contrast_cfg is not None:
-        st.preset = replace(st.preset, contrast_cfg=float(a.contrast_cfg))
-    if a.contrast_cfg_stop is not None:
-        st.preset = replace(st.preset, contrast_cfg_stop=float(a.contrast_cfg_stop))
+    given = {name: float(getattr(a, name)) for name in PRESET_OPTIONS if getattr(a, name) is not None}
+    if given:
+        st.preset = replace(st.preset, **given)
     return st
 
 
