@@ -374,3 +374,29 @@ def test_sexualised_prompts_about_minors_still_block(prompt):
 def test_negation_cancels_only_the_term_it_governs(prompt, blocked):
     assert check_prompt(prompt, semantic=False).blocked is blocked
     assert check_prompt(prompt).blocked is blocked
+
+
+def test_exemplar_cache_is_written_reused_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    from spacetime.safety import semantic
+    monkeypatch.setenv("SPACETIME_CACHE_DIR", str(tmp_path))
+    policy = load_policy()
+    first = semantic.ExemplarIndex(policy)
+    vectors, probe = first.vectors, first.probe
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and files[0].startswith("safety-exemplars-") and files[1].startswith("safety-probe-")
+    assert vectors.shape == (len(first.texts), 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
+
+    def no_embedding(texts, batch=64):
+        raise AssertionError("the cached embeddings were not used")
+    monkeypatch.setattr(semantic, "embed", no_embedding)
+    again = semantic.ExemplarIndex(policy)
+    assert np.array_equal(again.vectors, vectors) and np.array_equal(again.probe, probe)
+
+    exemplars = next(tmp_path.glob("safety-exemplars-*.npy"))
+    exemplars.write_bytes(b"not an array")                 # a damaged file is embedded again and replaced
+    monkeypatch.undo()
+    monkeypatch.setenv("SPACETIME_CACHE_DIR", str(tmp_path))
+    rebuilt = semantic.ExemplarIndex(policy)
+    assert np.allclose(rebuilt.vectors, vectors, atol=1e-5)
+    assert np.load(exemplars, allow_pickle=False).shape == vectors.shape
+    assert not list(tmp_path.glob("*.tmp.npy"))             # written through a temporary file, none left behind
