@@ -1,10 +1,10 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -386,6 +386,8 @@ def test_exemplar_cache_is_written_reused_and_rebuilt_when_damaged(tmp_path, mon
     assert len(files) == 2 and files[0].startswith("safety-exemplars-") and files[1].startswith("safety-probe-")
     assert vectors.shape == (len(first.texts), 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
 
+    embed = semantic.embed
+
     def no_embedding(texts, batch=64):
         raise AssertionError("the cached embeddings were not used")
     monkeypatch.setattr(semantic, "embed", no_embedding)
@@ -394,8 +396,7 @@ def test_exemplar_cache_is_written_reused_and_rebuilt_when_damaged(tmp_path, mon
 
     exemplars = next(tmp_path.glob("safety-exemplars-*.npy"))
     exemplars.write_bytes(b"not an array")                 # a damaged file is embedded again and replaced
-    monkeypatch.undo()
-    monkeypatch.setenv("SPACETIME_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(semantic, "embed", embed)
     rebuilt = semantic.ExemplarIndex(policy)
     assert np.allclose(rebuilt.vectors, vectors, atol=1e-5)
     assert np.load(exemplars, allow_pickle=False).shape == vectors.shape
