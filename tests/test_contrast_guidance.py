@@ -184,13 +184,14 @@ def test_the_nodes_apply_and_record_contrast_guidance():
     assert json.loads(info_5)["contrast_cfg"] == 5.0 and (lat_5["samples"] - lat_0["samples"]).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("option", ["--frame-guidance", "--contrast-guidance"])
 @pytest.mark.parametrize("value", ["-0.5", "nan"])
-def test_the_cli_refuses_a_bad_contrast_guidance_before_loading(tmp_path, capsys, value):
+def test_the_cli_refuses_a_bad_guidance_scale_before_loading(tmp_path, capsys, option, value):
     from spacetime.cli import EXIT_BAD_INPUT, main
     out = tmp_path / "bad.mp4"
-    rc = main(["generate", "a red ball", "--contrast-guidance", value, "--out", str(out)])
+    rc = main(["generate", "a red ball", option, value, "--out", str(out)])
     err = capsys.readouterr().err.strip()
-    assert rc == EXIT_BAD_INPUT and f"--contrast-guidance {value}" in err and not out.exists()
+    assert rc == EXIT_BAD_INPUT and f"{option} {value}" in err and not out.exists()
 
 
 @pytest.mark.parametrize("extra,what", [(["--shot", "17: a red ball", "--contrast", "x"], "--contrast cannot"),
