@@ -443,6 +443,8 @@ def cmd_eval(a) -> int:
         args += ["--dit", a.dit]
     if a.vae:
         args += ["--vae", a.vae]
+    if a.dit_low_noise:
+        args += ["--dit-low-noise", a.dit_low_noise]
     if a.parts:
         args += ["--parts", a.parts]
     from .toyworld.drift import PRESET_OPTIONS
@@ -588,6 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. a training run's dit_ema.safetensors (default: the embedded DiT)")
     e.add_argument("--vae", metavar="PATH", help="a VAE safetensors file to evaluate in place of the embedded one, "
                    "e.g. a decoder fine-tune's vae.safetensors (default: the embedded VAE)")
+    e.add_argument("--dit-low-noise", metavar="PATH", help="a low-noise expert DiT file: the model evaluated has two "
+                   "experts, this one sampling the steps below --expert-boundary (default: none)")
+    e.add_argument("--expert-boundary", type=float, metavar="SIGMA", help="the noise level (0..1] where the low-noise "
+                   "expert takes over (default: the model's)")
     e.add_argument("--parts", metavar="LIST", help="comma-separated parts of the prompt evaluation: seen, single, "
                    "pairs, occlusion, i2v, extension, fill (default: all)")
     e.add_argument("--cfg", type=float, metavar="SCALE", help="guidance scale of every generation (default: the "

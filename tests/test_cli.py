@@ -305,3 +305,16 @@ def test_eval_vae_reaches_every_evaluation_and_a_missing_file_stops_before_work(
         with pytest.raises(SystemExit) as e:
             main(["eval", "--vae", "no-such-vae.safetensors", *extra])
         assert e.value.code == 2 and "--vae 'no-such-vae.safetensors': no such file" in capsys.readouterr().err
+
+
+def test_eval_expert_options_reach_every_evaluation_and_bad_ones_stop_before_work(capsys):
+    import pytest
+    for extra in ([], ["--drift"], ["--storyboard"]):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--dit-low-noise", "no-such-expert.safetensors", *extra])
+        assert e.value.code == 2 and "--dit-low-noise 'no-such-expert.safetensors': no such file" in \
+            capsys.readouterr().err
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--expert-boundary", "1.5", *extra])
+        assert e.value.code == 2 and "--expert-boundary 1.5: allowed a noise level within (0, 1]" in \
+            capsys.readouterr().err

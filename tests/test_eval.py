@@ -109,6 +109,31 @@ def test_cfg_and_shift_options_set_every_generation_and_are_named_in_reports():
         load_model(ap, ap.parse_args(["--vae", "no-such-vae.safetensors"]))
 
 
+def test_a_low_noise_expert_and_its_boundary_are_evaluated_and_named(capsys):
+    """--dit-low-noise makes the evaluated model a two-expert one (the sampler switches at --expert-boundary);
+    both are named in reports, and a missing file or a boundary outside (0, 1] is a usage error before loading."""
+    import argparse
+
+    import pytest
+
+    from spacetime.toyworld.drift import add_model_options, load_model, model_label
+    ap = argparse.ArgumentParser()
+    add_model_options(ap)
+    dit_file = bundle_preset("toyworld-i2v").files["dit"]                   # another DiT file of the same layout
+    a = ap.parse_args(["--dit-low-noise", str(dit_file), "--expert-boundary", "0.5"])
+    st = load_model(ap, a)
+    assert st.has_experts and st.expert_switch().boundary == 0.5
+    assert not load_model(ap, ap.parse_args([])).has_experts
+    assert model_label(a) == f"toyworld, low-noise expert {dit_file.name}, expert boundary 0.5"
+    for args, named in ((["--dit-low-noise", "no-such-dit.safetensors"], "--dit-low-noise 'no-such-dit"),
+                        (["--expert-boundary", "0"], "--expert-boundary 0.0"),
+                        (["--expert-boundary", "nan"], "--expert-boundary nan"),
+                        (["--dit-low-noise", str(bundle_preset("toyworld").files["dit"])], "is the DiT")):
+        with pytest.raises(SystemExit):
+            load_model(ap, ap.parse_args(args))
+        assert named in capsys.readouterr().err
+
+
 def test_existing_report_sheet_or_json_stops_before_any_work_and_is_kept(tmp_path, capsys):
     import pytest
     from spacetime.toyworld.eval import main

@@ -112,7 +112,7 @@ def test_extension_masks_know_a_long_head_or_tail_and_leave_the_rest_to_generate
 
 def test_training_noise_levels_follow_the_shift():
     import torch
-    from spacetime.toyworld.train_dit import sample_sigma
+    from spacetime.toyworld.train_dit import DitRecipe, sample_sigma
     plain = sample_sigma(20000, torch.Generator().manual_seed(0))
     shifted = sample_sigma(20000, torch.Generator().manual_seed(0), shift=3.0)
     assert 0.0 < plain.min() and plain.max() < 1.0 and 0.0 < shifted.min() and shifted.max() < 1.0
@@ -121,6 +121,10 @@ def test_training_noise_levels_follow_the_shift():
     assert abs((shifted > 0.75).float().mean().item() - 0.5) < 0.02  # shift 3 sends sigma 0.5 to 0.75
     # the same draws, each moved as the sampler moves its schedule
     assert torch.allclose(shifted, 3 * plain / (1 + 2 * plain), atol=5e-4) and (shifted >= plain).all()
+    low = sample_sigma(20000, torch.Generator().manual_seed(0), top=0.5)          # a low-noise expert's levels
+    assert low.max() <= 0.5 and torch.allclose(low, (plain * 0.5).clamp(min=1e-4))
+    with pytest.raises(ValueError, match="sigma_max=0"):
+        DitRecipe(sigma_max=0)
 
 
 def test_probe_on_weights_pools_seeds_and_scores_the_shipped_model(tmp_path):
@@ -137,6 +141,19 @@ def test_probe_on_weights_pools_seeds_and_scores_the_shipped_model(tmp_path):
     assert sum(sum(r.values()) for r in res["drawn_shapes"].values()) == 4          # every sample in the table
     assert set(res["drawn_shapes"]) == {it.scene.main.shape for it in items} and "drawn_shapes" not in res["mean"]
     assert res["drawn_motions"] == {} and "drawn_motions" not in res["mean"]       # single frames: no motion
+
+
+def test_probe_with_a_low_noise_expert_samples_through_the_expert_pair():
+    """``dit_low``: the probe samples with two experts; an expert pair of two copies of the shipped DiT draws what
+    the DiT alone draws (the switch changes nothing else), and a boundary outside (0, 1] is refused."""
+    from spacetime.model.errors import SpacetimeValueError
+    from spacetime.toyworld.train import WEIGHTS_DIR, probe_weights
+    items = [it for it in SEEN if it.scene.kind == "single"][:2]
+    one = probe_weights(frames=(1,), sets={"seen": items})
+    pair = probe_weights(frames=(1,), sets={"seen": items}, dit_low=WEIGHTS_DIR, boundary=0.5)
+    assert pair == one
+    with pytest.raises(SpacetimeValueError, match="boundary=1.5"):
+        probe_weights(frames=(1,), sets={"seen": items}, dit_low=WEIGHTS_DIR, boundary=1.5)
 
 
 def test_probe_on_weights_rejects_bad_input_before_work(tmp_path):

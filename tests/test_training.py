@@ -149,6 +149,64 @@ def test_caption_cache_never_evicts_a_caption_of_the_batch_it_serves():
         CachedText(enc, max_items=0)
 
 
+def test_refiner_gives_the_dit_clean_prediction_that_moves_with_the_noise_level():
+    """The decoder's refinement inputs: the shipped DiT's one-step clean latent from the true latent noised to a
+    level in the range; near noise 0 it is the true latent, at noise 0.4 it is off by more (the DiT's own errors) and
+    still far closer to the truth than the noised latent it was predicted from; the same generator seed repeats it."""
+    import numpy as np
+    from spacetime.model.embedded import DIT_FILE, VAE_FILE
+    from spacetime.toyworld.runs import clips_to_tensor
+    from spacetime.toyworld.train_vae import Refiner
+    from spacetime.toyworld.world import random_clip
+    clips = [random_clip(s, 5, 64, 64, kind="single") for s in (1, 2)]
+    from spacetime.model.pipeline import Spacetime
+    with torch.no_grad():
+        mu = Spacetime.load("toyworld").vae.encode_raw(clips_to_tensor(clips))
+    lo = Refiner(DIT_FILE, (0.02, 0.02), VAE_FILE, torch.device("cpu"))
+    near = lo(clips, mu, np.random.default_rng(0))
+    hi = Refiner(DIT_FILE, (0.4, 0.4), VAE_FILE, torch.device("cpu"))
+    far = hi(clips, mu, np.random.default_rng(0))
+    again = hi(clips, mu, np.random.default_rng(0))
+    noised = 0.6 * mu + 0.4 * torch.from_numpy(np.random.default_rng(0).standard_normal(mu.shape)).float()
+    err = lambda z: (z - mu).pow(2).mean().item()                          # noqa: E731
+    assert near.shape == mu.shape and torch.equal(far, again)
+    assert err(near) < 0.02 < err(far) < 0.5 * err(noised)
+
+
+def test_a_refined_decoder_stage_trains_on_dit_predictions_and_keeps_the_encoder(tmp_path):
+    """``refine_dit``: every step of share 1 reads DiT predictions (logged), the encoder stays the shipped one; a VAE
+    stage that would change the latents refuses it."""
+    import json
+    from spacetime.model.embedded import DIT_FILE
+    from spacetime.model.loading import read_state_dict
+    from spacetime.toyworld.train import copy_shipped_vae
+    from spacetime.toyworld.train_vae import train_vae
+    copy_shipped_vae(tmp_path / "vae")
+    with pytest.raises(ValueError, match="decoder stage"):
+        train_vae(tmp_path / "whole", 1, 1e-4, init_from=tmp_path / "vae", refine_dit=DIT_FILE)
+    train_vae(tmp_path / "dec", 1, 1e-4, decoder_only_from=tmp_path / "vae", measure_clips=1, refine_dit=DIT_FILE,
+              refine_share=1.0, refine_sigmas=(0.2, 0.3))
+    log = [json.loads(line) for line in (tmp_path / "dec" / "log.jsonl").read_text().splitlines()]
+    assert log and all(r["refined"] for r in log)
+    a, b = read_state_dict(tmp_path / "vae" / "vae.safetensors"), read_state_dict(tmp_path / "dec" / "vae.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith(("decoder.", "conv2.")))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+
+
+@pytest.mark.parametrize("opt,val,allowed", [("--refine-share", "1.5", "within 0..1"),
+                                             ("--refine-sigma", "0.5,0.1", "0 < LO <= HI <= 1"),
+                                             ("--refine-sigma", "half", "0 < LO <= HI <= 1"),
+                                             ("--refine-dit", "missing.safetensors", "no such file")])
+def test_decoder_stage_refuses_bad_refinement_options_before_loading(tmp_path, capsys, opt, val, allowed):
+    from spacetime.toyworld import train
+    if opt == "--refine-dit":
+        val = str(tmp_path / val)
+    with pytest.raises(SystemExit) as e:
+        train.main(["decoder", "--vae", str(tmp_path / "missing"), "--out", str(tmp_path / "d"), opt, val])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{opt} " in err and allowed in err and not (tmp_path / "d").exists()
+
+
 def test_decoder_stage_refuses_negative_or_non_finite_loss_weights_before_loading(tmp_path, capsys):
     import pytest
     from spacetime.toyworld import train

@@ -357,15 +357,19 @@ def main(argv=None) -> int:
 
 
 # the sampling options of ``add_model_options`` that replace the preset's field of the same name
-PRESET_OPTIONS = ("cfg", "shift", "frame_cfg", "frame_cfg_stop", "contrast_cfg", "contrast_cfg_stop")
+PRESET_OPTIONS = ("cfg", "shift", "frame_cfg", "frame_cfg_stop", "contrast_cfg", "contrast_cfg_stop", "expert_boundary")
 
 
 def add_model_options(ap: argparse.ArgumentParser) -> None:
-    """--preset, --dit, --vae, --cfg, --shift, --frame-cfg and --contrast-cfg: the model an evaluation measures, and
-    the guidance, sampler shift, frame and contrast guidance it samples with."""
+    """--preset, --dit, --dit-low-noise, --expert-boundary, --vae, --cfg, --shift, --frame-cfg and --contrast-cfg: the
+    model an evaluation measures, and the guidance, sampler shift, frame and contrast guidance it samples with."""
     ap.add_argument("--preset", default="toyworld", help="model preset (default: toyworld)")
     ap.add_argument("--dit", type=Path, help="a DiT file to evaluate in place of the preset's, e.g. a training run's "
                     "dit_ema.safetensors (default: the preset's)")
+    ap.add_argument("--dit-low-noise", type=Path, help="a low-noise expert DiT file: the sampler hands it the steps "
+                    "below --expert-boundary, the DiT the others (default: the preset's, none for one DiT)")
+    ap.add_argument("--expert-boundary", type=float, help="the noise level (0..1] where the low-noise expert takes "
+                    "over (default: the preset's)")
     ap.add_argument("--vae", type=Path, help="a VAE file to evaluate in place of the preset's (the same encoder: a "
                     "decoder fine-tune's vae.safetensors; default: the preset's)")
     ap.add_argument("--cfg", type=float, help="guidance scale of every generation (default: the preset's)")
@@ -385,9 +389,12 @@ def add_model_options(ap: argparse.ArgumentParser) -> None:
 def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
     """The pipeline of ``add_model_options``' choice; a --dit or --vae file that is not there stops with a usage
     error."""
-    for opt, path, kind in (("--dit", a.dit, "DiT"), ("--vae", a.vae, "VAE")):
+    for opt, path, kind in (("--dit", a.dit, "DiT"), ("--dit-low-noise", a.dit_low_noise, "DiT"),
+                            ("--vae", a.vae, "VAE")):
         if path is not None and not path.is_file():
             ap.error(f"{opt} {str(path)!r}: no such file (allowed: a {kind} safetensors file)")
+    if a.expert_boundary is not None and not 0 < a.expert_boundary <= 1:
+        ap.error(f"--expert-boundary {a.expert_boundary}: allowed a noise level within (0, 1]")
     if a.cfg is not None and not (math.isfinite(a.cfg) and a.cfg >= 1):
         ap.error(f"--cfg {a.cfg}: allowed a number >= 1 (1 = no guidance)")
     if a.shift is not None and not (math.isfinite(a.shift) and a.shift > 0):
@@ -401,7 +408,11 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
         if value is not None and not 0 <= value <= 1:
             ap.error(f"--{name.replace('_', '-')} {value}: allowed a number within 0..1 (0 = every step)")
     from ..model.pipeline import Spacetime
-    st = Spacetime.load(a.preset, dit=a.dit, vae=a.vae)
+    from ..model.errors import SpacetimeValueError
+    try:
+        st = Spacetime.load(a.preset, dit=a.dit, vae=a.vae, dit_low_noise=a.dit_low_noise)
+    except SpacetimeValueError as e:                            # e.g. the low-noise expert is the DiT file itself
+        ap.error(str(e))
     given = {name: float(getattr(a, name)) for name in PRESET_OPTIONS if getattr(a, name) is not None}
     if given:
         st.preset = replace(st.preset, **given)
@@ -412,6 +423,8 @@ def model_label(a: argparse.Namespace) -> str:
     """The preset, and the DiT and VAE files, guidance scale, shift, frame and contrast guidance where the options
     replaced the preset's (report headings)."""
     label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
+    label = label if a.dit_low_noise is None else f"{label}, low-noise expert {a.dit_low_noise.name}"
+    label = label if a.expert_boundary is None else f"{label}, expert boundary {a.expert_boundary:g}"
     label = label if a.vae is None else f"{label}, VAE {a.vae.name}"
     label = label if a.cfg is None else f"{label}, CFG {a.cfg:g}"
     label = label if a.shift is None else f"{label}, shift {a.shift:g}"

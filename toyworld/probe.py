@@ -166,9 +166,11 @@ def generate_items(dit, vae, text_encoder, items: Sequence[ProbeItem], frames: i
     """uint8 clips [T, H, W, 3], one per item, with the pipeline's sampler and noise convention."""
     from ..model.pipeline import noise_for
     from ..model.sampling import sample
-    was_training = dit.training
-    dit.eval()
-    dev = next(dit.parameters()).device
+    module = isinstance(dit, torch.nn.Module)                       # or an ExpertPair (two experts, one sampler)
+    was_training = module and dit.training
+    if module:
+        dit.eval()
+    dev = next(dit.parameters()).device if module else dit.device
     w, h = size
     sf, tf = vae.spatial_factor, vae.temporal_factor
     shape = (1, vae.cfg.z_dim, (frames - 1) // tf + 1, h // sf, w // sf)
@@ -185,7 +187,8 @@ def generate_items(dit, vae, text_encoder, items: Sequence[ProbeItem], frames: i
         vid = vae.decode(lat.to(vae.device).float())                      # [B, 3, T, H, W] in [-1, 1]
         arr = ((vid.permute(0, 2, 3, 4, 1).clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).cpu().numpy()
         out.extend(list(arr))
-    dit.train(was_training)
+    if module:
+        dit.train(was_training)
     return out
 
 

@@ -302,11 +302,13 @@ def _probe_frames(text: str) -> tuple:
 
 
 def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, seeds: int = 1, cfg: float = 5.0,
-                  shift: float = 3.0, frames: tuple = (1, 17), sets: Optional[dict] = None, steps: int = 20) -> dict:
+                  shift: float = 3.0, frames: tuple = (1, 17), sets: Optional[dict] = None, steps: int = 20,
+                  dit_low: Optional[Path] = None, boundary: float = 0.5) -> dict:
     """The prompt-following probe on trained weights (default: the shipped ones), outside training. ``seeds`` > 1
     asks every prompt again with other noise, so two sets of weights can be told apart more sharply than by the
     training probe (its 20 held-out prompts move a rate by 5 points each). ``sets``: {name: items} (default SEEN and
-    HELD). Returns {"image/seen": summary, "video/held": ..., "mean": {metric: mean over the rows}}."""
+    HELD). ``dit_low``: a low-noise expert (folder as ``dit_path``) that samples the steps below noise ``boundary``.
+    Returns {"image/seen": summary, "video/held": ..., "mean": {metric: mean over the rows}}."""
     from ..model.errors import SpacetimeValueError
     from ..model.text_encoders import load_minilm
     from .probe import HELD, SEEN, drawn_motions, drawn_shapes, merge_tables, reseeded, run_probe
@@ -320,7 +322,13 @@ def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, se
         raise SpacetimeValueError(f"steps={steps}: allowed 1..1000 sampler steps")
     if not frames or not all(valid_frames(f, 4) for f in frames):
         raise SpacetimeValueError(f"frames={frames}: allowed 1 + 4k each (1 = single frames)")
+    if not 0 < float(boundary) <= 1:
+        raise SpacetimeValueError(f"boundary={boundary}: allowed a noise level within (0, 1]")
     dit, vae = _load_probe_parts(dit_path, vae_path)
+    if dit_low is not None:
+        from ..model.experts import ExpertPair, ExpertSwitch
+        dit = ExpertPair(dit, _load_probe_parts(dit_low, vae_path)[0], ExpertSwitch(float(boundary)),
+                         device=next(dit.parameters()).device)
     text = load_minilm()
     base = sets or {"seen": SEEN, "held": HELD}
     pooled = {name: [it for k in range(int(seeds)) for it in reseeded(items, k)] for name, items in base.items()}
@@ -448,6 +456,22 @@ def run_overfit(vae_dir: Path, out: Path, steps: int = 3000, lr: float = 5e-4, n
                      stop_when_all=True)
 
 
+def refine_sigmas(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[float, float]:
+    """Check ``train decoder``'s refinement options before any work; -> the (lo, hi) noise levels."""
+    if args.refine_dit is not None and not args.refine_dit.is_file():
+        ap.error(f"--refine-dit {str(args.refine_dit)!r}: no such file (allowed: a DiT safetensors file of the "
+                 f"embedded layout)")
+    if not (math.isfinite(args.refine_share) and 0 <= args.refine_share <= 1):
+        ap.error(f"--refine-share {args.refine_share}: allowed a number within 0..1")
+    try:
+        lo, hi = (float(v) for v in args.refine_sigma.split(","))
+    except ValueError:
+        lo = hi = math.nan
+    if not (0 < lo <= hi <= 1):
+        ap.error(f"--refine-sigma {args.refine_sigma!r}: allowed LO,HI with 0 < LO <= HI <= 1 (e.g. 0.1,0.5)")
+    return lo, hi
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -486,6 +510,14 @@ def main(argv=None):
     a.add_argument("--edge-weight", type=float, default=0.0,
                    help="weight of the loss on pixel differences across each frame: small objects keep their "
                         "corners (default: %(default)s = off)")
+    a.add_argument("--refine-dit", type=Path, default=None,
+                   help="a DiT safetensors file: in a share of the steps the decoder reads the clean latents this "
+                        "DiT predicts from noised true latents, and learns to decode its soft shapes into the true "
+                        "frames (default: off)")
+    a.add_argument("--refine-share", type=float, default=0.5,
+                   help="share of the steps with DiT predictions, with --refine-dit (default: %(default)s)")
+    a.add_argument("--refine-sigma", default="0.1,0.5",
+                   help="LO,HI: the noise levels the DiT predicts from, with --refine-dit (default: %(default)s)")
     a = sub.add_parser("encode", help="encode a dataset of toy-world clips into latents")
     a.add_argument("--vae", type=Path, default=run / "vae")
     a.add_argument("--out", type=Path, default=run / "data")
@@ -535,6 +567,10 @@ def main(argv=None):
                                                                  "(default: the shipped weights)")
     a.add_argument("--vae", type=Path, default=WEIGHTS_DIR, help="a VAE folder or a weights folder "
                                                                  "(default: the shipped weights)")
+    a.add_argument("--dit-low-noise", type=Path, help="a low-noise expert (a DiT run folder or a weights folder) that "
+                   "samples the steps below --expert-boundary (default: none, one DiT)")
+    a.add_argument("--expert-boundary", type=float, default=0.5,
+                   help="noise level where the low-noise expert takes over (default: %(default)s)")
     a.add_argument("--seeds", type=int, default=1, help="noises per prompt, 1..16 (default: %(default)s)")
     a.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default: %(default)s)")
     a.add_argument("--shift", type=float, default=3.0, help="sampler shift (default: %(default)s)")
@@ -568,8 +604,10 @@ def main(argv=None):
                          ("--edge-weight", args.edge_weight)):
             if not (math.isfinite(val) and val >= 0):
                 ap.error(f"{opt} {val}: allowed a number >= 0 (0 = off)")
+        sigmas = refine_sigmas(ap, args)
         train_vae(args.out, args.steps, args.lr, decoder_only_from=args.vae, temporal_weight=args.temporal_weight,
-                  detail_weight=args.detail_weight, edge_weight=args.edge_weight)
+                  detail_weight=args.detail_weight, edge_weight=args.edge_weight, refine_dit=args.refine_dit,
+                  refine_share=args.refine_share, refine_sigmas=sigmas)
     elif args.cmd == "encode":
         from .train_dit import parse_mix, parse_sizes
         try:
@@ -606,7 +644,7 @@ def main(argv=None):
         from .drift import refuse_existing, write_new
         refuse_existing(ap, args)
         res = probe_weights(args.dit, args.vae, args.seeds, args.cfg, args.shift, frames=args.frames,
-                            steps=args.steps)
+                            steps=args.steps, dit_low=args.dit_low_noise, boundary=args.expert_boundary)
         for name, summ in res.items():
             if name in ("drawn_shapes", "drawn_motions"):
                 continue

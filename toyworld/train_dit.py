@@ -331,15 +331,16 @@ def check_mask_mix(mix: dict) -> dict:
     return mix
 
 
-def sample_sigma(b: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:
+def sample_sigma(b: int, gen: torch.Generator, shift: float = 1.0, top: float = 1.0) -> torch.Tensor:
     """Logit-normal noise levels with a uniform share so both ends are seen, then moved towards noise by ``shift``
-    the way the sampler's shift moves its schedule (sigma -> shift * sigma / (1 + (shift - 1) * sigma); 1 = as is)."""
+    the way the sampler's shift moves its schedule (sigma -> shift * sigma / (1 + (shift - 1) * sigma); 1 = as is),
+    then scaled into (0, ``top``]: a low-noise expert learns only the levels it will denoise."""
     ln = torch.sigmoid(torch.randn(b, generator=gen))
     un = torch.rand(b, generator=gen)
     pick = torch.rand(b, generator=gen) < 0.8
     s = torch.where(pick, ln, un)
     s = shift * s / (1 + (shift - 1) * s)
-    return s.clamp(1e-4, 1 - 1e-4)
+    return (s * top).clamp(1e-4, 1 - 1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -387,6 +388,8 @@ class DitRecipe:
     image_steps: int = 0            # steps at the start that train on single frames only
     obj_weight: float = 4.0         # loss weight of latent cells an object covers
     sigma_shift: float = 1.0        # training noise levels moved towards noise like the sampler's shift (1 = none)
+    sigma_max: float = 1.0          # training noise levels scaled into (0, sigma_max]: below 1, a low-noise expert
+    #                                 (the sampler hands it the steps under its boundary)
     p_drop: float = 0.1             # captions dropped to "" (classifier-free guidance)
     ema: float = 0.999
     t2v_only: bool = False          # no frame-mask mixture (the overfit check)
@@ -432,8 +435,9 @@ class DitRecipe:
             value = getattr(self, name)
             if not (math.isfinite(float(value)) and float(value) >= 0):
                 raise ValueError(f"{name}={value!r}: allowed a number >= 0 (0 = off)")
-        if not 0 < float(self.pixel_max_sigma) <= 1:
-            raise ValueError(f"pixel_max_sigma={self.pixel_max_sigma!r}: allowed a noise level in (0, 1]")
+        for name in ("pixel_max_sigma", "sigma_max"):
+            if not 0 < float(getattr(self, name)) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: allowed a noise level in (0, 1]")
 
     @property
     def contrasted(self) -> tuple:
@@ -773,7 +777,7 @@ def train_dit(data_dir: Path, vae_dir: Path, out: Path, recipe: DitRecipe, init:
             x0, objw = bt.x0.to(dev), bt.objw.to(dev)
             ctx, lens = text(bt.captions, dev)
             m = torch.from_numpy(bt.known).to(dev)
-            sigma = sample_sigma(B, gen, r.sigma_shift).to(dev)
+            sigma = sample_sigma(B, gen, r.sigma_shift, r.sigma_max).to(dev)
             noise = torch.randn(x0.shape, generator=gen).to(dev)
             done = (spent + time.time() - t0) / r.time_limit if r.time_schedule else 0.0
             at = step if not r.time_schedule or step < r.warmup else max(r.warmup, int(min(1.0, done) * r.steps))

@@ -70,6 +70,34 @@ def edge_loss(y: torch.Tensor, x: torch.Tensor, wmap: torch.Tensor | None = None
     return diff_l1(y, x, 4, wmap) + diff_l1(y, x, 3, wmap)
 
 
+class Refiner:
+    """The inputs of a decoder that learns to draw what the DiT meant: a clip's true latent noised to a random
+    level in ``sigmas`` (lo, hi) and the clean latent the DiT of ``dit`` (a safetensors file of the embedded
+    layout) predicts from it in one step with the clip's training caption. Those predictions carry the DiT's own
+    errors (corners rounded, edges soft) at the strength the last sampling steps leave them; the decoder is taught
+    to decode them into the true frames. Nothing here has gradients: the DiT and the text encoder stay frozen."""
+
+    def __init__(self, dit: Path, sigmas: tuple[float, float], vae: Path, device: torch.device):
+        from ..model.pipeline import Spacetime
+        st = Spacetime.load("toyworld", dit=dit, vae=vae)
+        self.dit, self.text = st.dit.to(device).eval(), st.text_encoder
+        self.sigmas, self.device = sigmas, device
+
+    @torch.no_grad()
+    def __call__(self, clips, mu: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        from .captions import training_caption
+        captions = [training_caption(c.scene, rng) for c in clips]
+        emb, lens = self.text.encode(captions)
+        emb, lens = emb.to(self.device), lens.to(self.device)
+        B, Fp = mu.shape[0], mu.shape[2]
+        sigma = torch.from_numpy(rng.uniform(*self.sigmas, size=B)).float().to(mu.device)
+        noise = torch.from_numpy(rng.standard_normal(mu.shape)).float().to(mu.device)
+        s5 = sigma.view(B, 1, 1, 1, 1)
+        xs = (1 - s5) * mu.float() + s5 * noise
+        v = self.dit(xs, (sigma * 1000.0).view(B, 1).expand(B, Fp), emb, lens)
+        return xs - s5 * v.float()
+
+
 def init_vae(cfg: VAEConfig, seed: int):
     torch.manual_seed(seed)
     vae = build_vae(cfg).train()
@@ -124,7 +152,8 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
               batch_scale: float = 1.0, time_limit: float = 0.0, decoder_only_from: Path | None = None,
               bf16: bool = False, detail_weight: float = 0.0, image_steps: int = 0, image_lr: float = 3e-4,
               init_from: Path | None = None, measure_clips: int = 24, temporal_weight: float = 0.0,
-              edge_weight: float = 0.0):
+              edge_weight: float = 0.0, refine_dit: Path | None = None, refine_share: float = 0.5,
+              refine_sigmas: tuple[float, float] = (0.1, 0.5)):
     """Train (or, with ``decoder_only_from``, fine-tune the decoder of) the VAE. Resumes from ``out/state.pt``.
     ``bf16``: autocast the convolutions to bfloat16 (about 1.5x faster on CPUs with AVX512-BF16; weights, losses
     and the final measurements stay float32). ``detail_weight``: extra loss weight on pixels that are not plain
@@ -138,7 +167,10 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
     clip), so motion is decoded as evenly as the clip moves: without it the decoder moves objects in steps at its
     latent-frame boundaries (``boundary_jump`` in the measurements). ``edge_weight``: weight of ``edge_loss`` (the
     pixel differences across each frame, object pixels weighted as the rest of the loss), so small objects keep
-    their corners instead of decoding as soft blobs."""
+    their corners instead of decoding as soft blobs. ``refine_dit`` (decoder stages only): in a share
+    ``refine_share`` of the steps the decoder reads, instead of the true latents, the clean latents that DiT
+    predicts from them noised to a level within ``refine_sigmas`` (``Refiner``), and learns to decode the DiT's
+    soft shapes into the true frames."""
     dev = device_and_threads()
     ck = Checkpointer(out)
     if decoder_only_from is not None:
@@ -156,6 +188,11 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
     else:
         vae = init_vae(cfg, seed).to(dev)
         trainable = list(vae.parameters())
+    refiner = None
+    if refine_dit is not None:
+        if decoder_only_from is None:
+            raise ValueError("refine_dit needs a decoder stage (decoder_only_from): the latents must stay the DiT's")
+        refiner = Refiner(refine_dit, refine_sigmas, Path(decoder_only_from) / "vae.safetensors", dev)
     opt = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     state = ck.load()
@@ -183,6 +220,9 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
             if decoder_only_from is not None:
                 with torch.no_grad():
                     mu = vae.encode_raw(x)
+                    refined = refiner is not None and rng.random() < refine_share
+                    if refined:
+                        mu = refiner(clips, mu, rng)
                 y = torch.cat(list(vae.decode_chunks(mu, normalized=False, clamp=False)), dim=2)
                 kl = torch.zeros(())
             else:
@@ -209,7 +249,8 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
         psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))
         if step % 10 == 0:
             ck.log({"step": step, "loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr,
-                    "frames": frames, "time": time.time() - t0})
+                    "frames": frames, "time": time.time() - t0,
+                    **({"refined": bool(refined)} if refiner is not None else {})})
         if step % 50 == 0:
             print(f"vae step {step} {frames}f x{nb} loss {loss.item():.4f} psnr {psnr:.2f} kl {kl.item():.2f} "
                   f"{time.time() - t0:.0f}s", flush=True)
