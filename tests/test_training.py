@@ -154,7 +154,7 @@ def test_refiner_gives_the_dit_clean_prediction_that_moves_with_the_noise_level(
     level in the range; near noise 0 it is the true latent, at noise 0.4 it is off by more (the DiT's own errors) and
     still far closer to the truth than the noised latent it was predicted from; the same generator seed repeats it."""
     import numpy as np
-    from spacetime.model.embedded import DIT_FILE, VAE_FILE
+    from spacetime.model.embedded import DIT_FILE
     from spacetime.toyworld.runs import clips_to_tensor
     from spacetime.toyworld.train_vae import Refiner
     from spacetime.toyworld.world import random_clip
@@ -162,9 +162,9 @@ def test_refiner_gives_the_dit_clean_prediction_that_moves_with_the_noise_level(
     from spacetime.model.pipeline import Spacetime
     with torch.no_grad():
         mu = Spacetime.load("toyworld").vae.encode_raw(clips_to_tensor(clips))
-    lo = Refiner(DIT_FILE, (0.02, 0.02), VAE_FILE, torch.device("cpu"))
+    lo = Refiner(DIT_FILE, (0.02, 0.02), torch.device("cpu"))
     near = lo(clips, mu, np.random.default_rng(0))
-    hi = Refiner(DIT_FILE, (0.4, 0.4), VAE_FILE, torch.device("cpu"))
+    hi = Refiner(DIT_FILE, (0.4, 0.4), torch.device("cpu"))
     far = hi(clips, mu, np.random.default_rng(0))
     again = hi(clips, mu, np.random.default_rng(0))
     noised = 0.6 * mu + 0.4 * torch.from_numpy(np.random.default_rng(0).standard_normal(mu.shape)).float()

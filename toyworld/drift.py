@@ -357,7 +357,8 @@ def main(argv=None) -> int:
 
 
 # the sampling options of ``add_model_options`` that replace the preset's field of the same name
-PRESET_OPTIONS = ("cfg", "shift", "frame_cfg", "frame_cfg_stop", "contrast_cfg", "contrast_cfg_stop", "expert_boundary")
+PRESET_OPTIONS = ("cfg", "shift", "frame_cfg", "frame_cfg_stop", "contrast_cfg", "contrast_cfg_stop",
+                  "expert_boundary")
 
 
 def add_model_options(ap: argparse.ArgumentParser) -> None:

@@ -568,7 +568,8 @@ def main(argv=None):
     a.add_argument("--vae", type=Path, default=WEIGHTS_DIR, help="a VAE folder or a weights folder "
                                                                  "(default: the shipped weights)")
     a.add_argument("--dit-low-noise", type=Path, help="a low-noise expert (a DiT run folder or a weights folder) that "
-                   "samples the steps below --expert-boundary (default: none, one DiT)")
+                   "samples the steps below --expert-boundary; the word gaps printed after the probe stay the "
+                   "DiT's own (default: none, one DiT)")
     a.add_argument("--expert-boundary", type=float, default=0.5,
                    help="noise level where the low-noise expert takes over (default: %(default)s)")
     a.add_argument("--seeds", type=int, default=1, help="noises per prompt, 1..16 (default: %(default)s)")

@@ -77,9 +77,9 @@ class Refiner:
     errors (corners rounded, edges soft) at the strength the last sampling steps leave them; the decoder is taught
     to decode them into the true frames. Nothing here has gradients: the DiT and the text encoder stay frozen."""
 
-    def __init__(self, dit: Path, sigmas: tuple[float, float], vae: Path, device: torch.device):
+    def __init__(self, dit: Path, sigmas: tuple[float, float], device: torch.device):
         from ..model.pipeline import Spacetime
-        st = Spacetime.load("toyworld", dit=dit, vae=vae)
+        st = Spacetime.load("toyworld", dit=dit)
         self.dit, self.text = st.dit.to(device).eval(), st.text_encoder
         self.sigmas, self.device = sigmas, device
 
@@ -192,7 +192,7 @@ def train_vae(out: Path, steps: int, lr: float, seed: int = 0, kl_weight: float 
     if refine_dit is not None:
         if decoder_only_from is None:
             raise ValueError("refine_dit needs a decoder stage (decoder_only_from): the latents must stay the DiT's")
-        refiner = Refiner(refine_dit, refine_sigmas, Path(decoder_only_from) / "vae.safetensors", dev)
+        refiner = Refiner(refine_dit, refine_sigmas, dev)
     opt = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     state = ck.load()
