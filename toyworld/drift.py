@@ -388,8 +388,8 @@ def add_model_options(ap: argparse.ArgumentParser) -> None:
 
 
 def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
-    """The pipeline of ``add_model_options``' choice; a --dit or --vae file that is not there stops with a usage
-    error."""
+    """The pipeline of ``add_model_options``' choice; a --dit, --dit-low-noise or --vae file that is not there stops
+    with a usage error."""
     for opt, path, kind in (("--dit", a.dit, "DiT"), ("--dit-low-noise", a.dit_low_noise, "DiT"),
                             ("--vae", a.vae, "VAE")):
         if path is not None and not path.is_file():
@@ -421,8 +421,8 @@ def load_model(ap: argparse.ArgumentParser, a: argparse.Namespace):
 
 
 def model_label(a: argparse.Namespace) -> str:
-    """The preset, and the DiT and VAE files, guidance scale, shift, frame and contrast guidance where the options
-    replaced the preset's (report headings)."""
+    """The preset, and the DiT, low-noise expert and VAE files, expert boundary, guidance scale, shift, frame and
+    contrast guidance where the options replaced the preset's (report headings)."""
     label = a.preset if a.dit is None else f"{a.preset}, DiT {a.dit.name}"
     label = label if a.dit_low_noise is None else f"{label}, low-noise expert {a.dit_low_noise.name}"
     label = label if a.expert_boundary is None else f"{label}, expert boundary {a.expert_boundary:g}"

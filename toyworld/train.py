@@ -322,13 +322,11 @@ def probe_weights(dit_path: Path = WEIGHTS_DIR, vae_path: Path = WEIGHTS_DIR, se
         raise SpacetimeValueError(f"steps={steps}: allowed 1..1000 sampler steps")
     if not frames or not all(valid_frames(f, 4) for f in frames):
         raise SpacetimeValueError(f"frames={frames}: allowed 1 + 4k each (1 = single frames)")
-    if not 0 < float(boundary) <= 1:
-        raise SpacetimeValueError(f"boundary={boundary}: allowed a noise level within (0, 1]")
+    from ..model.experts import ExpertPair, ExpertSwitch
+    switch = ExpertSwitch(float(boundary))                  # refuses a boundary outside (0, 1] before loading
     dit, vae = _load_probe_parts(dit_path, vae_path)
     if dit_low is not None:
-        from ..model.experts import ExpertPair, ExpertSwitch
-        dit = ExpertPair(dit, _load_probe_parts(dit_low, vae_path)[0], ExpertSwitch(float(boundary)),
-                         device=next(dit.parameters()).device)
+        dit = ExpertPair(dit, _load_probe_parts(dit_low, vae_path)[0], switch, device=next(dit.parameters()).device)
     text = load_minilm()
     base = sets or {"seen": SEEN, "held": HELD}
     pooled = {name: [it for k in range(int(seeds)) for it in reseeded(items, k)] for name, items in base.items()}
